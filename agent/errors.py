@@ -1,0 +1,102 @@
+"""The one exception family of edge-agent.
+
+Every error the agent or the converters raise on purpose is an ``EdgeAgentError``.
+Errors from the outside world (runtime ``ValueError``s, paho return codes, ``OSError``)
+are translated at the boundary with ``raise ... from exc`` and carry context
+(model version, topic, path) in their message.
+
+    EdgeAgentError
+    ├── ConfigError            bad config.toml / environment override (key path + reason)
+    ├── ModelError             a model cannot be loaded or does not fit the pipeline
+    │   ├── RuntimeUnavailable no usable TFLite runtime (names the package to install)
+    │   └── ShapeMismatch      window/preprocess/postprocess disagree with the model's tensors
+    ├── InferenceError         invoke() or quantisation failed for one window
+    ├── SampleError            one malformed sensor message (counted per ``reason`` and skipped)
+    ├── SourceError            a sample source cannot start (file missing, program not found)
+    ├── PublishError           MQTT connection or publish failure
+    ├── SpoolError             the on-disk store-and-forward queue failed
+    ├── PackageError           a model package is malformed, tampered or untrusted (``reason``)
+    │   └── SignatureError     signature missing, unknown key or does not verify
+    ├── UpdateError            an OTA update was refused or failed (``reason``)
+    └── ConversionError        a converter step failed (build host only)
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Base class of every error edge-agent raises on purpose."""
+
+
+class ConfigError(EdgeAgentError):
+    """The configuration is invalid. ``problems`` holds one ``(key_path, reason)`` per error."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        lines = [f"{source}: {len(problems)} problem(s)"]
+        lines += [f"  {path}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+class ModelError(EdgeAgentError):
+    """A model file cannot be loaded, or does not fit the configured pipeline."""
+
+
+class RuntimeUnavailable(ModelError):
+    """No usable TFLite runtime is installed for the requested ``runtime`` setting."""
+
+
+class ShapeMismatch(ModelError):
+    """The configured window/preprocess/postprocess disagree with the model's tensors."""
+
+
+class InferenceError(EdgeAgentError):
+    """Running the model on one window failed."""
+
+
+class SampleError(EdgeAgentError):
+    """One sensor message is malformed. ``reason`` is a short stable label used in metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class SourceError(EdgeAgentError):
+    """A sample source cannot start: its file is missing or unreadable, its program not found."""
+
+
+class PublishError(EdgeAgentError):
+    """An MQTT connection or publish failed."""
+
+
+class SpoolError(EdgeAgentError):
+    """The on-disk store-and-forward queue failed."""
+
+
+class PackageError(EdgeAgentError):
+    """A model package is malformed, tampered with or untrusted. ``reason`` is a stable label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class SignatureError(PackageError):
+    """A signature is missing, made by an unknown key, or does not verify."""
+
+
+class UpdateError(EdgeAgentError):
+    """An OTA update was refused or failed. ``reason`` is a stable label reported over MQTT."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class ConversionError(EdgeAgentError):
+    """A converter step (convert, verify, package, publish) failed on the build host."""

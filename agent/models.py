@@ -1,0 +1,76 @@
+"""Which model the agent runs at start-up, and loading it into an ``ActiveModel``.
+
+``model.path`` may be ``builtin:demo`` (the demo model shipped inside the package), a bare
+``.tflite`` file (name and version from config), or a signed ``.eapkg`` package (name, version
+and labels from its manifest; the signature is checked when OTA trusted keys are configured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from importlib import resources
+from pathlib import Path
+
+from agent.config import BUILTIN_DEMO_MODEL, Config
+from agent.errors import EdgeAgentError, ModelError
+from agent.pipeline import ActiveModel
+from agent.runtime import load_model
+
+log = logging.getLogger(__name__)
+
+DEMO_LABELS = ["normal", "anomaly"]
+
+
+def demo_model_bytes() -> bytes:
+    return resources.files("agent").joinpath("demo/model.tflite").read_bytes()
+
+
+def read_model_source(path: str) -> bytes:
+    if path == BUILTIN_DEMO_MODEL:
+        return demo_model_bytes()
+    if path.startswith("builtin:"):
+        raise ModelError(f"unknown builtin model {path!r} (only {BUILTIN_DEMO_MODEL!r})")
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+
+
+def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
+    """Load the configured model (or ``content``) into a fresh interpreter."""
+    path = cfg.model.path
+    data = content if content is not None else read_model_source(path)
+    name, version, labels = cfg.model.name, cfg.model.version, list(cfg.postprocess_labels())
+    if path.endswith(".eapkg") and content is None:
+        from agent.package import read_package, verify_package
+
+        try:
+            pkg = read_package(data)
+            if cfg.ota.trusted_keys or not cfg.ota.allow_unsigned:
+                from agent.signing import load_public_key
+
+                keys = [load_public_key(p) for p in cfg.ota.trusted_keys]
+                if keys or pkg.signature is not None:
+                    verify_package(pkg, keys, allow_unsigned=cfg.ota.allow_unsigned)
+        except EdgeAgentError as exc:
+            raise ModelError(f"model package {path}: {exc}") from exc
+        data = pkg.model
+        name, version = pkg.manifest.name, pkg.manifest.version
+        labels = list(pkg.manifest.labels) or labels
+    elif path == BUILTIN_DEMO_MODEL and not labels:
+        labels = DEMO_LABELS
+    model = load_model(
+        data,
+        runtime=cfg.model.runtime,
+        num_threads=cfg.model.num_threads,
+        reference_kernels=cfg.model.reference_kernels,
+        signature=cfg.model.signature,
+    )
+    return ActiveModel(
+        model=model,
+        name=name,
+        version=version,
+        labels=labels,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )

@@ -1,0 +1,283 @@
+"""The data path, wired: sources -> window -> preprocess -> infer -> postprocess -> publisher.
+
+Threads:
+- one per source, each emitting ``SampleBlock``s into the bounded ingest queue (file and
+  generator sources block when it is full: back-pressure; the MQTT source never blocks the
+  network thread: a full queue drops the block and counts ``ingest_overflow``);
+- one inference thread that owns the windowers, the model and the postprocessor. ``invoke()``
+  releases the GIL, so reading, serialising and publishing overlap with it;
+- the publisher thread (``agent.publisher``).
+
+A model swap (OTA) is handed to the inference thread and applied *between* two invocations:
+no sample is dropped or processed twice, and every prediction names the version that made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.config import Config, MqttSource
+from agent.errors import EdgeAgentError, InferenceError
+from agent.metrics import Metrics
+from agent.postprocess import Postprocessor, build_postprocessor
+from agent.preprocess import Preprocessor, check_model_input
+from agent.publisher import PredictionRecord, Publisher
+from agent.runtime import Model
+from agent.samples import RateLimitedLog, SampleBlock
+from agent.sources import Source, SourceContext, build_source
+from agent.topics import Topics
+from agent.window import Windower
+
+log = logging.getLogger(__name__)
+
+_EOF = object()
+
+
+@dataclass
+class ActiveModel:
+    """A loaded model plus what the pipeline needs to run it."""
+
+    model: Model
+    name: str
+    version: str
+    labels: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+
+@dataclass
+class _Stages:
+    """Everything that depends on the model: rebuilt and validated before a swap."""
+
+    active: ActiveModel
+    preprocessor: Preprocessor
+    input_shape: tuple[int, ...]
+    postprocessor: Postprocessor
+    topic: str
+
+
+def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
+    """Validate ``active`` against the configured pipeline (ShapeMismatch if it does not fit)."""
+    model = active.model
+    if cfg.model.input is not None:
+        matches = [t for t in model.inputs if t.name == cfg.model.input]
+        if not matches:
+            names = [t.name for t in model.inputs]
+            raise EdgeAgentError(f"model.input {cfg.model.input!r} is not an input of the model {names}")
+        inp = matches[0]
+    else:
+        if len(model.inputs) != 1:
+            names = [t.name for t in model.inputs]
+            raise EdgeAgentError(
+                f"the model has {len(model.inputs)} inputs {names}: set model.input to the one "
+                "the window feeds"
+            )
+        inp = model.inputs[0]
+    shape = check_model_input(inp, cfg.window.length, cfg.channels)
+    return _Stages(
+        active=active,
+        preprocessor=Preprocessor(cfg.preprocess, cfg.channels),
+        input_shape=shape,
+        postprocessor=build_postprocessor(cfg.postprocess, model.outputs, active.labels or None),
+        topic=topics.prediction(active.name),
+    )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: Config,
+        active: ActiveModel,
+        publisher: Publisher,
+        metrics: Metrics,
+        topics: Topics,
+        ctx: SourceContext,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self._topics = topics
+        self._publisher = publisher
+        self._stages = build_stages(cfg, active, topics)
+        self._pending_swap: tuple[_Stages, threading.Event] | None = None
+        self._swap_lock = threading.Lock()
+        self._ingest: queue.Queue[object] = queue.Queue(
+            maxsize=max(s.max_queue for s in cfg.sources)
+        )
+        self._stop_sources = threading.Event()
+        self._sources: list[tuple[Source, threading.Thread]] = []
+        self._ctx = ctx
+        self._windowers: dict[str, Windower] = {}
+        self._warn = RateLimitedLog(log)
+        self._infer_thread: threading.Thread | None = None
+        self._live_sources = 0
+        self._live_lock = threading.Lock()
+        self.heartbeat = time.monotonic()
+        self.idle = threading.Event()
+        self.finished = threading.Event()
+        for scfg in cfg.sources:
+            src = build_source(scfg, ctx)
+            emit = self._emit_nowait if isinstance(scfg, MqttSource) else self._emit_blocking
+            t = threading.Thread(
+                target=self._run_source, args=(src, emit), name=f"source-{src.name}", daemon=True
+            )
+            self._sources.append((src, t))
+
+    # ---------------------------------------------------------------- public
+
+    @property
+    def active(self) -> ActiveModel:
+        return self._stages.active
+
+    def start(self) -> None:
+        self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+        self._infer_thread.start()
+        self._live_sources = len(self._sources)
+        for _, t in self._sources:
+            t.start()
+
+    def swap_model(self, active: ActiveModel) -> threading.Event:
+        """Validate ``active`` now, switch to it between two invocations; returns a done event."""
+        stages = build_stages(self.cfg, active, self._topics)
+        done = threading.Event()
+        with self._swap_lock:
+            self._pending_swap = (stages, done)
+        self._ingest.put(None)  # wake the inference thread if it is idle
+        return done
+
+    def stop(self, timeout: float) -> None:
+        """Stop the sources, finish the windows already read, hand everything to the publisher."""
+        self._stop_sources.set()
+        deadline = time.monotonic() + timeout
+        for _, t in self._sources:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._ingest.put(_EOF)
+        if self._infer_thread is not None:
+            self._infer_thread.join(max(0.0, deadline - time.monotonic()))
+
+    def inference_alive(self) -> bool:
+        return self._infer_thread is not None and self._infer_thread.is_alive()
+
+    # ---------------------------------------------------------------- sources
+
+    def _emit_blocking(self, block: SampleBlock) -> None:
+        self.metrics.inc("samples_in", len(block))
+        while not self._stop_sources.is_set():
+            try:
+                self._ingest.put(block, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        # stopping: the block was read but cannot be processed; count it honestly
+        self.metrics.inc("samples_dropped", len(block), reason="shutdown")
+
+    def _emit_nowait(self, block: SampleBlock) -> None:
+        self.metrics.inc("samples_in", len(block))
+        try:
+            self._ingest.put_nowait(block)
+        except queue.Full:
+            self.metrics.inc("samples_dropped", len(block), reason="ingest_overflow")
+            self._warn.warning("overflow", "inference is behind: dropped a block from %s", block.stream)
+
+    def _run_source(self, src: Source, emit: Callable[[SampleBlock], None]) -> None:
+        try:
+            src.run(emit, self._stop_sources)
+        except Exception:
+            log.exception("source %s failed", src.name)
+            self.metrics.inc("source_failures", reason=src.name)
+        finally:
+            with self._live_lock:
+                self._live_sources -= 1
+                last = self._live_sources == 0
+            if last and not self._stop_sources.is_set():
+                log.info("all sources finished")
+                self._ingest.put(_EOF)
+
+    # ---------------------------------------------------------------- inference
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._pending_swap = self._pending_swap, None
+        if pending is None:
+            return
+        stages, done = pending
+        old = self._stages.active
+        self._stages = stages
+        self.metrics.set("model_version", stages.active.version)
+        log.info(
+            "model %s: switched %s -> %s", stages.active.name, old.version, stages.active.version
+        )
+        done.set()
+
+    def _infer_loop(self) -> None:
+        self.metrics.set("model_version", self._stages.active.version)
+        while True:
+            self.heartbeat = time.monotonic()
+            try:
+                item = self._ingest.get(timeout=1.0)
+            except queue.Empty:
+                self.idle.set()
+                continue
+            if self._pending_swap is not None:
+                self._apply_swap()
+            if item is None:
+                continue
+            if item is _EOF:
+                break
+            assert isinstance(item, SampleBlock)
+            self._process(item)
+        self.finished.set()
+
+    def _process(self, block: SampleBlock) -> None:
+        win = self._windowers.get(block.stream)
+        if win is None:
+            win = self._windowers[block.stream] = Windower(
+                self.cfg.window.length, self.cfg.window.hop, self.cfg.channels
+            )
+        windows = win.push(block)
+        if windows is None:
+            return
+        st = self._stages
+        x_all = st.preprocessor(windows.values)
+        run = st.active.model.run
+        n = x_all.shape[0]
+        for i in range(n):
+            if self._pending_swap is not None:
+                self._apply_swap()
+                st = self._stages
+                run = st.active.model.run
+            x = x_all[i].reshape(st.input_shape)
+            t0 = time.perf_counter()
+            try:
+                outs = run([x])
+                latency = time.perf_counter() - t0
+                result = st.postprocessor(outs, x, block.stream)
+            except InferenceError as exc:
+                self.metrics.inc("inference_errors", reason=_reason(exc))
+                self._warn.warning("infer", "inference failed on %s: %s", block.stream, exc)
+                continue
+            self.metrics.observe("invoke", latency)
+            if result is None:
+                continue
+            self._publisher.submit(
+                PredictionRecord(
+                    topic=st.topic,
+                    model_name=st.active.name,
+                    model_version=st.active.version,
+                    stream=block.stream,
+                    ts=float(windows.ts[i]),
+                    outputs=result,
+                    latency_ms=round(latency * 1000, 4),
+                    t_in=windows.t_in,
+                )
+            )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).lower()
+    if "finite" in text or "nan" in text:
+        return "non_finite"
+    return "error"

@@ -1,0 +1,159 @@
+"""Store-and-forward: the on-disk queue every outgoing prediction passes through.
+
+A message is written here (SQLite, WAL) *before* it is published and deleted only when the
+broker acknowledged it. A broker outage, a lost network or a ``kill -9`` of the agent
+therefore loses nothing that was committed: on the next connection everything left is sent
+again, oldest first. Delivery is at least once; the sequence number in each payload lets
+subscribers drop duplicates and spot gaps.
+
+Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process (the WAL is in
+the OS page cache); a power cut may lose the last commits. ``durable = True`` makes every
+commit fsync (slower; for boards that lose power often).
+
+Size cap and drop policy: past ``max_messages`` the **oldest** messages are dropped (the newest
+data is the most useful after a long outage) and counted in ``dropped_total``.
+
+The sequence counter lives in the same database and is updated in the same transaction as the
+rows that use it, so after a restart numbering continues with no gap and no repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 0), ('dropped_total', 0);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledMessage:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Spool:
+    """The queue. Used by one thread (the publisher); ``depth`` may be read from any."""
+
+    def __init__(self, path: Path, max_messages: int = 1_000_000, durable: bool = False) -> None:
+        self.path = path
+        self.max_messages = max_messages
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM messages").fetchone()
+            seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'")
+            last = seq.fetchone()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open spool {path}: {exc}") from exc
+        self._depth = int(row[0])
+        self._next_id = max(int(row[1]), int(last[0]) if last else 0) + 1
+        self.next_seq = self._meta("next_seq")
+        self.dropped_total = self._meta("dropped_total")
+        if self._depth:
+            log.info("spool %s holds %d undelivered message(s)", path, self._depth)
+
+    def _meta(self, key: str) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def append(
+        self, rows: list[tuple[str, bytes, int, bool]], next_seq: int
+    ) -> tuple[list[SpooledMessage], int]:
+        """Commit ``rows`` and the new ``next_seq`` in one transaction.
+
+        Returns the stored messages (with ids) and how many old ones the cap dropped.
+        """
+        first = self._next_id
+        msgs = [
+            SpooledMessage(first + i, t, p, q, r) for i, (t, p, q, r) in enumerate(rows)
+        ]
+        overflow = max(0, self._depth + len(rows) - self.max_messages)
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO messages (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+                [(m.id, m.topic, m.payload, m.qos, int(m.retain)) for m in msgs],
+            )
+            dropped = 0
+            if overflow:
+                cur = self._db.execute(
+                    "DELETE FROM messages WHERE id IN "
+                    "(SELECT id FROM messages ORDER BY id LIMIT ?)",
+                    (overflow,),
+                )
+                dropped = cur.rowcount
+                self._db.execute(
+                    "UPDATE meta SET value = value + ? WHERE key='dropped_total'", (dropped,)
+                )
+            self._db.execute("UPDATE meta SET value=? WHERE key='next_seq'", (next_seq,))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise SpoolError(f"spool {self.path}: cannot append {len(rows)} row(s): {exc}") from exc
+        self._next_id += len(rows)
+        self._depth += len(rows) - dropped
+        self.next_seq = next_seq
+        self.dropped_total += dropped
+        return msgs, dropped
+
+    def read_after(self, after_id: int, limit: int) -> list[SpooledMessage]:
+        """Up to ``limit`` messages with id > ``after_id``, oldest first."""
+        try:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain FROM messages WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: cannot read: {exc}") from exc
+        return [SpooledMessage(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def delete(self, ids: list[int]) -> None:
+        """Forget acknowledged messages (ids already dropped are ignored)."""
+        if not ids:
+            return
+        try:
+            self._db.execute("BEGIN")
+            cur = self._db.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in ids])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise SpoolError(f"spool {self.path}: cannot delete: {exc}") from exc
+        self._depth -= max(0, cur.rowcount)
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        except sqlite3.Error as exc:
+            log.warning("closing spool %s: %s", self.path, exc)
