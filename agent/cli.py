@@ -1,7 +1,7 @@
 """``edge-agent``: the device-side command line.
 
-    edge-agent run [--config config.toml]       run the daemon (embedded defaults without --config)
-    edge-agent check-config [--config ...]      validate, print the effective config, exit 2 on error
+    edge-agent run [--config config.toml]       run the daemon (no --config: embedded defaults)
+    edge-agent check-config [--config ...]      validate, print the effective config
     edge-agent inspect MODEL                    tensors, quantisation, ops, size of a .tflite/.eapkg
     edge-agent predict MODEL --input FILE       one-shot inference, JSON out
     edge-agent demo                             a broker, the agent on its defaults, predictions shown

@@ -59,7 +59,9 @@ class AgentSection(_Table):
         description="Directory for the store-and-forward queue, OTA state and model versions. "
         "Relative paths are relative to the config file. systemd: $STATE_DIRECTORY.",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="'json' writes one JSON object per line for journald/log shippers."
     )
@@ -184,7 +186,7 @@ class MqttSource(_SourceBase):
     qos: Literal[0, 1, 2] = Field(0, description="Subscription QoS.")
     format: Literal["json", "binary"] = Field(
         "json",
-        description="'json': an array, {\"values\": [...], \"ts\": t} or an array of those; "
+        description='\'json\': an array, {"values": [...], "ts": t} or an array of those; '
         "'binary': little-endian values of `dtype`, shape (n, channels).",
     )
     dtype: Literal["float32", "float64", "int16", "int32", "uint16", "int8", "uint8"] = Field(
@@ -220,8 +222,12 @@ SourceConfig = Annotated[
 ]
 
 
+def _demo_sources() -> list[SourceConfig]:
+    return [_demo_source()]
+
+
 def _demo_source() -> SyntheticSource:
-    """The embedded default: the signal the demo model was trained on (scripts/make_demo_model.py)."""
+    """The embedded default: the signal the demo model is trained on (make_demo_model.py)."""
     return SyntheticSource(
         name="accel",
         frequency_hz=[1.0, 0.5, 2.0],
@@ -279,13 +285,9 @@ class ClassificationPost(_Table):
     labels: list[str] = Field(default_factory=list, description="Class names, in output order.")
     output: str | None = Field(None, description="Output tensor (default: the first).")
     top_k: int = Field(1, ge=1, description="How many classes to report.")
-    threshold: float = Field(
-        0.0, ge=0, le=1, description="Below this top score the label is null."
-    )
+    threshold: float = Field(0.0, ge=0, le=1, description="Below this top score the label is null.")
     smoothing: int = Field(1, ge=1, description="Average scores over the last N windows.")
-    publish_on_change: bool = Field(
-        False, description="Publish only when the top label changes."
-    )
+    publish_on_change: bool = Field(False, description="Publish only when the top label changes.")
 
 
 class RegressionPost(_Table):
@@ -406,9 +408,7 @@ class OtaSection(_Table):
     trusted_keys: list[Path] = Field(
         default_factory=list, description="Ed25519 public keys (PEM) whose signatures we accept."
     )
-    allow_unsigned: bool = Field(
-        False, description="Accept unsigned packages (development only)."
-    )
+    allow_unsigned: bool = Field(False, description="Accept unsigned packages (development only).")
     keep_versions: int = Field(3, ge=2, description="Model versions kept on disk.")
     download_timeout_s: float = Field(600.0, gt=0, description="Deadline for one download.")
     download_retries: int = Field(5, ge=0, description="Retries of a failed download.")
@@ -416,15 +416,11 @@ class OtaSection(_Table):
         None, gt=0, description="Cap on download speed (KiB/s)."
     )
     health_window_s: float = Field(60.0, ge=0, description="Watch a new model this long.")
-    max_error_rate: float = Field(
-        0.05, ge=0, le=1, description="Roll back above this error rate."
-    )
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Roll back above this error rate.")
     max_latency_factor: float = Field(
-        3.0, gt=1, description="Roll back when latency exceeds this × the previous model's."
+        3.0, gt=1, description="Roll back when latency exceeds this x the previous model's."
     )
-    max_boot_failures: int = Field(
-        3, ge=1, description="Roll back after this many crashed starts."
-    )
+    max_boot_failures: int = Field(3, ge=1, description="Roll back after this many crashed starts.")
     incoming_dir: Path | None = Field(
         None, description="Watched folder for dropped-in packages (default: state_dir/incoming)."
     )
@@ -467,7 +463,7 @@ class Config(_Table):
     agent: AgentSection = Field(default_factory=lambda: AgentSection(), description="This device.")
     model: ModelSection = Field(default_factory=lambda: ModelSection(), description="The model.")
     sources: list[SourceConfig] = Field(
-        default_factory=lambda: [_demo_source()], description="Sample sources."
+        default_factory=_demo_sources, description="Sample sources."
     )
     window: WindowSection = Field(default_factory=lambda: WindowSection(), description="Windowing.")
     preprocess: PreprocessSection = Field(
@@ -512,7 +508,11 @@ class Config(_Table):
         return self.sources[0].channels
 
     def postprocess_labels(self) -> list[str]:
-        return list(self.postprocess.labels) if isinstance(self.postprocess, ClassificationPost) else []
+        return (
+            list(self.postprocess.labels)
+            if isinstance(self.postprocess, ClassificationPost)
+            else []
+        )
 
     def spool_path(self) -> Path:
         return self.queue.path or self.agent.state_dir / "spool.db"
@@ -574,7 +574,9 @@ def apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> list[t
                     node = node[idx]
             elif isinstance(node, dict):
                 if part.isdigit():
-                    problems.append((key, f"{path}[{part}]: list items can be overridden, not created"))
+                    problems.append(
+                        (key, f"{path}[{part}]: list items can be overridden, not created")
+                    )
                     break
                 path += f".{part}" if path else part
                 if last:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.config import MqttSection, load_config
+from agent.config import load_config
 from agent.errors import EdgeAgentError
 from agent.logs import setup_logging
 from agent.mqtt import MqttLink
@@ -114,9 +114,10 @@ def run_demo(seconds: float = 0, count: int = 0) -> int:
     from agent.service import Agent
 
     setup_logging("warning")
-    with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp, demo_broker(
-        Path(tmp)
-    ) as (port, protocol, what):
+    with (
+        tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp,
+        demo_broker(Path(tmp)) as (port, protocol, what),
+    ):
         env = {
             "EDGE_AGENT__MQTT__HOST": "127.0.0.1",
             "EDGE_AGENT__MQTT__PORT": str(port),
@@ -135,7 +136,7 @@ def run_demo(seconds: float = 0, count: int = 0) -> int:
                 if count and seen[0] >= count:
                     done.set()
 
-        viewer = MqttLink(MqttSection(host="127.0.0.1", port=port, protocol=protocol), "demo-viewer")
+        viewer = MqttLink(cfg.mqtt, "demo-viewer")
         viewer.subscribe(f"{cfg.mqtt.topic_prefix}/#", 1, show)
         viewer.start()
         agent = Agent(cfg)

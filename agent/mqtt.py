@@ -15,6 +15,7 @@ TCP_NODELAY is set on every socket: paho leaves Nagle on, and Nagle plus delayed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -59,19 +60,17 @@ class Backoff:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
 
     def next_delay(self) -> float:
-        base = min(self.maximum, self.minimum * (2**self._attempt))
+        base = min(self.maximum, self.minimum * float(2**self._attempt))
         self._attempt = min(self._attempt + 1, 32)
-        return base * (0.5 + 0.5 * self._rng.random())
+        return float(base * (0.5 + 0.5 * self._rng.random()))
 
     def reset(self) -> None:
         self._attempt = 0
 
 
 def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # unix sockets, websockets
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # unix sockets, websockets
-        pass
 
 
 def _make_client(settings: MqttSection, client_id: str, password: str | None) -> paho.Client:
@@ -215,9 +214,7 @@ class MqttLink:
         with self._lock:
             client = self._client if self._connected.is_set() else None
         if client is not None:
-            infos = [
-                client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain) for m in final
-            ]
+            infos = [client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain) for m in final]
             deadline = time.monotonic() + timeout
             for info in infos:
                 remaining = deadline - time.monotonic()
@@ -237,7 +234,7 @@ class MqttLink:
     ) -> None:
         def on_message(c: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
             try:
-                handler(message.topic, message.payload)
+                handler(message.topic, bytes(message.payload))
             except Exception:  # a handler bug must not kill the network thread
                 log.exception("handler for %s failed", topic_filter)
 
@@ -254,7 +251,9 @@ class MqttLink:
         ) -> None:
             if reason.is_failure:
                 self.last_error = f"broker refused the connection: {reason}"
-                log.warning("MQTT %s:%s refused: %s", self.settings.host, self.settings.port, reason)
+                log.warning(
+                    "MQTT %s:%s refused: %s", self.settings.host, self.settings.port, reason
+                )
                 return
             for m in self._birth:
                 c.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
@@ -313,7 +312,9 @@ class MqttLink:
             try:
                 _connect(client, self.settings)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                self.last_error = f"cannot connect to {self.settings.host}:{self.settings.port}: {exc}"
+                self.last_error = (
+                    f"cannot connect to {self.settings.host}:{self.settings.port}: {exc}"
+                )
                 log.warning("MQTT %s", self.last_error)
                 continue
             with self._lock:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import Config, MqttSource
-from agent.errors import EdgeAgentError, InferenceError
+from agent.errors import EdgeAgentError, InferenceError, SampleError
 from agent.metrics import Metrics
 from agent.postprocess import Postprocessor, build_postprocessor
 from agent.preprocess import Preprocessor, check_model_input
@@ -31,7 +31,7 @@ from agent.runtime import Model
 from agent.samples import RateLimitedLog, SampleBlock
 from agent.sources import Source, SourceContext, build_source
 from agent.topics import Topics
-from agent.window import Windower
+from agent.window import StreamWindowers
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ class _Stages:
     """Everything that depends on the model: rebuilt and validated before a swap."""
 
     active: ActiveModel
-    preprocessor: Preprocessor
     input_shape: tuple[int, ...]
     postprocessor: Postprocessor
     topic: str
@@ -67,7 +66,9 @@ def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
         matches = [t for t in model.inputs if t.name == cfg.model.input]
         if not matches:
             names = [t.name for t in model.inputs]
-            raise EdgeAgentError(f"model.input {cfg.model.input!r} is not an input of the model {names}")
+            raise EdgeAgentError(
+                f"model.input {cfg.model.input!r} is not an input of the model {names}"
+            )
         inp = matches[0]
     else:
         if len(model.inputs) != 1:
@@ -78,12 +79,14 @@ def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
             )
         inp = model.inputs[0]
     shape = check_model_input(inp, cfg.window.length, cfg.channels)
+    post = build_postprocessor(
+        cfg.postprocess,
+        model.outputs,
+        active.labels or None,
+        input_size=cfg.window.length * cfg.channels,
+    )
     return _Stages(
-        active=active,
-        preprocessor=Preprocessor(cfg.preprocess, cfg.channels),
-        input_shape=shape,
-        postprocessor=build_postprocessor(cfg.postprocess, model.outputs, active.labels or None),
-        topic=topics.prediction(active.name),
+        active=active, input_shape=shape, postprocessor=post, topic=topics.prediction(active.name)
     )
 
 
@@ -110,7 +113,12 @@ class Pipeline:
         self._stop_sources = threading.Event()
         self._sources: list[tuple[Source, threading.Thread]] = []
         self._ctx = ctx
-        self._windowers: dict[str, Windower] = {}
+        self._windowers = StreamWindowers(
+            cfg.window.length,
+            cfg.window.hop,
+            cfg.channels,
+            transform=Preprocessor(cfg.preprocess, cfg.channels),
+        )
         self._warn = RateLimitedLog(log)
         self._infer_thread: threading.Thread | None = None
         self._live_sources = 0
@@ -133,7 +141,9 @@ class Pipeline:
         return self._stages.active
 
     def start(self) -> None:
-        self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+        self._infer_thread = threading.Thread(
+            target=self._infer_loop, name="inference", daemon=True
+        )
         self._infer_thread.start()
         self._live_sources = len(self._sources)
         for _, t in self._sources:
@@ -180,7 +190,9 @@ class Pipeline:
             self._ingest.put_nowait(block)
         except queue.Full:
             self.metrics.inc("samples_dropped", len(block), reason="ingest_overflow")
-            self._warn.warning("overflow", "inference is behind: dropped a block from %s", block.stream)
+            self._warn.warning(
+                "overflow", "inference is behind: dropped a block from %s", block.stream
+            )
 
     def _run_source(self, src: Source, emit: Callable[[SampleBlock], None]) -> None:
         try:
@@ -232,18 +244,17 @@ class Pipeline:
         self.finished.set()
 
     def _process(self, block: SampleBlock) -> None:
-        win = self._windowers.get(block.stream)
-        if win is None:
-            win = self._windowers[block.stream] = Windower(
-                self.cfg.window.length, self.cfg.window.hop, self.cfg.channels
-            )
-        windows = win.push(block)
-        if windows is None:
+        try:
+            windows = self._windowers.push(block)  # normalised on the way (fused copy)
+        except SampleError as exc:
+            self._ctx.reject(block.stream, exc)
+            return
+        n = len(windows)
+        if n == 0:
             return
         st = self._stages
-        x_all = st.preprocessor(windows.values)
+        x_all = windows.data
         run = st.active.model.run
-        n = x_all.shape[0]
         for i in range(n):
             if self._pending_swap is not None:
                 self._apply_swap()

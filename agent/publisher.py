@@ -27,7 +27,7 @@ from agent.errors import SpoolError
 from agent.metrics import Metrics
 from agent.mqtt import OutgoingMessage
 from agent.payloads import prediction_dict
-from agent.spool import SpooledMessage, Spool
+from agent.spool import Spool, SpooledMessage
 
 log = logging.getLogger(__name__)
 

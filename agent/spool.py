@@ -19,6 +19,7 @@ rows that use it, so after a restart numbering continues with no gap and no repe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -89,9 +90,7 @@ class Spool:
         Returns the stored messages (with ids) and how many old ones the cap dropped.
         """
         first = self._next_id
-        msgs = [
-            SpooledMessage(first + i, t, p, q, r) for i, (t, p, q, r) in enumerate(rows)
-        ]
+        msgs = [SpooledMessage(first + i, t, p, q, r) for i, (t, p, q, r) in enumerate(rows)]
         overflow = max(0, self._depth + len(rows) - self.max_messages)
         try:
             self._db.execute("BEGIN")
@@ -147,10 +146,8 @@ class Spool:
         self._depth -= max(0, cur.rowcount)
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
 
     def close(self) -> None:
         try:

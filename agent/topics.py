@@ -1,10 +1,10 @@
 """Every MQTT topic the agent uses, built in one place and validated when built.
 
-    <prefix>/<device>/status                 retained "online" / "offline" (last will)
-    <prefix>/<device>/prediction/<model>     predictions (payloads.PredictionV1 / batch)
-    <prefix>/<device>/metrics                periodic metrics (payloads.MetricsV1)
-    <prefix>/<device>/ota                    retained OTA state (payloads.OtaStateV1)
-    <prefix>/ota/<channel>/<model>           retained release announcements (manifest.Announcement)
+<prefix>/<device>/status                 retained "online" / "offline" (last will)
+<prefix>/<device>/prediction/<model>     predictions (payloads.PredictionV1 / batch)
+<prefix>/<device>/metrics                periodic metrics (payloads.MetricsV1)
+<prefix>/<device>/ota                    retained OTA state (payloads.OtaStateV1)
+<prefix>/ota/<channel>/<model>           retained release announcements (manifest.Announcement)
 """
 
 from __future__ import annotations

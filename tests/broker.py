@@ -60,7 +60,10 @@ class Broker:
     port: int = field(default_factory=free_port)
     tls: TlsFiles | None = None
     extra_conf: str = ""
+    persistent: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    plain_port: int = field(default_factory=free_port)
+    """With ``tls``: a second, plain listener for the test's own observer."""
 
     @property
     def host(self) -> str:
@@ -68,9 +71,11 @@ class Broker:
 
     def _write_conf(self) -> Path:
         lines = [
+            "per_listener_settings false",
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
+            f"persistence {'true' if self.persistent else 'false'}",
+            f"persistence_location {self.workdir}/",
             "max_inflight_messages 0",
             "max_queued_messages 0",
             f"log_dest file {self.workdir / 'mosquitto.log'}",
@@ -79,6 +84,7 @@ class Broker:
             "log_type notice",
         ]
         if self.tls is not None:
+            lines[1:1] = [f"listener {self.plain_port} 127.0.0.1"]
             lines += [
                 f"cafile {self.tls.ca_file}",
                 f"certfile {self.tls.cert_file}",
@@ -108,11 +114,12 @@ class Broker:
                 f"mosquitto did not start: {log.read_text() if log.exists() else ''}"
             ) from None
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = False) -> None:
+        """SIGKILL the broker (or SIGTERM, so a persistent one saves its sessions)."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
+            os.kill(self.proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc = None
 

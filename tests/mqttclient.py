@@ -35,15 +35,27 @@ class Collector:
     host: str
     port: int
     topics: list[str]
+    session: str | None = None
+    """A client id for a persistent session (MQTT 3.1.1, clean_session=False): with a
+    persistent broker, messages published while this observer is away are kept for it."""
     messages: list[Received] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _client: mqtt.Client | None = None
 
     def __enter__(self) -> Collector:
         subscribed = threading.Event()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}"
-        )
+        if self.session:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.session,
+                clean_session=False,
+                protocol=mqtt.MQTTv311,
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}"
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=1)
 
         def on_connect(c: mqtt.Client, u: object, f: object, rc: object, p: object) -> None:
             c.subscribe([(t, 1) for t in self.topics])
@@ -85,6 +97,15 @@ class Collector:
                     f"condition not met in {timeout}s; {len(self.messages)} messages, last: {tail}"
                 )
             return list(self.messages)
+
+    def wait_connected(self, timeout: float = 20.0) -> None:
+        """After a broker restart: wait until this observer is connected again."""
+        assert self._client is not None
+        deadline = time.monotonic() + timeout
+        while not self._client.is_connected():
+            if time.monotonic() > deadline:
+                raise TimeoutError("observer did not reconnect")
+            time.sleep(0.02)  # paho offers no event for 'reconnected'
 
     def on(self, topic_suffix: str) -> list[Received]:
         with self._cond:

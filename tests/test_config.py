@@ -65,16 +65,12 @@ def test_each_error_names_its_key(data: dict[str, object], path: str, fragment: 
 
 
 def test_all_problems_reported_not_just_the_first() -> None:
-    found = problems(
-        {"mqtt": {"port": 0, "qos": 5}, "window": {"length": 0}, "bogus": 1}
-    )
+    found = problems({"mqtt": {"port": 0, "qos": 5}, "window": {"length": 0}, "bogus": 1})
     assert {"mqtt.port", "mqtt.qos", "window.length", "bogus"} <= set(found)
 
 
 def test_cross_field_channel_mismatch() -> None:
-    found = problems(
-        {"preprocess": {"normalize": "standard", "mean": [0, 0], "std": [1, 1]}}
-    )
+    found = problems({"preprocess": {"normalize": "standard", "mean": [0, 0], "std": [1, 1]}})
     assert any("2 values for 3 channels" in r for r in found.values())
 
 
