@@ -4,9 +4,11 @@
     edge-agent check-config [--config ...]      validate, print the effective config
     edge-agent inspect MODEL                    tensors, quantisation, ops, size of a .tflite/.eapkg
     edge-agent predict MODEL --input FILE       one-shot inference, JSON out
-    edge-agent demo                             a broker, the agent on its defaults, predictions shown
+    edge-agent demo                             local broker, agent on defaults, prints predictions
 
-Exit codes: 0 success, 1 failure at run time, 2 bad config / bad model / bad input at start.
+Exit codes: 0 success, 1 failure at run time, 2 bad model or bad input at start, 78 (EX_CONFIG)
+invalid configuration for `run` (systemd does not restart it: retrying cannot help), 2 for
+`check-config`.
 """
 
 from __future__ import annotations
@@ -88,13 +90,13 @@ def _model_bytes(path: Path) -> bytes:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.logs import setup_logging
-    from agent.service import EXIT_STARTUP, Agent
+    from agent.service import EXIT_CONFIG, Agent
 
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
-        return EXIT_STARTUP
+        return EXIT_CONFIG
     setup_logging(args.log_level or cfg.agent.log_level, cfg.agent.log_format)
     agent = Agent(cfg, args.config)
     agent.install_signal_handlers()

@@ -27,6 +27,7 @@ from agent.errors import ConfigError
 ENV_PREFIX = "EDGE_AGENT__"
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BUILTIN_DEMO_MODEL = "builtin:demo"
+RESERVED_DEVICE_IDS = frozenset({"ota"})
 
 
 def check_topic_id(value: str, what: str = "id") -> str:
@@ -72,6 +73,11 @@ class AgentSection(_Table):
     @model_validator(mode="after")
     def _ids(self) -> AgentSection:
         check_topic_id(self.device_id, "device_id")
+        if self.device_id in RESERVED_DEVICE_IDS:
+            raise ValueError(
+                f"device_id {self.device_id!r} is reserved (<prefix>/{self.device_id}/... "
+                "carries OTA announcements; the broker ACLs rely on it)"
+            )
         for g in self.groups:
             check_topic_id(g, "group")
         return self
@@ -108,7 +114,8 @@ class ModelSection(_Table):
     )
     input: str | None = Field(
         None,
-        description="Name of the input tensor the window feeds (default: the model's only input).",
+        description="Name of the input tensor the window feeds, checked against the model "
+        "(default: the model's only input; the streaming pipeline runs single-input models).",
     )
 
     @model_validator(mode="after")
@@ -146,7 +153,9 @@ class SyntheticSource(_SourceBase):
     rate_hz: float = Field(50.0, gt=0, le=1_000_000, description="Samples per second.")
     seed: int = Field(0, description="Seed: the same seed gives the same signal.")
     frequency_hz: list[float] = Field(
-        default_factory=lambda: [1.0], description="Sine frequency per channel (cycled)."
+        default_factory=lambda: [1.0],
+        min_length=1,
+        description="Sine frequency per channel (cycled).",
     )
     amplitude: float = Field(1.0, description="Sine amplitude.")
     noise_std: float = Field(0.1, ge=0, description="Gaussian noise standard deviation.")

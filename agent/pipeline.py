@@ -20,10 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.config import Config, MqttSource
-from agent.errors import EdgeAgentError, InferenceError, SampleError
+from agent.errors import InferenceError, SampleError, ShapeMismatch
 from agent.metrics import Metrics
+from agent.ondemand import OnDemandRunner
 from agent.postprocess import Postprocessor, build_postprocessor
 from agent.preprocess import Preprocessor, check_model_input
 from agent.publisher import PredictionRecord, Publisher
@@ -62,22 +64,18 @@ class _Stages:
 def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
     """Validate ``active`` against the configured pipeline (ShapeMismatch if it does not fit)."""
     model = active.model
-    if cfg.model.input is not None:
-        matches = [t for t in model.inputs if t.name == cfg.model.input]
-        if not matches:
-            names = [t.name for t in model.inputs]
-            raise EdgeAgentError(
-                f"model.input {cfg.model.input!r} is not an input of the model {names}"
-            )
-        inp = matches[0]
-    else:
-        if len(model.inputs) != 1:
-            names = [t.name for t in model.inputs]
-            raise EdgeAgentError(
-                f"the model has {len(model.inputs)} inputs {names}: set model.input to the one "
-                "the window feeds"
-            )
-        inp = model.inputs[0]
+    if len(model.inputs) != 1:
+        names = [t.name for t in model.inputs]
+        raise ShapeMismatch(
+            f"model {active.name} {active.version} has {len(model.inputs)} inputs {names}: the "
+            "streaming pipeline feeds one window to a single-input model (multi-input models "
+            "run through `edge-agent predict`)"
+        )
+    inp = model.inputs[0]
+    if cfg.model.input is not None and cfg.model.input != inp.name:
+        raise ShapeMismatch(
+            f"model.input = {cfg.model.input!r}, but the model's input is named {inp.name!r}"
+        )
     shape = check_model_input(inp, cfg.window.length, cfg.channels)
     post = build_postprocessor(
         cfg.postprocess,
@@ -126,6 +124,7 @@ class Pipeline:
         self.heartbeat = time.monotonic()
         self.idle = threading.Event()
         self.finished = threading.Event()
+        self._on_demand = OnDemandRunner(cfg, metrics)  # HTTP API: its own interpreter
         for scfg in cfg.sources:
             src = build_source(scfg, ctx)
             emit = self._emit_nowait if isinstance(scfg, MqttSource) else self._emit_blocking
@@ -170,6 +169,15 @@ class Pipeline:
 
     def inference_alive(self) -> bool:
         return self._infer_thread is not None and self._infer_thread.is_alive()
+
+    # ---------------------------------------------------------------- on demand (HTTP API)
+
+    def predict_window(self, values: object, stream: str) -> dict[str, Any]:
+        """One window from another program, validated like sensor input (``make_block``) and
+        run on the ACTIVE model through a separate interpreter (agent/ondemand.py), never the
+        inference thread's. Raises SampleError / ShapeMismatch / InferenceError."""
+        st = self._stages
+        return self._on_demand.predict(st.active, st.input_shape, values, stream)
 
     # ---------------------------------------------------------------- sources
 
@@ -254,16 +262,16 @@ class Pipeline:
             return
         st = self._stages
         x_all = windows.data
-        run = st.active.model.run
+        run = st.active.model.run1
         for i in range(n):
             if self._pending_swap is not None:
                 self._apply_swap()
                 st = self._stages
-                run = st.active.model.run
+                run = st.active.model.run1
             x = x_all[i].reshape(st.input_shape)
             t0 = time.perf_counter()
             try:
-                outs = run([x])
+                outs = run(x)
                 latency = time.perf_counter() - t0
                 result = st.postprocessor(outs, x, block.stream)
             except InferenceError as exc:

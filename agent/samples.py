@@ -44,7 +44,8 @@ def make_block(stream: str, values: object, ts: object | None, channels: int) ->
     Reasons: ``non_numeric``, ``wrong_shape``, ``not_finite``.
     """
     try:
-        arr = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SampleError("non_numeric", f"values are not numbers: {exc}") from None
     if arr.ndim == 1:

@@ -22,16 +22,21 @@ from agent.errors import ConfigError, EdgeAgentError
 from agent.metrics import Metrics
 from agent.models import load_active_model
 from agent.mqtt import MqttLink, OutgoingMessage
+from agent.observability import Observability
+from agent.ota import Updater
 from agent.pipeline import Pipeline
 from agent.publisher import Publisher
 from agent.sources import SourceContext
 from agent.spool import Spool
+from agent.systemd import Notifier, WatchdogPinger
 from agent.topics import OFFLINE, ONLINE, Topics
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_STARTUP = 2
+EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus (retrying cannot help)
+STALL_S = 10.0  # no inference-loop pass for this long = hung: withhold watchdog pings
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Running:
     spool: Spool
     publisher: Publisher
     pipeline: Pipeline
+    updater: Updater | None = None
 
 
 class Agent:
@@ -53,8 +59,12 @@ class Agent:
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._wake = threading.Event()  # set with either of the two above
         self.running: Running | None = None
         self.ready = threading.Event()
+        self.notifier = Notifier.from_environ()
+        self._pinger: WatchdogPinger | None = None
+        self.observability: Observability | None = None  # metrics/HTTP API/HA (observability.py)
 
     # ---------------------------------------------------------------- control
 
@@ -64,18 +74,20 @@ class Agent:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()
 
     def install_signal_handlers(self) -> None:
         def on_term(signum: int, frame: FrameType | None) -> None:
             log.info("signal %s: shutting down", signal.Signals(signum).name)
-            self._stop.set()
+            self.request_stop()
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
             log.info("SIGHUP: reloading config")
-            self._reload.set()
+            self.request_reload()
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
@@ -108,15 +120,20 @@ class Agent:
         ctx = SourceContext(metrics=self.metrics, subscriber=link)
         try:
             pipeline = Pipeline(cfg, active, publisher, self.metrics, topics, ctx)
+            updater = (
+                Updater(cfg, link, pipeline, self.metrics, topics) if cfg.ota.enabled else None
+            )
         except EdgeAgentError:
             spool.close()
             raise
-        return Running(cfg, topics, link, spool, publisher, pipeline)
+        return Running(cfg, topics, link, spool, publisher, pipeline, updater)
 
     def start(self, r: Running) -> None:
         r.link.start()
         r.publisher.start()
         r.pipeline.start()
+        if r.updater is not None:
+            r.updater.start()
         self.running = r
         self.metrics.set("model_version", r.pipeline.active.version)
         log.info(
@@ -129,11 +146,52 @@ class Agent:
             r.cfg.mqtt.host,
             r.cfg.mqtt.port,
         )
+        # -- observability: metrics reporter, HTTP API, Home Assistant discovery (never raises)
+        self.observability = Observability.start(self, r)
         self.ready.set()
+        # -- systemd: READY once the model is loaded and the pipeline runs; watchdog pings only
+        # while the inference loop makes passes and the MQTT and publisher threads are alive
+        self.notifier.ready(self.summary())
+        self._pinger = WatchdogPinger(self.notifier, self.healthy, status=self.summary)
+        self._pinger.start()
+
+    def healthy(self) -> bool:
+        """The pipeline is really making progress (what the systemd watchdog is fed from)."""
+        r = self.running
+        return (
+            r is not None
+            and time.monotonic() - r.pipeline.heartbeat < STALL_S
+            and r.pipeline.inference_alive()
+            and r.link.thread_alive()
+            and r.publisher.alive()
+        )
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        r = self.running
+        if r is None:
+            return "starting"
+        m = self.metrics
+        return (
+            f"model {r.pipeline.active.name} {r.pipeline.active.version}; "
+            f"mqtt {'up' if r.link.connected else 'down'}; "
+            f"{m.counter('predictions_out')} predictions; queue {r.spool.depth}"
+        )
 
     def shutdown(self, r: Running, final_status: bool) -> None:
         budget = r.cfg.agent.shutdown_timeout_s
+        if final_status:
+            self.notifier.stopping("stopping")
+        if self._pinger is not None:
+            self._pinger.stop(timeout=1.0)
+            self._pinger = None
+        # -- observability first: no new on-demand work, no reports from a stopping agent
+        if self.observability is not None:
+            self.observability.stop()
+            self.observability = None
         t0 = time.monotonic()
+        if r.updater is not None:
+            r.updater.stop(timeout=budget * 0.2)
         r.pipeline.stop(timeout=budget * 0.4)
         r.publisher.stop(timeout=max(0.1, budget * 0.8 - (time.monotonic() - t0)))
         final = [OutgoingMessage(r.topics.status, OFFLINE, 1, True)] if final_status else []
@@ -151,8 +209,9 @@ class Agent:
             return EXIT_STARTUP
         self.start(r)
         while True:
-            while not self._stop.is_set() and not self._reload.is_set():
-                self._stop.wait(0.5)
+            while not self._wake.wait(1.0):
+                pass
+            self._wake.clear()
             if self._stop.is_set():
                 self.shutdown(r, final_status=True)
                 return EXIT_OK
@@ -160,6 +219,7 @@ class Agent:
             new_cfg = self._reread()
             if new_cfg is None:
                 continue
+            self.notifier.reloading()
             self.shutdown(r, final_status=False)
             try:
                 r = self.build(new_cfg)

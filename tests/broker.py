@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -72,6 +73,9 @@ class Broker:
     def _write_conf(self) -> Path:
         lines = [
             "per_listener_settings false",
+            # started as root (CI), mosquitto would switch to the 'mosquitto' user, which cannot
+            # write its log and persistence file into the test's directory
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             f"persistence {'true' if self.persistent else 'false'}",

@@ -295,11 +295,11 @@ def test_model_that_does_not_fit_the_window_exits_2(tmp_path: Path, broker: Brok
     assert "window" in out and "32" in out, out
 
 
-def test_invalid_config_exits_2_naming_keys(tmp_path: Path, broker: Broker) -> None:
+def test_invalid_config_exits_78_naming_keys(tmp_path: Path, broker: Broker) -> None:
     conf = tmp_path / "agent.toml"
     conf.write_text("[mqtt]\nport = -1\n[window]\nhop = 0\n")
     agent = AgentProcess(conf, tmp_path / "agent.log").start()
-    assert agent.wait(30) == 2
+    assert agent.wait(30) == 78  # EX_CONFIG: systemd's RestartPreventExitStatus
     assert "mqtt.port" in agent.output() and "window.hop" in agent.output()
 
 
@@ -325,9 +325,10 @@ def test_sighup_reloads_config(tmp_path: Path, broker: Broker) -> None:
         # an invalid config on SIGHUP is refused; the agent keeps running the old one
         conf.write_text("[mqtt]\nport = 0\n")
         agent.signal(signal.SIGHUP)
-        n = len(predictions(msgs))
-        col.wait_for(lambda m: len(predictions(m)) >= n + 5, timeout=30)
+        _wait(lambda: "config not reloaded" in agent.output(), 30, "refusal not logged")
+        n = len(predictions(col.messages))
+        msgs = col.wait_for(lambda m: len(predictions(m)) >= n + 5, timeout=30)
+        assert all(p["model"]["version"] == "2.0.0" for p in predictions(msgs)[n:])
         assert agent.alive()
         code, _ = agent.terminate()
         assert code == 0
-    assert "config not reloaded" in agent.output()

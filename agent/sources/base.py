@@ -51,6 +51,4 @@ class SourceContext:
     def reject(self, source: str, err: SampleError) -> None:
         """Count and (rate-limited) log one malformed message; the source goes on."""
         self.metrics.inc("samples_rejected", reason=err.reason)
-        self.warn.warning(
-            f"{source}:{err.reason}", "source %s: skipped a sample: %s", source, err
-        )
+        self.warn.warning(f"{source}:{err.reason}", "source %s: skipped a sample: %s", source, err)

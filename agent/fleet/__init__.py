@@ -1,0 +1,9 @@
+"""``edge-fleet``: the operator's view of a fleet and its model rollouts, over MQTT only.
+
+    view.py        what every device reports (retained status/OTA state, the metrics stream)
+    rollout.py     announce a version to a channel, follow it, abort on failures; promote
+    connection.py  broker options of the command line -> ``agent.config.MqttSection``
+    cli.py         the ``edge-fleet`` command (status, rollout, promote)
+
+Everything goes through ``agent.mqtt`` (``MqttLink``, ``collect_retained``, ``publish_once``).
+"""

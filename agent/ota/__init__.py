@@ -1,0 +1,21 @@
+"""Over-the-air model updates: where updates are applied (docs/ota.md).
+
+    decide.py    trust (Ed25519), version floor, targeting; compat.py: fits the pipeline?
+    download.py  the only HTTP client: resume, retries, deadline, bandwidth cap, sha256
+    smoke.py     golden samples in a fresh interpreter from the verified bytes
+    store.py     versions on disk, the ``current``/``previous`` symlinks, bad marks
+    state.py     the persisted state machine (and the test-only pause hook)
+    health.py    the health window after a swap, the boot counter
+    boot.py      at start: resume or roll back, then load the installed model
+    updater.py   the orchestrator thread; incoming.py: the drop-in folder
+    report.py    the retained ``OtaStateV1`` message
+
+The agent calls ``startup_model(cfg)`` when it loads its model and runs an ``Updater`` when
+``ota.enabled``.
+"""
+
+from agent.ota.boot import startup_model
+from agent.ota.report import OtaStateV1
+from agent.ota.updater import Updater
+
+__all__ = ["OtaStateV1", "Updater", "startup_model"]

@@ -1,0 +1,267 @@
+"""Deciding whether to take an offered version: trust, freshness, targeting, compatibility.
+
+An ``Offer`` comes from a retained announcement (``offer_from_announcement``) or a package
+dropped into ``incoming/`` (``offer_from_package``). ``Decider.decide`` checks, in order, and
+refuses with ``UpdateError(reason)``:
+
+1. ``unsigned`` / ``unknown_key`` / ``bad_signature``: Ed25519 (fixed here, never read from
+   the offer) over the exact manifest bytes, by one of the configured trusted keys. Unsigned
+   offers pass only with ``ota.allow_unsigned`` (development).
+2. ``bad_manifest``: the signed bytes do not parse as a manifest.
+3. ``wrong_model``: the manifest is for another model than the configured one.
+4. ``marked_bad``: this exact build (version + sha256) failed here before.
+5. ``version_rollback`` (older than the floor: a replayed old release) and
+   ``version_reused`` (the floor's version with another sha256). The floor is the highest
+   version this device ever accepted, persisted in ``<state_dir>/ota/floor.json``, and the
+   running model's version. ``up_to_date`` (not a refusal) when it is the running build.
+6. ``not_targeted``: the announcement's groups / rollout percentage leave this device out.
+7. ``agent_too_old`` / ``incompatible_*`` (``agent.ota.compat``), ``too_large``.
+
+``Decider.accept`` raises the floor (before the download starts, as TUF does).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import agent
+from agent.config import Config
+from agent.errors import PackageError, SignatureError, UpdateError
+from agent.manifest import Announcement, Manifest, Targets, Version, parse_manifest
+from agent.ota.compat import check_compatible
+from agent.ota.files import atomic_write_json, read_json
+from agent.ota.store import ModelStore
+from agent.package import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, read_package
+from agent.signing import PublicKey, verify
+
+log = logging.getLogger(__name__)
+
+MAX_ANNOUNCEMENT_BYTES = MAX_MANIFEST_BYTES + 64 * 1024
+NOT_A_REFUSAL = frozenset({"up_to_date"})
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A version offered to this device, before anything about it is trusted."""
+
+    source: str
+    """``channel:<name>`` or ``incoming:<file name>``."""
+    manifest_bytes: bytes
+    signature: bytes | None
+    key_id: str | None
+    url: str | None = None
+    """Where the model is downloaded from (announcements)."""
+    content: bytes | None = None
+    """The model bytes, when the offer carries them (a dropped-in package)."""
+    targets: Targets | None = None
+    """Who the offer is for; None for a local drop-in (an operator's deliberate act)."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    offer: Offer
+    manifest: Manifest
+    signer: str | None
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.artifact.sha256
+
+
+@dataclass(frozen=True)
+class Running:
+    """The build serving predictions now."""
+
+    version: str
+    sha256: str
+
+
+# --------------------------------------------------------------------------- offers
+
+
+def offer_from_announcement(payload: bytes, channel: str, model: str) -> Offer:
+    """Parse a retained announcement from ``<prefix>/ota/<channel>/<model>``."""
+    if len(payload) > MAX_ANNOUNCEMENT_BYTES:
+        raise UpdateError("bad_announcement", f"{len(payload)} bytes is too long")
+    try:
+        ann = Announcement.model_validate_json(payload)
+    except ValueError as exc:
+        raise UpdateError("bad_announcement", f"not an announcement: {exc}") from None
+    if ann.channel != channel:
+        raise UpdateError(
+            "wrong_channel",
+            f"announcement for channel {ann.channel!r} on the topic of channel {channel!r}",
+        )
+    signature = None
+    if ann.signature is not None:
+        try:
+            signature = base64.b64decode(ann.signature, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise UpdateError("bad_signature", f"signature is not base64: {exc}") from None
+    return Offer(
+        source=f"channel:{channel}",
+        manifest_bytes=ann.manifest_bytes,
+        signature=signature,
+        key_id=ann.key_id,
+        url=ann.url,
+        targets=ann.targets,
+    )
+
+
+def offer_from_package(name: str, data: bytes) -> Offer:
+    """An offer from a package file's bytes (read once: these bytes are what is checked)."""
+    try:
+        pkg = read_package(data)
+    except PackageError as exc:
+        raise UpdateError(exc.reason, f"{name}: {exc.detail}") from exc
+    return Offer(
+        source=f"incoming:{name}",
+        manifest_bytes=pkg.manifest_bytes,
+        signature=pkg.signature.raw() if pkg.signature is not None else None,
+        key_id=pkg.key_id,
+        content=pkg.model,
+    )
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def check_signature(
+    manifest_bytes: bytes,
+    signature: bytes | None,
+    key_id: str | None,
+    keys: Sequence[PublicKey],
+    allow_unsigned: bool,
+) -> str | None:
+    """The id of the trusted key that signed ``manifest_bytes`` (None: accepted unsigned)."""
+    try:
+        return verify(manifest_bytes, signature, key_id, keys).key_id
+    except SignatureError as exc:
+        if allow_unsigned and exc.reason in ("unsigned", "unknown_key"):
+            log.warning("accepting an %s manifest: ota.allow_unsigned is on", exc.reason)
+            return None
+        raise UpdateError(exc.reason, exc.detail) from exc
+
+
+class VersionFloor:
+    """The highest version (and its sha256) this device ever accepted, per model, on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get(self, model: str) -> tuple[str, str] | None:
+        obj = read_json(self.path)
+        entry = obj.get(model) if isinstance(obj, dict) else None
+        if not isinstance(entry, dict):
+            return None
+        return str(entry["version"]), str(entry["sha256"])
+
+    def raise_to(self, model: str, version: str, sha256: str) -> None:
+        cur = self.get(model)
+        if cur is not None and Version.parse(cur[0]) > Version.parse(version):
+            return
+        obj = read_json(self.path)
+        data = obj if isinstance(obj, dict) else {}
+        data[model] = {"version": version, "sha256": sha256}
+        atomic_write_json(self.path, data)
+
+
+def _parse_version(text: str) -> Version | None:
+    try:
+        return Version.parse(text)
+    except ValueError:
+        return None
+
+
+class Decider:
+    """Applies the checks in the module doc to offers for the configured model."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        keys: Sequence[PublicKey],
+        floor: VersionFloor,
+        store: ModelStore,
+        agent_version: str = agent.__version__,
+    ) -> None:
+        self.cfg = cfg
+        self.keys = list(keys)
+        self.floor = floor
+        self.store = store
+        self.agent_version = agent_version
+
+    def decide(self, offer: Offer, running: Running) -> Accepted:
+        signer = check_signature(
+            offer.manifest_bytes,
+            offer.signature,
+            offer.key_id,
+            self.keys,
+            self.cfg.ota.allow_unsigned,
+        )
+        try:
+            manifest = parse_manifest(offer.manifest_bytes)
+        except PackageError as exc:
+            raise UpdateError("bad_manifest", exc.detail) from exc
+        if manifest.name != self.cfg.model.name:
+            raise UpdateError(
+                "wrong_model",
+                f"offer is for model {manifest.name!r}, this device runs {self.cfg.model.name!r}",
+            )
+        self._check_version(manifest, running)
+        targets = offer.targets
+        if targets is not None and not targets.includes(
+            self.cfg.agent.device_id, list(self.cfg.agent.groups), manifest.name, manifest.version
+        ):
+            raise UpdateError(
+                "not_targeted",
+                f"{manifest.version} targets groups {targets.groups or 'all'} at "
+                f"{targets.percent:g}%; this device is in groups {self.cfg.agent.groups}",
+            )
+        check_compatible(manifest, self.cfg, self.agent_version)
+        if manifest.artifact.size > MAX_MODEL_BYTES:
+            raise UpdateError(
+                "too_large", f"{manifest.artifact.size} bytes is over {MAX_MODEL_BYTES}"
+            )
+        return Accepted(offer, manifest, signer)
+
+    def _check_version(self, manifest: Manifest, running: Running) -> None:
+        version, sha = manifest.semver, manifest.artifact.sha256
+        run_v = _parse_version(running.version)
+        if run_v == version and running.sha256 == sha:
+            raise UpdateError("up_to_date", f"{manifest.version} is running")
+        bad = self.store.bad_reason(manifest.version, sha)
+        if bad is not None:
+            raise UpdateError(
+                "marked_bad", f"{manifest.version} (sha256 {sha[:12]}) failed here before: {bad}"
+            )
+        floors: list[tuple[Version, str, str]] = []
+        stored = self.floor.get(manifest.name)
+        if stored is not None and (v := _parse_version(stored[0])) is not None:
+            floors.append((v, stored[1], "the highest version accepted"))
+        if run_v is not None:
+            floors.append((run_v, running.sha256, "the running version"))
+        for floor_v, floor_sha, what in floors:
+            if version < floor_v:
+                raise UpdateError(
+                    "version_rollback",
+                    f"{manifest.version} is older than {floor_v} ({what}): a replayed release",
+                )
+            if version == floor_v and sha != floor_sha:
+                raise UpdateError(
+                    "version_reused",
+                    f"{manifest.version} was already accepted with sha256 {floor_sha[:12]}, "
+                    f"this one has {sha[:12]}",
+                )
+
+    def accept(self, accepted: Accepted) -> None:
+        """Raise the floor to the accepted version: older releases are refused from now on."""
+        self.floor.raise_to(accepted.manifest.name, accepted.version, accepted.sha256)

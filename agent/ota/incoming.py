@@ -1,0 +1,86 @@
+"""The drop-in folder: a package copied into ``incoming/`` (USB stick, scp) is offered locally.
+
+Watched with ``watchdog`` (inotify on Linux), not polled. A file is only handed on once it is
+complete: on ``closed`` (the writer closed it: ``IN_CLOSE_WRITE``) or ``moved`` into the folder
+(rsync and careful copiers write a temp name and rename). Only ``*.eapkg`` names count; dot
+files and sub-folders (``rejected/``) are ignored. ``scan()`` offers what was already there
+when the agent started. The updater settles files that still look incomplete (see
+``agent.ota.updater``) before it rejects them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from agent.package import PACKAGE_SUFFIX
+
+log = logging.getLogger(__name__)
+
+OnFile = Callable[[Path], None]
+
+
+def is_candidate(path: Path) -> bool:
+    return path.name.endswith(PACKAGE_SUFFIX) and not path.name.startswith(".")
+
+
+class _Handler(FileSystemEventHandler):
+    """Hands complete ``*.eapkg`` files in the folder to ``on_file``."""
+
+    def __init__(self, directory: Path, on_file: OnFile) -> None:
+        super().__init__()
+        self._dir = directory
+        self._on_file = on_file
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if event.event_type == "closed":
+            raw = event.src_path
+        elif event.event_type == "moved":
+            raw = event.dest_path
+        else:
+            return
+        path = Path(os.fsdecode(raw))
+        if path.parent == self._dir and is_candidate(path):
+            log.info("incoming package %s", path.name)
+            self._on_file(path)
+
+
+class IncomingWatcher:
+    def __init__(self, directory: Path, on_file: OnFile) -> None:
+        self.directory = directory
+        self._on_file = on_file
+        self._observer: BaseObserver | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        observer = Observer()
+        observer.schedule(_Handler(self.directory, self._on_file), str(self.directory))
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        log.info("watching %s for model packages", self.directory)
+
+    def scan(self) -> None:
+        """Offer the packages already in the folder."""
+        try:
+            entries = sorted(self.directory.iterdir())
+        except OSError as exc:
+            log.warning("cannot list %s: %s", self.directory, exc)
+            return
+        for p in entries:
+            if is_candidate(p) and p.is_file():
+                self._on_file(p)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout)
+            self._observer = None

@@ -1,0 +1,127 @@
+"""Offers in: retained announcements and dropped-in package files, queued for the updater.
+
+The MQTT network thread and watchdog's thread only call ``announcement``/``file`` here: they
+record a job (the latest per topic / per file wins: a newer retained message replaces an
+unprocessed older one) and wake the updater. The updater takes jobs with ``next`` and turns
+each into an ``Offer`` with ``offer`` on its own thread. A file whose zip does not read yet
+and that was modified less than ``SETTLE_S`` ago is looked at again later instead of being
+rejected (a copier that closes and reopens); ``done`` deletes a processed file or moves a
+refused one to ``incoming/rejected/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import UpdateError
+from agent.ota.decide import NOT_A_REFUSAL, Offer, offer_from_announcement, offer_from_package
+from agent.ota.incoming import IncomingWatcher
+from agent.package import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES
+
+log = logging.getLogger(__name__)
+
+SETTLE_S = 2.0
+MAX_PACKAGE_BYTES = MAX_MODEL_BYTES + MAX_MANIFEST_BYTES + 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    channel: str | None = None
+    payload: bytes = b""
+    path: Path | None = None
+    not_before: float = 0.0
+
+    @property
+    def source(self) -> str:
+        return f"channel:{self.channel}" if self.path is None else f"incoming:{self.path.name}"
+
+
+class Intake:
+    """The updater's inbox (thread-safe) and the drop-in folder's housekeeping."""
+
+    def __init__(self, channels: dict[str, str], model: str, incoming: Path) -> None:
+        self._channels = channels
+        self._model = model
+        self._rejected = incoming / "rejected"
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self.wake = threading.Event()
+        self.watcher = IncomingWatcher(incoming, self.file)
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._channels)
+
+    # ---------------------------------------------------------------- other threads
+
+    def announcement(self, topic: str, payload: bytes) -> None:
+        """MQTT handler: never blocks."""
+        channel = self._channels.get(topic)
+        if payload and channel is not None:  # an empty retained message clears the channel
+            self._put(Job(key=topic, channel=channel, payload=bytes(payload)))
+
+    def file(self, path: Path) -> None:
+        self._put(Job(key=f"file:{path}", path=path))
+
+    def _put(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.key, None)
+            self._jobs[job.key] = job
+        self.wake.set()
+
+    # ---------------------------------------------------------------- the updater's thread
+
+    def next(self) -> tuple[Job | None, float]:
+        """The oldest due job, or None and how long to wait for one."""
+        now = time.monotonic()
+        with self._lock:
+            for key, job in self._jobs.items():
+                if job.not_before <= now:
+                    del self._jobs[key]
+                    return job, 0.0
+            soonest = min((j.not_before for j in self._jobs.values()), default=now + 1.0)
+        return None, min(1.0, max(0.01, soonest - now))
+
+    def offer(self, job: Job) -> Offer:
+        """Parse an announcement, or read a package file once (UpdateError, OSError)."""
+        if job.path is None:
+            assert job.channel is not None
+            return offer_from_announcement(job.payload, job.channel, self._model)
+        with job.path.open("rb") as f:
+            data = f.read(MAX_PACKAGE_BYTES + 1)
+        if len(data) > MAX_PACKAGE_BYTES:
+            raise UpdateError("too_large", f"{job.path.name} is over {MAX_PACKAGE_BYTES} bytes")
+        return offer_from_package(job.path.name, data)
+
+    def settle(self, job: Job) -> bool:
+        """Look at a recently modified, unreadable file again later; True if requeued."""
+        if job.path is None:
+            return False
+        try:
+            young = time.time() - job.path.stat().st_mtime < SETTLE_S
+        except OSError:
+            return False
+        if young:
+            log.info("%s looks incomplete; looking again in %gs", job.path.name, SETTLE_S)
+            self._put(dataclasses.replace(job, not_before=time.monotonic() + SETTLE_S))
+        return young
+
+    def done(self, job: Job, outcome: str | None) -> None:
+        """Delete a processed drop-in (``outcome`` None or not a refusal), set aside the rest."""
+        if job.path is None or outcome == "cancelled":
+            return
+        try:
+            if outcome is None or outcome in NOT_A_REFUSAL:
+                job.path.unlink(missing_ok=True)
+            elif job.path.exists():
+                self._rejected.mkdir(parents=True, exist_ok=True)
+                job.path.replace(self._rejected / job.path.name)
+                log.warning("moved %s to %s (%s)", job.path.name, self._rejected, outcome)
+        except OSError as exc:
+            log.warning("cannot clear %s: %s", job.path, exc)

@@ -1,0 +1,182 @@
+"""What the device tells the fleet about its updates: the retained ``OtaStateV1`` message.
+
+Published retained on ``<prefix>/<device>/ota`` at start, on every state change, while
+downloading (progress, at most every ``PROGRESS_EVERY_S``), on every refused offer, and again
+after each reconnect. docs/ota.md shows the JSON.
+
+The persisted machine states map to the reported ``state`` as: ``activating`` -> ``staged``,
+``trial`` -> ``active`` with ``health = "watching"``, ``active`` -> ``active`` with
+``health = "passed"``; the others by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.mqtt import OutgoingMessage
+from agent.ota.state import Record, State
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 1.0
+
+Phase = Literal["idle", "downloading", "verifying", "staged", "active", "rolled_back", "failed"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DownloadProgress(_Wire):
+    bytes: int = Field(ge=0, description="Bytes of the model downloaded so far.")
+    total: int = Field(ge=0, description="The model's size from the signed manifest.")
+
+
+class Refusal(_Wire):
+    version: str | None = Field(description="Version offered (null if the offer was unreadable).")
+    reason: str = Field(description="Stable label, e.g. bad_signature, version_rollback.")
+    detail: str = Field(description="Human-readable explanation.")
+    source: str | None = Field(description="channel:<name> or incoming:<file>.")
+    at: float = Field(description="When it was refused (epoch seconds).")
+
+
+class OtaStateV1(_Wire):
+    v: Literal[1] = Field(1, description="Payload schema version.")
+    device: str = Field(description="Device id.")
+    model: str = Field(description="Model name (the OTA channel's model).")
+    state: Phase = Field(description="Where the update path is.")
+    version: str | None = Field(
+        description="The version this state is about: being downloaded/verified/staged, "
+        "active, rolled back from, or failed."
+    )
+    running: str = Field(description="The version serving predictions now.")
+    previous: str | None = Field(
+        None, description="The version a rollback returns to (null: the configured model)."
+    )
+    source: str | None = Field(None, description="Where the update came from.")
+    reason: str | None = Field(None, description="Why it failed or was rolled back.")
+    detail: str | None = Field(None, description="Human-readable details of the reason.")
+    progress: DownloadProgress | None = Field(None, description="While downloading.")
+    health: Literal["watching", "passed"] | None = Field(
+        None, description="For 'active': still in the health window, or through it."
+    )
+    refusal: Refusal | None = Field(
+        None, description="The most recent offer refused since the agent started."
+    )
+    ts: float = Field(description="When this report was made (epoch seconds).")
+
+
+_PHASE: dict[State, Phase] = {
+    State.IDLE: "idle",
+    State.DOWNLOADING: "downloading",
+    State.VERIFYING: "verifying",
+    State.STAGED: "staged",
+    State.ACTIVATING: "staged",
+    State.TRIAL: "active",
+    State.ACTIVE: "active",
+    State.ROLLED_BACK: "rolled_back",
+    State.FAILED: "failed",
+}
+
+
+class StateLink(Protocol):
+    """The part of ``agent.mqtt.MqttLink`` the reporter uses."""
+
+    def publish(self, msg: OutgoingMessage, on_ack: Callable[[], None] | None = None) -> bool: ...
+
+    def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
+
+
+class Reporter:
+    """Builds and publishes ``OtaStateV1``; safe to call from any thread."""
+
+    def __init__(self, link: StateLink, topic: str, device: str, model: str) -> None:
+        self._link = link
+        self._topic = topic
+        self._device = device
+        self._model = model
+        self._lock = threading.Lock()
+        self._last: OtaStateV1 | None = None
+        self._refusal: Refusal | None = None
+        self._progress_at = 0.0
+        link.add_connect_listener(self.republish)
+
+    @property
+    def last(self) -> OtaStateV1 | None:
+        return self._last
+
+    def state(
+        self,
+        record: Record,
+        running: str,
+        progress: tuple[int, int] | None = None,
+    ) -> OtaStateV1:
+        """Publish the state of ``record`` (``running``: the version serving now)."""
+        phase = _PHASE[record.state]
+        version = record.version if record.state is not State.IDLE else running
+        health: Literal["watching", "passed"] | None = None
+        if record.state is State.TRIAL:
+            health = "watching"
+        elif record.state is State.ACTIVE:
+            health = "passed"
+        with self._lock:
+            msg = OtaStateV1(
+                device=self._device,
+                model=self._model,
+                state=phase,
+                version=version,
+                running=running,
+                previous=record.previous,
+                source=record.source,
+                reason=record.reason,
+                detail=record.detail,
+                progress=DownloadProgress(bytes=progress[0], total=progress[1])
+                if progress
+                else None,
+                health=health,
+                refusal=self._refusal,
+                ts=time.time(),
+            )
+            self._last = msg
+        self._send(msg)
+        return msg
+
+    def progress_due(self) -> bool:
+        """True at most every ``PROGRESS_EVERY_S``: throttles download progress reports."""
+        now = time.monotonic()
+        if now - self._progress_at >= PROGRESS_EVERY_S:
+            self._progress_at = now
+            return True
+        return False
+
+    def refused(self, version: str | None, reason: str, detail: str, source: str | None) -> None:
+        """Record a refused offer and publish it with the unchanged state."""
+        with self._lock:
+            self._refusal = Refusal(
+                version=version, reason=reason, detail=detail, source=source, at=time.time()
+            )
+            last = self._last
+            if last is None:
+                return
+            msg = last.model_copy(update={"refusal": self._refusal, "ts": time.time()})
+            self._last = msg
+        self._send(msg)
+
+    def republish(self) -> None:
+        """Send the latest state again (after a reconnect); never blocks."""
+        with self._lock:
+            msg = self._last
+        if msg is not None:
+            self._send(msg)
+
+    def _send(self, msg: OtaStateV1) -> None:
+        payload = json.dumps(msg.model_dump(mode="json"), separators=(",", ":")).encode()
+        if not self._link.publish(OutgoingMessage(self._topic, payload, qos=1, retain=True)):
+            log.debug("OTA state not published (offline); it is sent again on reconnect")

@@ -1,0 +1,194 @@
+"""Preprocessing: per-channel normalisation of windows, and the check that windows fit the model.
+
+``Preprocessor`` turns the configured statistics into one ``scale`` and one ``offset`` per
+channel at startup, so a window is normalised as ``x * scale + offset``: two ufunc calls on
+arrays tiled to the window's shape, no per-window allocation when ``out`` is given. It doubles
+as the windower's ``transform`` (``Preprocessor(src, out)``), which fuses the window copy and
+the multiply into one pass.
+
+``check_model_input`` validates at startup that the model input takes one window
+``(1, length, channels)`` or a layout with the same memory order, and returns the shape to
+reshape each window to. A mismatch raises ``ShapeMismatch`` naming the config keys to change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.config import PreprocessSection
+from agent.errors import ConfigError, ShapeMismatch
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+
+class TensorSpec(Protocol):
+    """The part of ``agent.runtime.TensorInfo`` the pipeline stages read."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+class Preprocessor:
+    """Per-channel normalisation: ``none``, ``standard`` ((x-mean)/std) or ``minmax``."""
+
+    def __init__(self, cfg: PreprocessSection, channels: int) -> None:
+        self.mode = cfg.normalize
+        self.channels = channels
+        scale = np.ones(channels, np.float64)
+        offset = np.zeros(channels, np.float64)
+        if cfg.normalize == "standard":
+            mean = self._stats(cfg.mean, "mean")
+            std = self._stats(cfg.std, "std")
+            scale = 1.0 / std
+            offset = -mean * scale
+        elif cfg.normalize == "minmax":
+            lo = self._stats(cfg.min, "min")
+            hi = self._stats(cfg.max, "max")
+            scale = 1.0 / (hi - lo)
+            offset = -lo * scale
+        self.scale: F32 = scale.astype(np.float32)
+        """Per channel: ``y = x * scale + offset``."""
+        self.offset: F32 = offset.astype(np.float32)
+        self._tiled: dict[int, tuple[F32, F32]] = {}
+
+    def _stats(self, values: Sequence[float] | None, key: str) -> npt.NDArray[np.float64]:
+        if values is None or len(values) != self.channels:
+            got = "none" if values is None else f"{len(values)} value(s)"
+            raise ConfigError(
+                [(f"preprocess.{key}", f"needs one value per channel ({self.channels}), got {got}")]
+            )
+        return np.asarray(values, np.float64)
+
+    @property
+    def identity(self) -> bool:
+        """True when windows pass through unchanged (``normalize = 'none'``)."""
+        return self.mode == "none"
+
+    def _for(self, x: F32) -> tuple[F32, F32]:
+        if x.ndim < 2:
+            return self.scale, self.offset
+        rows = x.shape[-2]
+        pair = self._tiled.get(rows)
+        if pair is None:
+            if len(self._tiled) >= 8:  # windows have one length; blocks vary: do not grow
+                return self.scale, self.offset
+            pair = (
+                np.ascontiguousarray(np.broadcast_to(self.scale, (rows, self.channels))),
+                np.ascontiguousarray(np.broadcast_to(self.offset, (rows, self.channels))),
+            )
+            self._tiled[rows] = pair
+        return pair
+
+    def __call__(self, x: F32, out: F32 | None = None) -> F32:
+        """Normalise ``x`` (..., channels) into ``out`` (may be ``x`` itself) or a new array."""
+        if x.shape[-1] != self.channels:
+            raise ShapeMismatch(
+                f"preprocess: got {x.shape[-1]} channel(s) in shape {x.shape}, "
+                f"configured for {self.channels}"
+            )
+        if self.mode == "none":
+            if out is None:
+                return x
+            np.copyto(out, x)
+            return out
+        scale, offset = self._for(x)
+        if out is None:
+            out = np.multiply(x, scale, dtype=np.float32)
+        else:
+            np.multiply(x, scale, out)
+        np.add(out, offset, out)
+        return out
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def check_model_input(input: TensorSpec, window_length: int, channels: int) -> tuple[int, ...]:
+    """Check the model input takes one window; return the shape to reshape a window to.
+
+    Accepted: ``(1, length, channels)`` and every layout with the same memory order, i.e.
+    whose dimensions other than 1 are ``(length, channels)`` or ``(length * channels,)``:
+    ``(length, channels)``, ``(1, length, channels, 1)``, ``(1, length, 1, channels)``,
+    ``(1, length * channels)``. A dynamic batch dimension (-1) is fed as 1.
+    """
+    shape = tuple(int(d) for d in input.shape)
+    want = (1, window_length, channels)
+    target = shape
+    if shape and shape[0] <= 0:
+        target = (1, *shape[1:])
+    core = [d for d in target if d != 1]
+    fits = all(d > 0 for d in target) and (
+        core == [d for d in (window_length, channels) if d != 1]
+        or core == [d for d in (window_length * channels,) if d != 1]
+    )
+    if fits:
+        if target != want:
+            log.info(
+                "model input %r has shape %s: feeding each %dx%d window reshaped to %s",
+                input.name,
+                _fmt(shape),
+                window_length,
+                channels,
+                _fmt(target),
+            )
+        return target
+    raise ShapeMismatch(_mismatch_message(input.name, shape, window_length, channels))
+
+
+def _mismatch_message(name: str, shape: tuple[int, ...], length: int, channels: int) -> str:
+    want = (1, length, channels)
+    also = ", ".join(
+        _fmt(s) for s in ((length, channels), (1, length, channels, 1), (1, length * channels))
+    )
+    head = (
+        f"model input {name!r} has shape {_fmt(shape)}, but the pipeline feeds windows of "
+        f"window.length = {length} samples x {channels} channel(s) (shape {_fmt(want)}; "
+        f"also accepted: {also})."
+    )
+    dims = [d for d in shape[1:] if d != 1] if shape and shape[0] <= 1 else list(shape)
+    if any(d <= 0 for d in shape[1:]):
+        fix = "The model has a dynamic dimension other than the batch: export it with a fixed size."
+    elif len(shape) >= 2 and shape[0] > 1:
+        fix = (
+            f"The model has a fixed batch of {shape[0]}; windows are fed one at a time: "
+            f"re-export it with batch 1 (input shape {_fmt(want)})."
+        )
+    elif dims == [channels, length]:
+        fix = (
+            "The model looks channels-first (channels, length): windows are channels-last; "
+            f"re-export the model with input shape {_fmt(want)}."
+        )
+    elif len(dims) == 2:
+        fix = (
+            f"To use this model set window.length = {dims[0]} and channels = {dims[1]} in "
+            f"every [[sources]] table (with window.hop <= window.length), or use a model that "
+            f"takes {_fmt(want)}."
+        )
+    elif len(dims) == 1:
+        size = dims[0]
+        fix = (
+            f"A flat input of {size} values needs window.length x channels = {size} "
+            f"(now {length} x {channels} = {length * channels}): change window.length or "
+            f"the sources' channels."
+        )
+        if size % channels == 0:
+            fix += f" With {channels} channel(s): window.length = {size // channels}."
+    else:
+        n = math.prod(d for d in shape if d > 0)
+        fix = (
+            f"The model takes {n} values per invoke in a layout the window cannot be reshaped "
+            f"to; change window.length / the sources' channels, or re-export the model with "
+            f"input shape {_fmt(want)}."
+        )
+    return f"{head} {fix}"

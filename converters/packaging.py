@@ -1,0 +1,185 @@
+"""From converted bytes to a signed package: tensor specs, golden samples, the manifest.
+
+Golden samples are computed on the agent's runtime (``agent.runtime``) with its default
+kernels and again with the reference kernels; the tolerance covers the difference seen between
+the two (XNNPACK and the reference kernels differ by a few LSB on int8) with a safety factor,
+so the smoke test passes on any correct device and fails on a wrong model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+import agent
+from agent.manifest import (
+    Artifact,
+    BuildInfo,
+    EncodedArray,
+    GoldenSample,
+    Manifest,
+    PostprocessSpec,
+    PreprocessSpec,
+    Quantization,
+    TensorSpec,
+    VerificationReport,
+    utc_now,
+)
+from agent.package import Package, make_package
+from agent.runtime import Model, TensorInfo, load_model
+from agent.signing import SigningKey
+from converters.convert import tensorflow_version
+from converters.dataset import Dataset
+from converters.verify import runtime_description
+
+log = logging.getLogger(__name__)
+
+FLOAT_ATOL = 1e-4
+SAFETY = 4.0
+
+
+def tensor_spec(info: TensorInfo) -> TensorSpec:
+    quant = Quantization(scale=info.scale, zero_point=info.zero_point) if info.quantized else None
+    return TensorSpec(name=info.name, shape=list(info.shape), dtype=info.dtype, quantization=quant)
+
+
+def infer_mode(model: Model) -> str:
+    """Best guess of how a ready-made .tflite was converted (for package-only builds)."""
+    if all(t.quantized for t in model.inputs):
+        return "int8"
+    return "unknown"
+
+
+def _synthetic_inputs(model: Model, count: int) -> list[list[npt.NDArray[np.float32]]]:
+    """Deterministic inputs when no data was given: values in each input's representable range."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(count):
+        feed = []
+        for t in model.inputs:
+            if t.quantized:
+                info = np.iinfo(np.dtype(t.dtype))
+                q = rng.integers(info.min, info.max, size=t.shape, endpoint=True)
+                feed.append(((q - t.zero_point) * t.scale).astype(np.float32))
+            else:
+                feed.append(rng.standard_normal(t.shape).astype(np.float32))
+        samples.append(feed)
+    return samples
+
+
+def golden_samples(
+    content: bytes, model: Model, data: Dataset | None, count: int = 3
+) -> list[GoldenSample]:
+    """``count`` samples (from ``data``, else synthetic) with expected outputs and tolerances."""
+    batch = max(1, model.inputs[0].shape[0] if model.inputs[0].shape else 1)
+    if data is not None and len(data) >= batch:
+        n = min(count, len(data) // batch)
+        feeds = [[x[i * batch : (i + 1) * batch] for x in data.inputs] for i in range(n)]
+        source = Path(data.source).name  # no build-host paths in manifests
+        names = [f"{source}[{i * batch}]" for i in range(n)]
+    else:
+        feeds = _synthetic_inputs(model, count)
+        names = [f"synthetic[{i}]" for i in range(count)]
+    reference = load_model(content, reference_kernels=True)
+    base_atol = max(
+        [2.0 * t.scale if t.quantized else FLOAT_ATOL for t in model.outputs] + [FLOAT_ATOL]
+    )
+    out: list[GoldenSample] = []
+    for name, feed in zip(names, feeds, strict=True):
+        expected = [np.asarray(o, dtype=np.float32) for o in model.run(feed)]
+        other = [np.asarray(o, dtype=np.float32) for o in reference.run(feed)]
+        seen = max(
+            float(np.max(np.abs(a - b))) if a.size else 0.0
+            for a, b in zip(expected, other, strict=True)
+        )
+        out.append(
+            GoldenSample(
+                name=name,
+                inputs=[EncodedArray.from_numpy(np.asarray(x, np.float32)) for x in feed],
+                outputs=[EncodedArray.from_numpy(e) for e in expected],
+                atol=max(base_atol, SAFETY * seen),
+                rtol=1e-4,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """What the data scientist says about the model (the rest is measured)."""
+
+    name: str
+    version: str
+    mode: str
+    labels: Sequence[str] = ()
+    description: str = ""
+    preprocess: PreprocessSpec | None = None
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    min_agent_version: str = agent.__version__
+    source: str | None = None
+    source_sha256: str | None = None
+
+
+def build_manifest(
+    spec: PackageSpec,
+    content: bytes,
+    model: Model,
+    golden: list[GoldenSample],
+    verification: VerificationReport | None,
+) -> Manifest:
+    return Manifest(
+        name=spec.name,
+        version=spec.version,
+        created=utc_now(),
+        description=spec.description,
+        mode=spec.mode,  # type: ignore[arg-type]  # validated by pydantic
+        artifact=Artifact(sha256=hashlib.sha256(content).hexdigest(), size=len(content)),
+        inputs=[tensor_spec(t) for t in model.inputs],
+        outputs=[tensor_spec(t) for t in model.outputs],
+        labels=list(spec.labels),
+        preprocess=spec.preprocess,
+        postprocess=spec.postprocess,
+        min_agent_version=spec.min_agent_version,
+        build=BuildInfo(
+            converter=f"edge-agent {agent.__version__}",
+            tensorflow=tensorflow_version(),
+            runtime=runtime_description(model),
+            source=spec.source,
+            source_sha256=spec.source_sha256,
+        ),
+        verification=verification,
+        golden=golden,
+    )
+
+
+def package_model(
+    spec: PackageSpec,
+    content: bytes,
+    *,
+    data: Dataset | None = None,
+    verification: VerificationReport | None = None,
+    key: SigningKey | None = None,
+    golden_count: int = 3,
+    model: Model | None = None,
+) -> Package:
+    """Measure, describe, sign: the package for ``content`` (.tflite bytes)."""
+    model = model if model is not None else load_model(content)
+    golden = golden_samples(content, model, data, golden_count)
+    manifest = build_manifest(spec, content, model, golden, verification)
+    pkg = make_package(manifest, content, key)
+    log.info(
+        "packaged %s %s (%s, %d bytes, %d golden samples, %s)",
+        spec.name,
+        spec.version,
+        spec.mode,
+        len(content),
+        len(golden),
+        f"signed by {key.key_id}" if key else "unsigned",
+    )
+    return pkg

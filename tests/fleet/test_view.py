@@ -1,0 +1,211 @@
+"""The fleet view and the rollout tracker without a broker: parsing, state, decisions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.fleet.connection import add_broker_args, mqtt_settings
+from agent.fleet.rollout import Outcome, RolloutPolicy, RolloutTracker
+from agent.fleet.view import FleetView, format_table, parse_ota_state
+from agent.manifest import Targets
+from agent.ota.report import OtaStateV1, Refusal
+from tests.agentproc import write_config
+
+
+def ota(state: str, version: str, running: str = "1.0.0", **kw: object) -> bytes:
+    msg = OtaStateV1(
+        device="d",
+        model="demo",
+        state=state,  # type: ignore[arg-type]
+        version=version,
+        running=running,
+        ts=kw.pop("ts", time.time()),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+    return msg.model_dump_json().encode()
+
+
+def refusal(reason: str, version: str = "1.1.0") -> Refusal:
+    return Refusal(
+        version=version, reason=reason, detail="-", source="channel:canary", at=time.time()
+    )
+
+
+def metrics(device: str, groups: list[str], version: str = "1.0.0", rate: float = 2.5) -> bytes:
+    return json.dumps(
+        {
+            "v": 1,
+            "device": device,
+            "groups": groups,
+            "ota_channels": ["canary"],
+            "ts": time.time(),
+            "agent_version": "0.1.0",
+            "model": {"name": "demo", "version": version},
+            "rates": {"samples_per_s": 50.0, "predictions_per_s": rate},
+            "queue": {"depth": 3, "dropped": 0},
+        }
+    ).encode()
+
+
+# --------------------------------------------------------------------------- OTA state
+
+
+def test_parse_ota_state_of_the_real_schema() -> None:
+    st, ref = parse_ota_state(ota("active", "1.1.0", "1.1.0", health="watching"))
+    assert st is not None and ref is None
+    assert (st.state, st.version, st.running, st.health) == ("active", "1.1.0", "1.1.0", "watching")
+    assert not st.finished  # still in its health window
+    st, _ = parse_ota_state(ota("active", "1.1.0", "1.1.0", health="passed"))
+    assert st is not None and st.succeeded and not st.failed
+    for bad in ("failed", "rolled_back"):
+        st, _ = parse_ota_state(ota(bad, "1.1.0", reason="smoke_test"))
+        assert st is not None and st.failed and st.reason == "smoke_test"
+    st, ref = parse_ota_state(ota("idle", "1.0.0", refusal=refusal("bad_signature")))
+    assert st is not None and st.state == "idle" and not st.finished
+    assert (
+        ref is not None and ref.failed and (ref.version, ref.reason) == ("1.1.0", "bad_signature")
+    )
+    _, ref = parse_ota_state(ota("idle", "1.0.0", refusal=refusal("not_targeted")))
+    assert ref is None  # "not for me" is not a failure
+    assert parse_ota_state(b"") == (None, None)
+    st, _ = parse_ota_state(b"\x00garbage")
+    assert st is not None and st.state == "unreadable"
+
+
+# --------------------------------------------------------------------------- the view
+
+
+def test_view_follows_status_metrics_and_ota() -> None:
+    v = FleetView("site/a")
+    v.handle("site/a/dev-1/status", b"online")
+    v.handle("site/a/dev-2/status", b"offline")
+    v.handle("site/a/dev-1/metrics", metrics("dev-1", ["lab"]))
+    v.handle("site/a/dev-1/ota", ota("failed", "1.1.0", reason="smoke_test"))
+    v.handle("site/a/dev-1/ota", ota("idle", "1.0.0"))  # moved on: the failure is remembered
+    v.handle("site/a/ota/canary/demo", b"{}")  # an announcement: not a device
+    v.handle("site/a/dev-3/prediction/demo", b"{}")
+    v.handle("other/dev-9/status", b"online")
+    v.handle("site/a/dev-2/metrics", b"not json")  # logged, ignored
+    d1, d2 = v.devices()
+    assert (d1.device, d1.online, d1.model, d1.version) == ("dev-1", True, "demo", "1.0.0")
+    assert d1.groups == ["lab"] and d1.ota_channels == ["canary"]
+    assert d1.prediction_rate == 2.5 and d1.queue_depth == 3 and d1.has_metrics
+    assert d1.ota is not None and d1.ota.state == "idle"
+    assert d1.outcomes["1.1.0"].state == "failed"
+    assert (d2.device, d2.online, d2.has_metrics) == ("dev-2", False, False)
+    table = format_table(v.devices(), now=time.time())
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "DEVICE",
+        "ONLINE",
+        "MODEL",
+        "OTA",
+        "LAST",
+        "SEEN",
+        "PRED/S",
+        "QUEUE",
+    ]
+    assert lines[1].split()[:5] == ["dev-1", "yes", "demo", "1.0.0", "idle"]
+    assert lines[2].split()[:3] == ["dev-2", "NO", "-"]
+    assert lines[-1] == "2 device(s), 1 online"
+    j = d1.to_json()
+    assert j["ota"]["state"] == "idle" and j["last_seen_age_s"] is not None
+    json.dumps([d.to_json() for d in v.devices()])
+
+
+def test_view_wait_for_wakes_on_change() -> None:
+    v = FleetView("edge")
+    assert not v.wait_for(lambda ds: bool(ds), 0.05)
+    import threading
+
+    threading.Timer(0.1, v.handle, ("edge/x/status", b"online")).start()
+    assert v.wait_for(lambda ds: any(d.online for d in ds), 5)
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+def tracker(targets: Targets, fraction: float = 0.2) -> tuple[FleetView, RolloutTracker]:
+    v = FleetView("edge")
+    t = RolloutTracker("demo", "1.1.0", "canary", targets, RolloutPolicy(fraction), time.time())
+    return v, t
+
+
+def device(v: FleetView, name: str, groups: list[str]) -> None:
+    v.handle(f"edge/{name}/status", b"online")
+    v.handle(f"edge/{name}/metrics", metrics(name, groups))
+
+
+def test_tracker_aborts_above_the_failure_fraction() -> None:
+    v, t = tracker(Targets(groups=["lab"]), fraction=0.3)
+    for i in range(4):
+        device(v, f"lab-{i}", ["lab"])
+    device(v, "field-0", ["field"])
+    t.update(v.devices())
+    assert t.targeted == {"lab-0", "lab-1", "lab-2", "lab-3"}
+    v.handle("edge/lab-0/ota", ota("active", "1.1.0", "1.1.0", health="passed"))
+    v.handle("edge/lab-1/ota", ota("failed", "1.1.0", reason="smoke_test"))
+    v.handle("edge/field-0/ota", ota("failed", "1.1.0"))  # not targeted: ignored
+    events = t.update(v.devices())
+    assert "lab-1: failed 1.1.0 (smoke_test)" in events
+    assert t.failure_fraction == 0.25 and t.decision() is None  # 1 of 4 is not > 0.3
+    v.handle("edge/lab-2/ota", ota("idle", "1.0.0", refusal=refusal("bad_signature")))
+    t.update(v.devices())
+    assert t.failed == {"lab-1": "failed (smoke_test)", "lab-2": "refused (bad_signature)"}
+    assert t.decision() is Outcome.ABORTED  # 2 of 4
+
+
+def test_tracker_completes_when_every_target_finished() -> None:
+    v, t = tracker(Targets(), fraction=0.5)
+    device(v, "a", [])
+    device(v, "b", [])
+    t.update(v.devices())
+    v.handle("edge/a/ota", ota("active", "1.1.0", "1.1.0", health="watching"))
+    t.update(v.devices())
+    assert t.decision() is None and t.pending == {"a", "b"}
+    v.handle("edge/a/ota", ota("active", "1.1.0", "1.1.0", health="passed"))
+    v.handle("edge/b/ota", ota("rolled_back", "1.1.0", reason="error_rate"))
+    t.update(v.devices())
+    assert t.succeeded == {"a"} and set(t.failed) == {"b"}
+    assert t.decision() is Outcome.COMPLETED  # 1 of 2 failed: not more than half
+
+
+def test_tracker_ignores_stale_reports_and_untargeted_percent() -> None:
+    v, t = tracker(Targets(percent=0.0), fraction=0.0)
+    device(v, "a", [])
+    v.handle("edge/a/ota", ota("failed", "1.1.0", ts=time.time() - 3600))  # an old attempt
+    t.update(v.devices())
+    assert t.targeted == set() and t.failed == {} and t.decision() is None
+
+
+# --------------------------------------------------------------------------- broker options
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_broker_args(p)
+    return p.parse_args(argv)
+
+
+def test_broker_options(tmp_path: Path) -> None:
+    s = mqtt_settings(parse([]))
+    assert (s.host, s.port, s.topic_prefix, s.tls.enabled) == ("localhost", 1883, "edge", False)
+    conf = write_config(
+        tmp_path / "agent.toml",
+        {"mqtt": {"host": "broker.lan", "port": 8883, "topic_prefix": "farm", "username": "ops"}},
+    )
+    s = mqtt_settings(parse(["--config", str(conf), "--port", "1884", "--ca-file", "ca.pem"]))
+    assert (s.host, s.port, s.topic_prefix, s.username) == ("broker.lan", 1884, "farm", "ops")
+    assert s.tls.enabled and s.tls.ca_file == Path("ca.pem")
+    with pytest.raises(ConfigError) as err:
+        mqtt_settings(parse(["--cert-file", "c.pem"]))
+    assert [k for k, _ in err.value.problems] == ["mqtt.tls"]
+    with pytest.raises(ConfigError) as err:
+        mqtt_settings(parse(["--prefix", "bad/+"]))
+    assert "topic_prefix" in str(err.value)

@@ -1,0 +1,319 @@
+"""Deciding on offers: every refusal reason, the persisted version floor, targeting."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.config import Config, parse_config
+from agent.errors import UpdateError
+from agent.manifest import (
+    Artifact,
+    BuildInfo,
+    EncodedArray,
+    GoldenSample,
+    Manifest,
+    PostprocessSpec,
+    PreprocessSpec,
+    Targets,
+    TensorSpec,
+    rollout_position,
+    utc_now,
+)
+from agent.ota.decide import (
+    Decider,
+    Offer,
+    Running,
+    VersionFloor,
+    offer_from_announcement,
+    offer_from_package,
+)
+from agent.ota.store import ModelStore
+from agent.package import make_package
+from agent.signing import SigningKey
+from tests.ota.conftest import Keys
+
+MODEL_BYTES = b"TFL3-not-really-a-model"
+SHA = hashlib.sha256(MODEL_BYTES).hexdigest()
+RUNNING = Running("1.0.0", "11" * 32)
+
+
+def manifest(version: str = "2.0.0", **over: Any) -> Manifest:
+    x = EncodedArray.from_numpy(np.zeros((1, 32, 3), np.float32))
+    y = EncodedArray.from_numpy(np.zeros((1, 2), np.float32))
+    fields: dict[str, Any] = {
+        "name": "m",
+        "version": version,
+        "created": utc_now(),
+        "mode": "float32",
+        "artifact": Artifact(sha256=SHA, size=len(MODEL_BYTES)),
+        "inputs": [TensorSpec(name="x", shape=[1, 32, 3], dtype="float32")],
+        "outputs": [TensorSpec(name="y", shape=[1, 2], dtype="float32")],
+        "postprocess": PostprocessSpec(type="raw"),
+        "min_agent_version": "0.1.0",
+        "build": BuildInfo(converter="test", runtime="test"),
+        "golden": [GoldenSample(name="g", inputs=[x], outputs=[y], atol=1e-4)],
+    }
+    fields.update(over)
+    return Manifest(**fields)
+
+
+def config(tmp_path: Path, keys: Keys, **over: Any) -> Config:
+    data: dict[str, Any] = {
+        "agent": {"device_id": "dev-1", "groups": ["lab"], "state_dir": str(tmp_path)},
+        "model": {"name": "m"},
+        "window": {"length": 32, "hop": 16},
+        "postprocess": {"type": "raw"},
+        "ota": {"enabled": True, "trusted_keys": [str(keys.release_pub)]},
+    }
+    for k, v in over.items():
+        data[k] = {**data.get(k, {}), **v}
+    return parse_config(data)
+
+
+def offer(m: Manifest, key: SigningKey | None, **over: Any) -> Offer:
+    data = m.to_bytes()
+    fields: dict[str, Any] = {
+        "source": "channel:stable",
+        "manifest_bytes": data,
+        "signature": key.sign(data) if key else None,
+        "key_id": key.key_id if key else None,
+        "url": "http://127.0.0.1:1/model.tflite",
+        "targets": Targets(),
+    }
+    fields.update(over)
+    return Offer(**fields)
+
+
+def decider(tmp_path: Path, keys: Keys, cfg: Config | None = None) -> Decider:
+    from agent.signing import load_trusted_keys
+
+    cfg = cfg or config(tmp_path, keys)
+    return Decider(
+        cfg,
+        load_trusted_keys(cfg.ota.trusted_keys),
+        VersionFloor(tmp_path / "ota" / "floor.json"),
+        ModelStore(tmp_path),
+    )
+
+
+def refusal(d: Decider, o: Offer, running: Running = RUNNING) -> str:
+    with pytest.raises(UpdateError) as err:
+        d.decide(o, running)
+    return err.value.reason
+
+
+def test_a_signed_compatible_newer_version_is_accepted(tmp_path: Path, keys: Keys) -> None:
+    d = decider(tmp_path, keys)
+    acc = d.decide(offer(manifest(), keys.release), RUNNING)
+    assert acc.version == "2.0.0" and acc.sha256 == SHA
+    assert acc.signer == keys.release.key_id
+
+
+def test_signature_refusals(tmp_path: Path, keys: Keys) -> None:
+    d = decider(tmp_path, keys)
+    m = manifest()
+    assert refusal(d, offer(m, None)) == "unsigned"
+    assert refusal(d, offer(m, keys.other)) == "unknown_key"
+    forged = offer(m, keys.release, manifest_bytes=manifest("9.0.0").to_bytes())
+    assert refusal(d, forged) == "bad_signature"
+    garbage = offer(m, keys.release, signature=b"\x00" * 64)
+    assert refusal(d, garbage) == "bad_signature"
+
+
+def test_key_rotation_any_trusted_key_signs(tmp_path: Path, keys: Keys) -> None:
+    cfg = config(tmp_path, keys, ota={"trusted_keys": [str(keys.release_pub), str(keys.other_pub)]})
+    d = decider(tmp_path, keys, cfg)
+    assert d.decide(offer(manifest(), keys.other), RUNNING).signer == keys.other.key_id
+
+
+def test_allow_unsigned_accepts_unsigned_and_unknown_but_never_a_bad_signature(
+    tmp_path: Path, keys: Keys
+) -> None:
+    cfg = config(tmp_path, keys, ota={"allow_unsigned": True})
+    d = decider(tmp_path, keys, cfg)
+    assert d.decide(offer(manifest(), None), RUNNING).signer is None
+    assert d.decide(offer(manifest(), keys.other), RUNNING).signer is None
+    forged = offer(manifest(), keys.release, manifest_bytes=manifest("9.0.0").to_bytes())
+    assert refusal(d, forged) == "bad_signature"
+
+
+def test_signed_garbage_is_a_bad_manifest(tmp_path: Path, keys: Keys) -> None:
+    d = decider(tmp_path, keys)
+    data = b'{"schema_version": 1, "name": "m"}'
+    o = offer(manifest(), keys.release, manifest_bytes=data, signature=keys.release.sign(data))
+    assert refusal(d, o) == "bad_manifest"
+
+
+def test_another_model_is_refused(tmp_path: Path, keys: Keys) -> None:
+    assert refusal(decider(tmp_path, keys), offer(manifest(name="other"), keys.release)) == (
+        "wrong_model"
+    )
+
+
+def test_version_floor_refuses_replays_and_reused_versions(tmp_path: Path, keys: Keys) -> None:
+    d = decider(tmp_path, keys)
+    d.accept(d.decide(offer(manifest("2.0.0"), keys.release), RUNNING))
+    # the floor is on disk: a new Decider (a restart) still knows it
+    d = decider(tmp_path, keys)
+    assert refusal(d, offer(manifest("1.5.0"), keys.release)) == "version_rollback"
+    other = manifest("2.0.0", artifact=Artifact(sha256="ab" * 32, size=10))
+    assert refusal(d, offer(other, keys.release)) == "version_reused"
+    # the accepted version itself may be retried (a download that failed, a kill)
+    assert d.decide(offer(manifest("2.0.0"), keys.release), RUNNING).version == "2.0.0"
+    assert d.decide(offer(manifest("2.0.1"), keys.release), RUNNING).version == "2.0.1"
+
+
+def test_the_running_version_is_a_floor_too(tmp_path: Path, keys: Keys) -> None:
+    d = decider(tmp_path, keys)
+    assert refusal(d, offer(manifest("0.9.0"), keys.release)) == "version_rollback"
+    assert refusal(d, offer(manifest("1.0.0"), keys.release)) == "version_reused"
+    assert refusal(d, offer(manifest("1.0.0"), keys.release), Running("1.0.0", SHA)) == (
+        "up_to_date"
+    )
+
+
+def test_a_build_marked_bad_is_not_retried(tmp_path: Path, keys: Keys) -> None:
+    d = decider(tmp_path, keys)
+    ModelStore(tmp_path).mark_bad("2.0.0", SHA, "golden_mismatch")
+    assert refusal(d, offer(manifest("2.0.0"), keys.release)) == "marked_bad"
+
+
+@pytest.mark.parametrize(
+    ("targets", "taken"),
+    [
+        (Targets(), True),
+        (Targets(groups=["lab"]), True),
+        (Targets(groups=["field", "lab"]), True),
+        (Targets(groups=["field"]), False),
+        (Targets(percent=0.0), False),
+        (Targets(percent=100.0), True),
+    ],
+)
+def test_targeting(tmp_path: Path, keys: Keys, targets: Targets, taken: bool) -> None:
+    d = decider(tmp_path, keys)
+    o = offer(manifest(), keys.release, targets=targets)
+    if taken:
+        assert d.decide(o, RUNNING).version == "2.0.0"
+    else:
+        assert refusal(d, o) == "not_targeted"
+
+
+def test_rollout_percentage_is_a_stable_hash_of_the_device(tmp_path: Path, keys: Keys) -> None:
+    pos = rollout_position("dev-1", "m", "2.0.0")
+    d = decider(tmp_path, keys)
+    below = offer(manifest(), keys.release, targets=Targets(percent=min(100.0, pos + 0.01)))
+    above = offer(manifest(), keys.release, targets=Targets(percent=pos))
+    for _ in range(3):
+        assert d.decide(below, RUNNING).version == "2.0.0"
+        assert refusal(d, above) == "not_targeted"
+    # across a fleet, about `percent` of the devices are in
+    share = np.mean([rollout_position(f"dev-{i}", "m", "2.0.0") < 25.0 for i in range(4000)])
+    assert 0.22 < share < 0.28
+
+
+@pytest.mark.parametrize(
+    ("over", "cfg_over", "reason"),
+    [
+        ({"min_agent_version": "99.0.0"}, {}, "agent_too_old"),
+        (
+            {"inputs": [TensorSpec(name="x", shape=[1, 16, 3], dtype="float32")]},
+            {},
+            "incompatible_input",
+        ),
+        (
+            {
+                "inputs": [
+                    TensorSpec(name="a", shape=[1, 32, 3], dtype="float32"),
+                    TensorSpec(name="b", shape=[1, 4], dtype="float32"),
+                ]
+            },
+            {},
+            "incompatible_input",
+        ),
+        ({"postprocess": PostprocessSpec(type="classification")}, {}, "incompatible_postprocess"),
+        (
+            {"postprocess": PostprocessSpec(type="classification"), "labels": ["a", "b", "c"]},
+            {"postprocess": {"type": "classification"}},
+            "incompatible_output",
+        ),
+        (
+            {"postprocess": PostprocessSpec(type="classification"), "labels": ["a", "b"]},
+            {"postprocess": {"type": "classification", "labels": ["x", "y"]}},
+            "incompatible_output",
+        ),
+        ({"preprocess": PreprocessSpec(window=64, hop=16)}, {}, "incompatible_preprocess"),
+        (
+            {
+                "preprocess": PreprocessSpec(
+                    window=32, hop=16, normalize="standard", mean=[0.0] * 3, std=[1.0] * 3
+                )
+            },
+            {},
+            "incompatible_preprocess",
+        ),
+    ],
+)
+def test_compatibility_refusals(
+    tmp_path: Path, keys: Keys, over: dict[str, Any], cfg_over: dict[str, Any], reason: str
+) -> None:
+    if "inputs" in over:
+        x = [EncodedArray.from_numpy(np.zeros(t.shape, np.float32)) for t in over["inputs"]]
+        y = [EncodedArray.from_numpy(np.zeros((1, 2), np.float32))]
+        over["golden"] = [GoldenSample(name="g", inputs=x, outputs=y, atol=1e-4)]
+    d = decider(tmp_path, keys, config(tmp_path, keys, **cfg_over))
+    assert refusal(d, offer(manifest(**over), keys.release)) == reason
+
+
+def test_a_configured_input_name_must_match(tmp_path: Path, keys: Keys) -> None:
+    d = decider(tmp_path, keys, config(tmp_path, keys, model={"input": "window"}))
+    assert refusal(d, offer(manifest(), keys.release)) == "incompatible_input"
+    d = decider(tmp_path, keys, config(tmp_path, keys, model={"input": "x"}))
+    assert d.decide(offer(manifest(), keys.release), RUNNING).version == "2.0.0"
+
+
+def test_matching_preprocess_and_labels_are_fine(tmp_path: Path, keys: Keys) -> None:
+    cfg = config(tmp_path, keys, postprocess={"type": "classification", "labels": ["a", "b"]})
+    m = manifest(
+        postprocess=PostprocessSpec(type="classification"),
+        labels=["a", "b"],
+        preprocess=PreprocessSpec(window=32, hop=16, channels=3),
+    )
+    assert decider(tmp_path, keys, cfg).decide(offer(m, keys.release), RUNNING).version == "2.0.0"
+
+
+def test_announcement_parsing(keys: Keys) -> None:
+    from agent.manifest import Announcement
+
+    m = manifest()
+    sig = base64.b64encode(keys.release.sign(m.to_bytes())).decode()
+    ann = Announcement(
+        channel="stable",
+        manifest=m.to_bytes().decode(),
+        signature=sig,
+        key_id=keys.release.key_id,
+        url="http://x/m.tflite",
+        published_at=utc_now(),
+    )
+    o = offer_from_announcement(ann.to_bytes(), "stable", "m")
+    assert o.manifest_bytes == m.to_bytes() and o.signature == keys.release.sign(m.to_bytes())
+    with pytest.raises(UpdateError, match="wrong_channel"):
+        offer_from_announcement(ann.to_bytes(), "canary", "m")
+    with pytest.raises(UpdateError, match="bad_announcement"):
+        offer_from_announcement(b"{not json", "stable", "m")
+    bad = ann.model_copy(update={"signature": "!!!not base64"}).to_bytes()
+    with pytest.raises(UpdateError, match="bad_signature"):
+        offer_from_announcement(bad, "stable", "m")
+
+
+def test_package_offers(keys: Keys) -> None:
+    pkg = make_package(manifest(), MODEL_BYTES, keys.release)
+    o = offer_from_package("m-2.0.0.eapkg", pkg.to_bytes())
+    assert o.content == MODEL_BYTES and o.key_id == keys.release.key_id and o.targets is None
+    with pytest.raises(UpdateError, match="malformed"):
+        offer_from_package("half.eapkg", pkg.to_bytes()[:100])
