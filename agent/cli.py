@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seconds", type=float, default=0, help="stop after N seconds (0: Ctrl-C)")
     p.add_argument("--count", type=int, default=0, help="stop after N predictions (0: no limit)")
+    p.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="auto: a broker on localhost:1883, else a private Mosquitto, else amqtt",
+    )
     return parser
 
 
@@ -119,7 +125,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from agent.modelinfo import describe_model, format_description
 
-    d = describe_model(_model_bytes(args.model), runtime=args.runtime)
+    d = describe_model(_model_bytes(args.model), runtime=args.runtime, path=str(args.model))
     print(json.dumps(d, indent=2) if args.json else format_description(d))
     return 0
 
@@ -135,7 +141,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
-    return run_demo(seconds=args.seconds, count=args.count)
+    return run_demo(seconds=args.seconds, count=args.count, broker=args.broker)
 
 
 COMMANDS = {

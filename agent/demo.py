@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,14 +53,16 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
 
 
 @contextlib.contextmanager
-def demo_broker(workdir: Path) -> Iterator[tuple[int, str, str]]:
+def demo_broker(workdir: Path, kind: str = "auto") -> Iterator[tuple[int, str, str]]:
     """Yield (port, protocol, description) of a broker the demo can use."""
-    if _listening(1883):
+    if kind == "auto" and _listening(1883):
         yield 1883, "5", "the Mosquitto/broker already on localhost:1883"
         return
     port = _free_port()
     mosquitto = next((p for p in (shutil.which(c) for c in _MOSQUITTO) if p), None)
-    if mosquitto:
+    if kind == "mosquitto" and not mosquitto:
+        raise EdgeAgentError("mosquitto is not installed (apt-get install mosquitto)")
+    if mosquitto and kind != "amqtt":
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         argv, protocol, what = [mosquitto, "-c", str(conf)], "5", f"a private Mosquitto on {port}"
@@ -96,6 +99,12 @@ def demo_broker(workdir: Path) -> Iterator[tuple[int, str, str]]:
 def _line(topic: str, payload: bytes) -> str:
     if topic.endswith("/status"):
         return f"{topic}  {payload.decode(errors='replace')}"
+    if topic.endswith("/metrics"):
+        try:
+            m = json.loads(payload)
+            return f"{topic}  uptime {m['uptime_s']:.0f}s, predictions {m['predictions_out']}"
+        except (ValueError, KeyError, TypeError):
+            return f"{topic}  (metrics)"
     try:
         p = json.loads(payload)
         out = p.get("outputs", {})
@@ -110,13 +119,13 @@ def _line(topic: str, payload: bytes) -> str:
         return f"{topic}  {payload[:120]!r}"
 
 
-def run_demo(seconds: float = 0, count: int = 0) -> int:
+def run_demo(seconds: float = 0, count: int = 0, broker: str = "auto") -> int:
     from agent.service import Agent
 
     setup_logging("warning")
     with (
         tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp,
-        demo_broker(Path(tmp)) as (port, protocol, what),
+        demo_broker(Path(tmp), broker) as (port, protocol, what),
     ):
         env = {
             "EDGE_AGENT__MQTT__HOST": "127.0.0.1",
@@ -140,6 +149,7 @@ def run_demo(seconds: float = 0, count: int = 0) -> int:
         viewer.subscribe(f"{cfg.mqtt.topic_prefix}/#", 1, show)
         viewer.start()
         agent = Agent(cfg)
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         agent.install_signal_handlers()
         running = agent.build(cfg)
         agent.start(running)
@@ -152,5 +162,7 @@ def run_demo(seconds: float = 0, count: int = 0) -> int:
         finally:
             agent.shutdown(running, final_status=True)
             viewer.stop()
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
         print(f"edge-agent demo: {seen[0]} prediction(s) received")
     return 0
