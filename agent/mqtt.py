@@ -255,12 +255,14 @@ class MqttLink:
                     "MQTT %s:%s refused: %s", self.settings.host, self.settings.port, reason
                 )
                 return
-            for m in self._birth:
-                c.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
             with self._lock:
                 subs = dict(self._subs)
             for topic_filter, (qos, handler) in subs.items():
                 self._subscribe_on(c, topic_filter, qos, handler)
+            # birth after the subscriptions: the broker handles one client's packets in order,
+            # so whoever sees 'online' knows our subscriptions are in place
+            for m in self._birth:
+                c.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
             self._backoff.reset()
             self.last_error = None
             self._connected.set()

@@ -216,10 +216,15 @@ def _schema(backend: Backend) -> ModuleType | None:
 
 
 def _interpreter(
-    backend: Backend, content: bytes, num_threads: int, reference_kernels: bool, label: str
+    backend: Backend,
+    content: bytes,
+    num_threads: int,
+    reference_kernels: bool,
+    label: str,
+    allocate: bool = True,
 ) -> Any:
-    """A new, allocated interpreter; ``ModelError`` for a bad model, ``RuntimeUnavailable``
-    when the package cannot build one at all."""
+    """A new interpreter (allocated unless ``allocate`` is False); ``ModelError`` for a bad
+    model, ``RuntimeUnavailable`` when the package cannot build one at all."""
     kwargs: dict[str, Any] = {"model_content": content, "num_threads": num_threads}
     if reference_kernels:
         if backend.op_resolver is None:
@@ -232,11 +237,12 @@ def _interpreter(
             # tf.lite.Interpreter warns that it is deprecated on every construction.
             warnings.simplefilter("ignore", UserWarning)
             interp = backend.interpreter(**kwargs)
-        interp.allocate_tensors()
+        if allocate:
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(
-            f"{label}: not a usable TFLite model ({len(content)} bytes, "
-            f"sha256 {hashlib.sha256(content).hexdigest()[:12]}, runtime {backend.name}): {exc}"
+            f"{label}: not a usable TFLite model ({len(content)} bytes, runtime "
+            f"{backend.name}): {exc}"
         ) from exc
     except (ImportError, AttributeError, TypeError) as exc:
         # tflite-runtime built for NumPy 1.x imports under NumPy 2 and fails only here.
@@ -280,26 +286,41 @@ class Model:
         self.inputs: list[TensorInfo] = []
         self.outputs: list[TensorInfo] = []
         self.quantize_in_graph = False
-        """True when (de)quantization runs inside the interpreter (see ``_float_io``)."""
+        """True when (de)quantization runs inside the interpreter (``tflite_graph.float_io``)."""
         self._content = content
         self._backend = backend
         self._schema = _schema(backend)
         self._lock = threading.Lock()
         self._op_counts: dict[str, int] | None = None
         self._signatures: dict[str, dict[str, list[str]]] = {}
-        engine = content
+        engine: bytes = content
         wrapped: dict[int, WrappedTensor] = {}
         if quantize_in_graph and self._schema is not None:
-            try:
-                engine, wrapped = float_io(content, self._schema, signature)
-            except Exception as exc:
-                log.warning(
-                    "%s: cannot move I/O quantization in-graph (%s); using NumPy", label, exc
-                )
+            engine, wrapped = self._in_graph(content, self._schema, signature)
         self._engine_content = engine
         self._build(signature, wrapped)
 
     # ------------------------------------------------------------------ setup
+
+    def _in_graph(
+        self, content: bytes, schema: ModuleType, signature: str | None
+    ) -> tuple[bytes, dict[int, WrappedTensor]]:
+        # Building an interpreter from bytes runs the flatbuffer verifier: do that (without
+        # delegates or allocation) before Python parses the model, so corrupt or hostile
+        # bytes fail in the verifier and never reach the flatbuffer object API.
+        probe = _interpreter(
+            self._backend, content, 1, self._backend.op_resolver is not None, self.label, False
+        )
+        if not _has_quantized_io(probe):
+            return content, {}
+        del probe
+        try:
+            return float_io(content, schema, signature)
+        except Exception as exc:
+            log.warning(
+                "%s: cannot move I/O quantization in-graph (%s); using NumPy", self.label, exc
+            )
+            return content, {}
 
     def _new_interpreter(self, content: bytes, reference_kernels: bool) -> Any:
         return _interpreter(self._backend, content, self.num_threads, reference_kernels, self.label)
@@ -569,6 +590,15 @@ class Model:
             f"inputs=[{', '.join(t.describe() for t in self.inputs)}], "
             f"outputs=[{', '.join(t.describe() for t in self.outputs)}])"
         )
+
+
+def _has_quantized_io(interp: Any) -> bool:
+    """Whether any input/output of the model or of one of its signatures is an integer."""
+    details = [*interp.get_input_details(), *interp.get_output_details()]
+    for key in interp.get_signature_list() or {}:
+        runner = interp.get_signature_runner(key)
+        details += [*runner.get_input_details().values(), *runner.get_output_details().values()]
+    return any(np.dtype(d["dtype"]).name in _INT_RANGES for d in details)
 
 
 def _plain(t: TensorInfo) -> bool:

@@ -423,7 +423,8 @@ class ReporterLink(LinkState, Protocol):
 class MetricsReporter:
     """Publishes ``collect()`` on ``topic`` every ``interval_s`` and after each (re)connect.
 
-    QoS 1, not retained. A snapshot taken while disconnected is skipped, not queued: metrics
+    QoS 1, retained (a fleet view or Home Assistant sees the latest report at once; its ``ts``
+    tells how old it is). A snapshot taken while disconnected is skipped, not queued: metrics
     describe *now*, and the store-and-forward queue is for predictions.
     """
 
@@ -460,7 +461,7 @@ class MetricsReporter:
         except Exception:  # a bug here must not kill the reporter
             log.exception("collecting metrics failed")
             return False
-        ok = self._link.publish(OutgoingMessage(self._topic, payload, qos=1, retain=False))
+        ok = self._link.publish(OutgoingMessage(self._topic, payload, qos=1, retain=True))
         if ok:
             self.published += 1
         return ok

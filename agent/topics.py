@@ -2,8 +2,8 @@
 
 <prefix>/<device>/status                 retained "online" / "offline" (last will)
 <prefix>/<device>/prediction/<model>     predictions (payloads.PredictionV1 / batch)
-<prefix>/<device>/metrics                periodic metrics (payloads.MetricsV1)
-<prefix>/<device>/ota                    retained OTA state (payloads.OtaStateV1)
+<prefix>/<device>/metrics                retained periodic metrics (telemetry.MetricsV1)
+<prefix>/<device>/ota                    retained OTA state (ota.report.OtaStateV1)
 <prefix>/ota/<channel>/<model>           retained release announcements (manifest.Announcement)
 """
 

@@ -1,22 +1,25 @@
 """Small TFLite models for tests, built with TensorFlow/Keras and cached per test session.
 
 Every builder is seeded and returns a ``ZooModel``: the .tflite bytes, an example float input
-per model input (the representative data the converter calibrated with, for quantized
-modes), and a lazily written file path for tests that need one (CLI ``inspect``/``predict``).
+per model input, the representative (calibration) samples of quantized modes, and a lazily
+written file path for tests that need one (CLI ``inspect``/``predict``).
 Builds are cached in memory per process and take well under a second each after the first
 TensorFlow import (~4 s, paid once per test session).
 
-    tiny_classifier(mode)        (1, 32, 3) -> (1, 2) softmax; mode: float32, float16, dynamic,
-                                 int8 (int8 I/O), uint8 (uint8 I/O), int8_float_io
+    tiny_classifier(mode)        input "window" (1, 32, 3) -> "output_0" (1, 2) softmax; mode:
+                                 float32, float16, dynamic, int8 (int8 I/O), uint8 (uint8 I/O),
+                                 int8_float_io (int8 inside, float32 I/O)
     multi_io_model(mode)         inputs a (1, 8) and b (1, 4) on very different scales ->
                                  outputs "sum" (1, 3) and "prod" (1, 2); mode float32 or int8
-    streaming_model()            signature "step": x (1, 3) -> ema (1, 3), count (1, 1); keeps
-                                 an exponential moving average in resource variables
-    two_signature_model()        the streaming model with a second signature "peek"
-    anomaly_autoencoder(mode)    (1, 32, 3) -> (1, 32, 3), float32 or int8
+    streaming_model()            one signature (serving_default): x (1, 3) -> count (1, 1),
+                                 ema (1, 3); keeps a moving average in resource variables
+    two_signature_model()        the same state with two signatures, "step" and "peek"
+    anomaly_autoencoder(mode)    "window" (1, 32, 3) -> "output_0" (1, 32, 3), float32 or int8
     without_signatures(content)  the same model with its signature defs removed (older models)
     reference_outputs(...)       the expected outputs, computed with the interpreter directly
+    run_frames(...)              the same, frame by frame on one interpreter (stateful models)
     ema_reference(frames)        what streaming_model() must output, computed with NumPy
+    quant_step(content, output)  an output's quantization scale
 
 Only tests import TensorFlow; the agent never does.
 """
@@ -190,8 +193,8 @@ def _convert_module(module: Any, fns: Sequence[Any]) -> bytes:
 
 @functools.cache
 def streaming_model() -> ZooModel:
-    """A stateful model: signature "step" updates an EMA (alpha 0.5) and a frame counter kept in
-    resource variables, and returns both ("count" (1, 1), "ema" (1, 3)). See ema_reference."""
+    """A stateful model: each invoke updates an EMA (alpha 0.5) and a frame counter kept in
+    resource variables and returns both ("count" (1, 1), "ema" (1, 3)). See ema_reference."""
     m = _ema_module()
     content = _convert_module(m, [m.step])
     rng = np.random.default_rng(3)

@@ -7,7 +7,8 @@ counters as deltas from the moment of activation and fails the model when:
   ``non_finite`` for NaN/Inf outputs) exceed ``ota.max_error_rate`` of the windows run
   (errors + ``predictions_out``). Judged early once ``MIN_EVENTS`` windows ran, and at the end
   of the window on whatever ran;
-- ``latency``: the median of timed probe calls on the live model is above
+- ``latency``: the median of timed probe calls on the live model (one per
+  ``PROBE_EVERY_S``) is above
   ``ota.max_latency_factor`` x the previous model's (measured the same way before the swap)
   and more than ``LATENCY_SLACK_S`` slower. The pipeline's own ``invoke`` latency window mixes
   the old and the new model, so the watch times the model itself.
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MIN_EVENTS = 20
 MIN_PROBES = 5
+PROBE_EVERY_S = 1.0
+"""One timed call per second: the probe costs the live model a negligible share of its time."""
 LATENCY_SLACK_S = 0.002
 CHECK_INTERVAL_S = 0.25
 
@@ -95,6 +98,7 @@ class HealthWatch:
         self._start = clock()
         self._base = read_counts(metrics)
         self._latencies: list[float] = []
+        self._probed_at = -PROBE_EVERY_S
 
     @property
     def ends_in(self) -> float:
@@ -115,7 +119,13 @@ class HealthWatch:
                     f"{c.errors} of {events} windows failed ({rate:.0%}; {c.non_finite} with "
                     f"NaN/Inf outputs), limit {s.max_error_rate:.0%}",
                 )
-        if self._probe is not None and self._baseline is not None:
+        now = self._clock()
+        if (
+            self._probe is not None
+            and self._baseline is not None
+            and now - self._probed_at >= PROBE_EVERY_S
+        ):
+            self._probed_at = now
             self._latencies.append(self._probe())
             if len(self._latencies) >= MIN_PROBES:
                 p50 = statistics.median(self._latencies)

@@ -37,7 +37,7 @@ from agent.ota.health import CHECK_INTERVAL_S, HealthWatch
 from agent.ota.intake import Intake, Job
 from agent.ota.layout import OtaPaths
 from agent.ota.report import Reporter
-from agent.ota.smoke import SmokeResult, median_latency, smoke_test, zeros_for
+from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
 from agent.package import SignatureFile, check_artifact
@@ -49,7 +49,6 @@ from agent.topics import Topics
 log = logging.getLogger(__name__)
 
 SWAP_TIMEOUT_S = 10.0
-PROBE_RUNS = 3
 MARK_BAD = frozenset(
     {
         "load_failed",
@@ -97,10 +96,17 @@ def _claimed_version(offer: Offer | None) -> str | None:
 
 
 def _probe(model: Model) -> Callable[[], float] | None:
+    """One timed call of the live model (thread-safe: ``Model.run`` holds its lock)."""
     if model.stateful:
         return None  # a probe would disturb the state a streaming model keeps
     inputs = zeros_for(model)
-    return lambda: median_latency(model, inputs, PROBE_RUNS)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        model.run(inputs)
+        return time.perf_counter() - t0
+
+    return once
 
 
 def load_configured_model(cfg: Config) -> ActiveModel:

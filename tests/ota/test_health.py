@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.config import OtaSection
 from agent.metrics import Metrics
-from agent.ota.health import MIN_EVENTS, MIN_PROBES, HealthWatch, boot_verdict
+from agent.ota.health import MIN_EVENTS, MIN_PROBES, PROBE_EVERY_S, HealthWatch, boot_verdict
 
 SETTINGS = OtaSection(health_window_s=10.0, max_error_rate=0.05, max_latency_factor=3.0)
 
@@ -68,10 +68,19 @@ def test_few_windows_are_judged_at_the_end() -> None:
 
 def test_latency_far_above_the_previous_model_fails() -> None:
     m, clock = Metrics(), Clock()
-    w = watch(m, clock, baseline_latency_s=0.001, probe=lambda: 0.010)
+    calls: list[float] = []
+
+    def probe() -> float:
+        calls.append(clock.t)
+        return 0.010
+
+    w = watch(m, clock, baseline_latency_s=0.001, probe=probe)
     for _ in range(MIN_PROBES - 1):
         assert w.check().status == "watching"
+        assert w.check().status == "watching"  # checks between probes do not call the model
+        clock.t += PROBE_EVERY_S
     v = w.check()
+    assert len(calls) == MIN_PROBES
     assert (v.status, v.reason) == ("failed", "latency")
 
 
@@ -81,6 +90,7 @@ def test_latency_a_little_above_is_fine() -> None:
     w = watch(m, clock, baseline_latency_s=0.0001, probe=lambda: 0.0005)
     for _ in range(MIN_PROBES + 2):
         assert w.check().status == "watching"
+        clock.t += PROBE_EVERY_S
     clock.t += 10
     assert w.check().status == "passed"
 
