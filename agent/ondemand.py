@@ -29,7 +29,7 @@ from agent.errors import InferenceError, SampleError
 from agent.metrics import Metrics
 from agent.postprocess import Postprocessor, build_postprocessor
 from agent.preprocess import Preprocessor
-from agent.runtime import Model, load_model
+from agent.runtime import Model
 from agent.samples import make_block
 
 if TYPE_CHECKING:
@@ -38,20 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-
-
-def clone_model(model: Model, label: str) -> Model:
-    """A second interpreter of ``model``: same bytes, runtime, threads, kernels, signature."""
-    content: bytes = model._content  # the runtime keeps the verified bytes; no public accessor
-    return load_model(
-        content,
-        runtime=model.runtime_name,
-        num_threads=model.num_threads,
-        reference_kernels=model.reference_kernels,
-        signature=model.signature,
-        quantize_in_graph=model.quantize_in_graph,
-        label=label,
-    )
 
 
 class OnDemandRunner:
@@ -68,7 +54,7 @@ class OnDemandRunner:
         key = (active.model.sha256, active.version, id(active.model))
         if self._key != key or self._model is None or self._post is None:
             label = f"{active.name} {active.version} (on-demand)"
-            self._model = clone_model(active.model, label)
+            self._model = active.model.clone(label)
             post_cfg = self.cfg.postprocess
             if isinstance(post_cfg, ClassificationPost):
                 post_cfg = post_cfg.model_copy(update={"smoothing": 1, "publish_on_change": False})

@@ -260,6 +260,7 @@ class Pipeline:
         n = len(windows)
         if n == 0:
             return
+        self.metrics.inc("windows_run", n)
         st = self._stages
         x_all = windows.data
         run = st.active.model.run1

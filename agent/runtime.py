@@ -573,6 +573,23 @@ class Model:
                 self._op_counts = dict(Counter(n for n in names if n != "DELEGATE"))
         return dict(self._op_counts)
 
+    @property
+    def content(self) -> bytes:
+        """The model bytes as loaded (verified), e.g. for a second interpreter."""
+        return self._content
+
+    def clone(self, label: str | None = None) -> Model:
+        """A second, independent interpreter of this model with the same settings."""
+        return load_model(
+            self._content,
+            runtime=self.runtime_name,
+            num_threads=self.num_threads,
+            reference_kernels=self.reference_kernels,
+            signature=self.signature,
+            quantize_in_graph=self.quantize_in_graph,
+            label=label or self.label,
+        )
+
     def ops(self) -> list[str]:
         """Builtin op names the model uses, sorted."""
         return sorted(self.op_counts())

@@ -63,6 +63,7 @@ class Agent:
         self.running: Running | None = None
         self.ready = threading.Event()
         self.notifier = Notifier.from_environ()
+        self.stall_s = STALL_S
         self._pinger: WatchdogPinger | None = None
         self.observability: Observability | None = None  # metrics/HTTP API/HA (observability.py)
 
@@ -158,13 +159,14 @@ class Agent:
     def healthy(self) -> bool:
         """The pipeline is really making progress (what the systemd watchdog is fed from)."""
         r = self.running
-        return (
-            r is not None
-            and time.monotonic() - r.pipeline.heartbeat < STALL_S
-            and r.pipeline.inference_alive()
-            and r.link.thread_alive()
-            and r.publisher.alive()
+        if r is None:
+            return False
+        p = r.pipeline
+        # every source ended (a replay file without loop): idle, not hung
+        inference_ok = p.finished.is_set() or (
+            time.monotonic() - p.heartbeat < self.stall_s and p.inference_alive()
         )
+        return inference_ok and r.link.thread_alive() and r.publisher.alive()
 
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
@@ -198,6 +200,8 @@ class Agent:
         r.link.stop(final, timeout=max(0.1, budget - (time.monotonic() - t0)))
         r.spool.close()
         log.info("stopped in %.2fs (%d message(s) queued)", time.monotonic() - t0, r.spool.depth)
+        if final_status:
+            self.notifier.close()
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the process exit code."""

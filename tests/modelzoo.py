@@ -246,7 +246,7 @@ def anomaly_autoencoder(mode: str = "float32") -> ZooModel:
 
 def without_signatures(content: bytes) -> bytes:
     """The model with no signature defs, like models from converters before TF 2.5."""
-    import flatbuffers  # type: ignore[import-untyped]
+    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     m = schema.ModelT.InitFromPackedBuf(content, 0)

@@ -463,18 +463,22 @@ class _Alive:
 
 
 @pytest.mark.parametrize(
-    ("pipe", "link_ok", "ready", "status", "live"),
+    ("pipe_args", "link_ok", "ready", "status", "live"),
     [
-        (_Pipe(True, False, 0.5), True, True, "ok", True),
-        (_Pipe(True, False, 0.5), True, False, "starting", True),
-        (_Pipe(False, True, 999), True, True, "ok", True),  # every source ended: still live
-        (_Pipe(True, False, 999), True, True, "unhealthy", False),  # inference loop stuck
-        (_Pipe(False, False, 0.5), True, True, "unhealthy", False),  # inference thread died
-        (_Pipe(True, False, 0.5), False, True, "unhealthy", False),  # MQTT link thread died
+        ((True, False, 0.5), True, True, "ok", True),
+        ((True, False, 0.5), True, False, "starting", True),
+        ((False, True, 999), True, True, "ok", True),  # every source ended: still live
+        ((True, False, 999), True, True, "unhealthy", False),  # inference loop stuck
+        ((False, False, 0.5), True, True, "unhealthy", False),  # inference thread died
+        ((True, False, 0.5), False, True, "unhealthy", False),  # MQTT link thread died
     ],
 )
-def test_view_health(pipe: _Pipe, link_ok: bool, ready: bool, status: str, live: bool) -> None:
+def test_view_health(
+    pipe_args: tuple[bool, bool, float], link_ok: bool, ready: bool, status: str, live: bool
+) -> None:
     from types import SimpleNamespace
+
+    pipe = _Pipe(*pipe_args)  # built here: a heartbeat made at collection time would be stale
 
     from agent.metrics import Metrics
     from agent.view import RunningAgentView

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.config import AnomalyInjection, SyntheticSource
-from agent.errors import SourceError
+from agent.config import AnomalyInjection, SyntheticSource, parse_config
+from agent.errors import ConfigError
 from agent.samples import SampleBlock
 from agent.sources import SyntheticSignal, build_source
 from agent.sources.synthetic import SignalGenerator
@@ -78,9 +78,10 @@ def test_probability_one_is_one_long_anomaly() -> None:
     assert (got == -1.0).all()
 
 
-def test_empty_frequency_list_is_a_source_error() -> None:
-    with pytest.raises(SourceError, match="frequency_hz"):
-        SyntheticSignal(cfg(frequency_hz=[]), make_ctx())
+def test_empty_frequency_list_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sources": [{"type": "synthetic", "frequency_hz": []}]})
+    assert "sources[0].frequency_hz" in dict(info.value.problems)
 
 
 def test_run_emits_block_size_blocks_until_max_samples() -> None:
