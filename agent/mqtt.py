@@ -339,6 +339,17 @@ class MqttLink:
                     fn()
 
 
+def _start_short_lived(client: paho.Client, settings: MqttSection) -> str:
+    """Connect a one-off client and start its network thread; returns 'host:port'."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        _connect(client, settings)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise PublishError(f"cannot connect to MQTT broker {where}: {exc}") from exc
+    client.loop_start()
+    return where
+
+
 def publish_once(
     settings: MqttSection,
     client_id: str,
@@ -359,12 +370,7 @@ def publish_once(
         connected.set()
 
     client.on_connect = on_connect
-    where = f"{settings.host}:{settings.port}"
-    try:
-        _connect(client, settings)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise PublishError(f"cannot connect to MQTT broker {where}: {exc}") from exc
-    client.loop_start()
+    where = _start_short_lived(client, settings)
     try:
         if not connected.wait(timeout_s) or refused:
             raise PublishError(f"MQTT broker {where} did not accept us: {refused or 'timeout'}")
@@ -421,12 +427,7 @@ def collect_retained(
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    where = f"{settings.host}:{settings.port}"
-    try:
-        _connect(client, settings)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise PublishError(f"cannot connect to MQTT broker {where}: {exc}") from exc
-    client.loop_start()
+    where = _start_short_lived(client, settings)
     try:
         if not subscribed.wait(timeout_s):
             raise PublishError(f"could not subscribe on {where} within {timeout_s}s")
