@@ -102,7 +102,8 @@ class SourceModel:
         self.close()
 
 
-def _sha256_of(path: Path) -> str | None:
+def sha256_of_file(path: Path) -> str | None:
+    """The sha256 of a file (None when it is not a file), read in 1 MiB chunks."""
     if not path.is_file():
         return None
     h = hashlib.sha256()
@@ -156,7 +157,7 @@ def _from_keras_model(model: Any, path: Path | None) -> SourceModel:
         raise ConversionError(
             f"cannot export Keras model {path or ''} for conversion: {exc}"
         ) from exc
-    sha = _sha256_of(path) if path is not None else None
+    sha = sha256_of_file(path) if path is not None else None
     return SourceModel("keras", path, saved_model_dir=out, sha256=sha, _tmp=tmp)
 
 
@@ -177,7 +178,7 @@ def _from_onnx(path: Path) -> SourceModel:
     except Exception as exc:
         tmp.cleanup()
         raise ConversionError(f"onnx2tf could not convert {path}: {exc}") from exc
-    return SourceModel("onnx", path, saved_model_dir=out, sha256=_sha256_of(path), _tmp=tmp)
+    return SourceModel("onnx", path, saved_model_dir=out, sha256=sha256_of_file(path), _tmp=tmp)
 
 
 def saved_model_inputs(saved_model_dir: Path) -> list[InputShape]:

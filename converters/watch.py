@@ -18,7 +18,6 @@ nothing and names itself and the reason in the report.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 import queue
 import re
@@ -43,6 +42,7 @@ from agent.errors import EdgeAgentError
 from agent.manifest import VerificationReport, utc_now
 from agent.package import atomic_write, write_package
 from converters.build import build_package
+from converters.convert import sha256_of_file
 from converters.publish import next_version, publish_package
 from converters.settings import WATCH_CONFIG_NAME, WatchConfig, load_watch_config
 from converters.store import open_store
@@ -92,20 +92,10 @@ def version_from_name(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def process_drop(folder: Path, path: Path) -> DropReport:
     """Run the whole chain for one input and write its report; never raises EdgeAgentError."""
     report = DropReport(
-        input=path.name, input_sha256=_sha256(path), status="failed", started=utc_now()
+        input=path.name, input_sha256=sha256_of_file(path), status="failed", started=utc_now()
     )
     step: Step = "config"
     try:
