@@ -17,7 +17,7 @@ import pytest
 
 from agent.config import MqttSection
 from agent.metrics import Metrics
-from agent.mqtt import MqttLink
+from agent.mqtt import MqttLink, collect_retained
 from agent.telemetry import (
     MetricsReporter,
     MetricsV1,
@@ -271,8 +271,10 @@ def test_reporter_publishes_after_connect_and_every_interval(broker: Broker) -> 
             reporter.stop()
             link.stop()
     payloads = [MetricsV1.model_validate_json(m.payload) for m in msgs]
-    assert not any(m.retain for m in msgs)
     assert all(p.mqtt.connected for p in payloads)
+    # retained: a fleet view that subscribes later still gets the latest report at once
+    retained = collect_retained(MqttSection(host=broker.host, port=broker.port), None, ["edge/#"])
+    assert MetricsV1.model_validate_json(retained["edge/pi-1/metrics"]).device == "pi-1"
     gaps = [b.t - a.t for a, b in itertools.pairwise(msgs)]
     assert all(0.15 < g < 1.5 for g in gaps[1:]), gaps
     with pytest.raises(ValueError):
