@@ -18,14 +18,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import select
 import socket
 import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -48,6 +49,22 @@ class OutgoingMessage:
     payload: bytes
     qos: int = 1
     retain: bool = False
+
+
+class Message(Protocol):
+    """What ``publish_many`` sends: an ``OutgoingMessage`` or anything shaped like one."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def qos(self) -> int: ...
+
+    @property
+    def retain(self) -> bool: ...
 
 
 class Backoff:
@@ -73,9 +90,181 @@ def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
+
+
+class _TcpBuffer:
+    """The plain TCP socket paho talks to, with a buffer in each direction.
+
+    Every socket call drops and re-takes the GIL, and with a busy inference thread each
+    re-take can wait; paho makes several per message. So:
+
+    - reads: paho reads a packet in three ``recv`` calls (command byte, length, body); they
+      are served from one read of up to 64 KiB. ``pending()`` is the hook paho's loop uses for
+      TLS: while read-ahead bytes wait it reads them instead of sleeping in ``select``.
+    - writes: between ``hold()`` and ``release()`` (a burst of publishes, ``publish_many``)
+      ``send`` only appends to a buffer, and ``release`` writes the burst with one call.
+      Outside a burst a ``send`` goes out at once. Everything is written in the order it was
+      sent, by one thread at a time; a send never returns short, so paho's own queue stays
+      empty. A write that cannot complete within ``timeout_s`` closes the connection (paho
+      reports it lost; the spool resends what was not acknowledged).
+    """
+
+    def __init__(self, sock: socket.socket, timeout_s: float) -> None:
+        self.tcp = sock
+        self.fileno = sock.fileno
+        self._timeout = timeout_s
+        self._rbuf = b""
+        self._rpos = 0
+        self._lock = threading.Lock()  # guards _out and _hold
+        self._writer = threading.Lock()  # held by the thread writing _out to the socket
+        self._out = bytearray()
+        self._hold = 0
+
+    # ---------------------------------------------------------------- reading (network thread)
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos < len(buf):
+            end = min(pos + n, len(buf))
+            self._rpos = end
+            return buf[pos:end]
+        data = self.tcp.recv(max(n, 65536))
+        if len(data) <= n:
+            self._rbuf, self._rpos = b"", 0
+            return data
+        self._rbuf, self._rpos = data, n
+        return data[:n]
+
+    def pending(self) -> int:
+        return len(self._rbuf) - self._rpos
+
+    # ---------------------------------------------------------------- writing (any thread)
+
+    def send(self, data: bytes | bytearray) -> int:
+        with self._lock:
+            self._out += data
+            if self._hold:
+                return len(data)
+        self._write_out()
+        return len(data)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._hold += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold -= 1
+            if self._hold:
+                return
+        with contextlib.suppress(OSError):  # the connection is closed: paho will notice
+            self._write_out()
+
+    def _write_out(self) -> None:
+        """Write everything buffered, in order. A thread that finds another one writing leaves
+        its bytes to it (the writer looks again after letting go)."""
+        while self._writer.acquire(blocking=False):
+            try:
+                while True:
+                    with self._lock:
+                        if not self._out or self._hold:
+                            break
+                        chunk = bytes(self._out)
+                        self._out.clear()
+                    self._write_all(chunk)
+            finally:
+                self._writer.release()
+            with self._lock:
+                if not self._out or self._hold:
+                    return
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + self._timeout
+        while view:
+            try:
+                view = view[self.tcp.send(view) :]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [self.tcp], [], left)[1]:
+                    self._fail(f"could not write for {self._timeout:.0f}s")
+            except OSError:
+                self._fail("write failed")
+
+    def _fail(self, why: str) -> NoReturn:
+        with self._lock:
+            self._out.clear()
+        with contextlib.suppress(OSError):
+            self.tcp.shutdown(socket.SHUT_RDWR)  # the network thread's select/recv sees it
+        raise ConnectionError(f"MQTT socket: {why}")
+
+    # ---------------------------------------------------------------- the rest
+
+    def close(self) -> None:
+        self.tcp.close()
+
+    def setblocking(self, flag: bool) -> None:
+        self.tcp.setblocking(flag)
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.tcp.setsockopt(level, option, value)
+
+
+class _Client(paho.Client):
+    """paho's client, with ``_TcpBuffer`` on plain TCP connections (TLS buffers on its own)."""
+
+    write_timeout_s = 30.0
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        if type(sock) is socket.socket:
+            return _TcpBuffer(sock, self.write_timeout_s)
+        return sock
+
+
+@contextlib.contextmanager
+def _burst(client: paho.Client) -> Iterator[None]:
+    """Write a burst of packets cheaply: in one write, with one wake-up of the network loop.
+
+    - On a ``_TcpBuffer`` the burst is held and written at once. On other sockets (TLS) it
+      is corked instead: TCP_NODELAY makes every small PUBLISH its own segment; corking
+      coalesces them and uncorking sends the rest at once, so nothing waits for Nagle.
+    - paho wakes its network loop (a byte on an internal socketpair) on every publish so that
+      it writes what the socket did not take; the burst needs that at most once, at its end,
+      and only when something is left (never with ``_TcpBuffer``, whose send takes all).
+    """
+    sock = client.socket()
+    buffered = sock if isinstance(sock, _TcpBuffer) else None
+    cork = buffered is None and _CORK is not None and isinstance(sock, socket.socket)
+    if buffered is not None:
+        buffered.hold()
+    elif cork:
+        assert isinstance(sock, socket.socket) and _CORK is not None
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+    wake: socket.socket | None = getattr(client, "_sockpairW", None)
+    if wake is not None:
+        client._sockpairW = None
+    try:
+        yield
+    finally:
+        if buffered is not None:
+            buffered.release()
+        elif cork:
+            assert isinstance(sock, socket.socket) and _CORK is not None
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+        if wake is not None:
+            client._sockpairW = wake
+            if client.want_write():  # paho holds bytes the socket did not take yet
+                with contextlib.suppress(OSError):
+                    wake.send(b"\0")
+
+
 def _make_client(settings: MqttSection, client_id: str, password: str | None) -> paho.Client:
     v5 = settings.protocol == "5"
-    client = paho.Client(
+    client = _Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
@@ -210,6 +399,43 @@ class MqttLink:
             if early:
                 on_ack()
         return True
+
+    def publish_many(self, items: Sequence[tuple[Message, AckCallback | None]]) -> int:
+        """Send ``items`` in order as one burst; returns how many were sent (a prefix).
+
+        Same contract as ``publish`` per message, cheaper per message: the burst is written
+        with TCP_CORK set (one segment for many small PUBLISH packets instead of one each,
+        flushed at once when the burst ends: no Nagle delay), and the callbacks are
+        registered under one lock acquisition.
+        """
+        with self._lock:
+            client = self._client if self._connected.is_set() else None
+            gen = self._generation
+        if client is None or not items:
+            return 0
+        sent: list[tuple[int, AckCallback]] = []
+        n = 0
+        publish, ok = client.publish, paho.MQTT_ERR_SUCCESS
+        with _burst(client):
+            for msg, on_ack in items:
+                info = publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+                if info.rc != ok:
+                    break
+                n += 1
+                if on_ack is not None:
+                    sent.append((info.mid, on_ack))
+        early: list[AckCallback] = []
+        with self._lock:
+            for mid, on_ack in sent:
+                key = (gen, mid)
+                if key in self._early:
+                    self._early.discard(key)
+                    early.append(on_ack)
+                else:
+                    self._pending[key] = on_ack
+        for on_ack in early:
+            on_ack()
+        return n
 
     def stop(self, final: Sequence[OutgoingMessage] = (), timeout: float = 2.0) -> None:
         """Publish ``final`` (e.g. retained 'offline'), wait for their acks, disconnect."""

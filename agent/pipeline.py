@@ -38,6 +38,7 @@ from agent.window import StreamWindowers
 log = logging.getLogger(__name__)
 
 _EOF = object()
+_HANDOVER_S = 0.001  # longest a prediction waits in the inference thread for its group
 
 
 @dataclass
@@ -264,6 +265,8 @@ class Pipeline:
         st = self._stages
         x_all = windows.data
         run = st.active.model.run1
+        out: list[PredictionRecord] = []
+        out_due = 0.0
         for i in range(n):
             if self._pending_swap is not None:
                 self._apply_swap()
@@ -282,7 +285,11 @@ class Pipeline:
             self.metrics.observe("invoke", latency)
             if result is None:
                 continue
-            self._publisher.submit(
+            # Hand predictions over in groups (one publisher wake-up per group), but never hold
+            # one back for longer than _HANDOVER_S of inference: bounds the latency it adds.
+            if not out:
+                out_due = t0 + _HANDOVER_S
+            out.append(
                 PredictionRecord(
                     topic=st.topic,
                     model_name=st.active.name,
@@ -294,6 +301,11 @@ class Pipeline:
                     t_in=windows.t_in,
                 )
             )
+            if t0 + latency >= out_due:
+                self._publisher.submit_many(out)
+                out = []
+        if out:
+            self._publisher.submit_many(out)
 
 
 def _reason(exc: Exception) -> str:

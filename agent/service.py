@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent.config import Config, load_config, read_password
 from agent.errors import ConfigError, EdgeAgentError
@@ -23,13 +24,15 @@ from agent.metrics import Metrics
 from agent.models import load_active_model
 from agent.mqtt import MqttLink, OutgoingMessage
 from agent.observability import Observability
-from agent.ota import Updater
 from agent.pipeline import Pipeline
 from agent.publisher import Publisher
 from agent.sources import SourceContext
 from agent.spool import Spool
 from agent.systemd import Notifier, WatchdogPinger
 from agent.topics import OFFLINE, ONLINE, Topics
+
+if TYPE_CHECKING:  # imported when OTA is enabled: cryptography and the manifests cost ~10 MB
+    from agent.ota import Updater
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +124,11 @@ class Agent:
         ctx = SourceContext(metrics=self.metrics, subscriber=link)
         try:
             pipeline = Pipeline(cfg, active, publisher, self.metrics, topics, ctx)
-            updater = (
-                Updater(cfg, link, pipeline, self.metrics, topics) if cfg.ota.enabled else None
-            )
+            updater = None
+            if cfg.ota.enabled:
+                from agent.ota import Updater
+
+                updater = Updater(cfg, link, pipeline, self.metrics, topics)
         except EdgeAgentError:
             spool.close()
             raise

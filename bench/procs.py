@@ -23,7 +23,23 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of every thread of ``pid`` so far."""
+    """CPU seconds the live threads of ``pid`` have run so far.
+
+    From the scheduler's own accounting (``schedstat``, nanoseconds), not the utime/stime of
+    ``/proc/PID/stat``: those are sampled at the 100 Hz tick, and a workload paced at
+    100 windows/s wakes in step with that tick and gets charged whole ticks.
+    """
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # the thread just ended
+    except FileNotFoundError:
+        return 0.0
+    if total:
+        return total / 1e9
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 

@@ -20,8 +20,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-_SEQ = re.compile(rb'"seq":(\d+)')
-_TS = re.compile(rb'"ts":([0-9.eE+-]+)')
+_SEQ = re.compile(rb'"seq":\s*(\d+)')
+_TS = re.compile(rb'"ts":\s*([0-9.eE+-]+)')
+_VER = re.compile(rb'"version":\s*"([^"]*)"')
 
 
 def _remaining_length(n: int) -> bytes:
@@ -49,16 +50,30 @@ class Arrivals:
     """With ``keep_ts``: the prediction's ``ts`` (epoch s), aligned with ``seqs``."""
     t_pred: list[float] = field(default_factory=list)
     """With ``keep_ts``: the arrival time of each prediction, aligned with ``seqs``."""
+    versions: list[str] = field(default_factory=list)
+    """With ``keep_ts``: the model version of each prediction, aligned with ``seqs``."""
 
 
 class Subscriber:
     """Subscribe to ``topic`` on ``host:port`` and record every message that arrives."""
 
-    def __init__(self, host: str, port: int, topic: str, *, keep_ts: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str,
+        *,
+        keep_ts: bool = False,
+        session: str | None = None,
+    ) -> None:
+        """``session``: a client id for a persistent session subscribed at QoS 1 (the broker
+        keeps messages for it while it is away); default: a clean session at QoS 0."""
         self.host = host
         self.port = port
         self.topic = topic
         self.keep_ts = keep_ts
+        self.session = session
+        self.qos = 1 if session else 0
         self.data = Arrivals()
         self.predictions = 0
         self._cond = threading.Condition()
@@ -78,12 +93,13 @@ class Subscriber:
         sock = socket.create_connection((self.host, self.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        body = _string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0)
-        body += _string(f"bench-sub-{id(self):x}")
+        flags = 0x00 if self.session else 0x02  # clean session unless persistent
+        body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", 0)
+        body += _string(self.session or f"bench-sub-{id(self):x}")
         sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
         if sock.recv(4)[:1] != b"\x20":
             raise ConnectionError("the broker refused the bench subscriber")
-        body = struct.pack("!H", 1) + _string(self.topic) + b"\x00"
+        body = struct.pack("!H", 1) + _string(self.topic) + bytes([self.qos])
         sock.sendall(b"\x82" + _remaining_length(len(body)) + body)
         ack = b""
         while len(ack) < 5:
@@ -137,13 +153,14 @@ class Subscriber:
         pos, end = 0, len(buf)
         d = self.data
         got = 0
-        seq_find, ts_find, keep_ts = _SEQ.findall, _TS.findall, self.keep_ts
+        seq_find, ts_find, ver_find, keep_ts = _SEQ.findall, _TS.findall, _VER.findall, self.keep_ts
+        acks = bytearray()
         while pos + 2 <= end:
             head = buf[pos]
             mult, length, i = 1, 0, pos + 1
             while True:
                 if i >= end:
-                    return self._commit(pos, got)
+                    return self._commit(pos, got, acks)
                 byte = buf[i]
                 length += (byte & 0x7F) * mult
                 mult *= 128
@@ -151,10 +168,14 @@ class Subscriber:
                 if not byte & 0x80:
                     break
             if i + length > end:
-                return self._commit(pos, got)
-            if head >> 4 == 3:  # PUBLISH, QoS 0 (our subscription's)
+                return self._commit(pos, got, acks)
+            if head >> 4 == 3:  # PUBLISH
                 tlen = (buf[i] << 8) | buf[i + 1]
-                payload = bytes(buf[i + 2 + tlen : i + length])
+                start = i + 2 + tlen
+                if head & 0x06:  # QoS 1: a packet id to acknowledge
+                    acks += b"\x40\x02" + buf[start : start + 2]
+                    start += 2
+                payload = bytes(buf[start : i + length])
                 seqs = [int(s) for s in seq_find(payload)]
                 d.t.append(now)
                 d.counts.append(len(seqs))
@@ -162,11 +183,14 @@ class Subscriber:
                 if keep_ts:
                     d.ts += [float(t) for t in ts_find(payload)]
                     d.t_pred += [now] * len(seqs)
+                    d.versions += [v.decode() for v in ver_find(payload)]
                 got += len(seqs)
             pos = i + length
-        return self._commit(pos, got)
+        return self._commit(pos, got, acks)
 
-    def _commit(self, pos: int, got: int) -> int:
+    def _commit(self, pos: int, got: int, acks: bytearray) -> int:
+        if acks and self._sock is not None:
+            self._sock.sendall(acks)
         if got:
             with self._cond:
                 self.predictions += got
