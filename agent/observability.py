@@ -14,13 +14,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from agent.errors import EdgeAgentError
-from agent.homeassistant import HomeAssistantDiscovery, board_model, discovery_messages
-from agent.httpapi import HttpApi, read_token
 from agent.mqtt import OutgoingMessage
 from agent.telemetry import MetricsReporter, cpu_temperature_c
 from agent.view import AgentLike, RunningAgentView
 
 if TYPE_CHECKING:
+    from agent.homeassistant import HomeAssistantDiscovery
+    from agent.httpapi import HttpApi
     from agent.service import Running
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class Observability:
             if r.link.connected:  # connected before we could listen: report now
                 self.reporter.publish_now()
         if cfg.http.enabled:
+            # imported only when enabled: a device without the API does not pay its memory
+            from agent.httpapi import HttpApi, read_token
+
             try:
                 http = HttpApi(cfg.http, view, token=read_token(cfg.http))
                 http.start()
@@ -56,6 +59,11 @@ class Observability:
                 self.http = http
         if cfg.homeassistant.enabled:
             from agent import __version__
+            from agent.homeassistant import (
+                HomeAssistantDiscovery,
+                board_model,
+                discovery_messages,
+            )
 
             board = board_model()
             has_temp = cpu_temperature_c() is not None
