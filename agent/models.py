@@ -53,16 +53,16 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
     data = content if content is not None else read_model_source(path)
     name, version, labels = cfg.model.name, cfg.model.version, list(cfg.postprocess_labels())
     if path.endswith(".eapkg") and content is None:
-        from agent.package import read_package, verify_package
+        from agent.package import check_artifact, read_package, verify_package
+        from agent.signing import load_trusted_keys
 
         try:
             pkg = read_package(data)
-            if cfg.ota.trusted_keys or not cfg.ota.allow_unsigned:
-                from agent.signing import load_public_key
-
-                keys = [load_public_key(p) for p in cfg.ota.trusted_keys]
-                if keys or pkg.signature is not None:
-                    verify_package(pkg, keys, allow_unsigned=cfg.ota.allow_unsigned)
+            keys = load_trusted_keys(cfg.ota.trusted_keys)
+            if keys or (pkg.signature is not None and not cfg.ota.allow_unsigned):
+                verify_package(pkg, keys, allow_unsigned=cfg.ota.allow_unsigned)
+            else:  # nothing to check a signature against: the model must still match its hash
+                check_artifact(pkg.manifest, pkg.model)
         except EdgeAgentError as exc:
             raise ModelError(f"model package {path}: {exc}") from exc
         data = pkg.model

@@ -123,7 +123,6 @@ class Pipeline:
         self._live_sources = 0
         self._live_lock = threading.Lock()
         self.heartbeat = time.monotonic()
-        self.idle = threading.Event()
         self.finished = threading.Event()
         self._on_demand = OnDemandRunner(cfg, metrics)  # HTTP API: its own interpreter
         for scfg in cfg.sources:
@@ -240,7 +239,6 @@ class Pipeline:
             try:
                 item = self._ingest.get(timeout=1.0)
             except queue.Empty:
-                self.idle.set()
                 continue
             if self._pending_swap is not None:
                 self._apply_swap()

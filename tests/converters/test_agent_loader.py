@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,19 @@ def test_loader_refuses_a_package_from_another_key(
     path.write_bytes(forged.to_bytes())
     with pytest.raises(ModelError, match="unknown_key"):
         load_active_model(parse_config(_config(path, keys.public)))
+
+
+def test_loader_checks_the_hash_even_without_trusted_keys(
+    int8_package: Package, tmp_path: Path
+) -> None:
+    """No key to check a signature against: a model that is not the manifest's is still refused."""
+    intact = make_package(int8_package.manifest, int8_package.model, None)
+    tampered = bytearray(intact.model)
+    tampered[len(tampered) // 2] ^= 0xFF
+    path = tmp_path / intact.filename
+    path.write_bytes(dataclasses.replace(intact, model=bytes(tampered)).to_bytes())
+    cfg = parse_config({"model": {"path": str(path)}, "window": {"length": 32, "hop": 16}})
+    with pytest.raises(ModelError, match="hash_mismatch"):
+        load_active_model(cfg)
+    path.write_bytes(intact.to_bytes())
+    assert load_active_model(cfg).version == int8_package.manifest.version
