@@ -258,3 +258,12 @@ def test_valid_arrays_round_trip_exactly(rows: list[list[float]]) -> None:
     np.testing.assert_array_equal(
         parse_binary("s", expected.astype("<f4").tobytes(), channels, "float32").values, expected
     )
+
+
+def test_signalling_nan_in_binary_is_not_finite() -> None:
+    """Found by hypothesis: a float32 signalling NaN must count as not_finite, not warn."""
+    payload = bytes(22) + b"\x81\x7f" + bytes(4)  # 7 float32; the 6th has sNaN bits
+    fmt = PayloadFormat(channels=1, format="binary", dtype="float32", max_bytes=1024)
+    with pytest.raises(SampleError) as info:
+        fmt.parse("s", payload)
+    assert info.value.reason == "not_finite"
