@@ -1,15 +1,22 @@
 """The data path, wired: sources -> window -> preprocess -> infer -> postprocess -> publisher.
 
 Threads:
-- one per source, each emitting ``SampleBlock``s into the bounded ingest queue (file and
-  generator sources block when it is full: back-pressure; the MQTT source never blocks the
-  network thread: a full queue drops the block and counts ``ingest_overflow``);
-- one inference thread that owns the windowers, the model and the postprocessor. ``invoke()``
-  releases the GIL, so reading, serialising and publishing overlap with it;
+- one per source. It reads ``SampleBlock``s and windows them right there (``StreamWindowers``
+  of its own): each window is normalised and encoded into the model's own input type
+  (``agent.preprocess.Encoder``: int8 for a quantized model) in one pass, so the bytes that
+  reach the inference thread go to the interpreter as they are. Completed windows enter the
+  bounded ingest queue (file and generator sources block when it is full: back-pressure; the
+  MQTT source never blocks the network thread: a full queue drops the windows and counts
+  ``ingest_overflow``);
+- one inference thread: set the input, ``invoke()`` (which releases the GIL, so reading,
+  encoding, serialising and publishing overlap with it), read the outputs, postprocess;
 - the publisher thread (``agent.publisher``).
 
-A model swap (OTA) is handed to the inference thread and applied *between* two invocations:
-no sample is dropped or processed twice, and every prediction names the version that made it.
+A model swap (OTA) replaces the stages (model, encoder, postprocessor) that the source threads
+encode for. Each queued item carries the stages it was encoded for and runs on that model, so
+the switch falls between two windows of every stream: no sample is dropped or processed twice,
+windows already queued finish on the old model, and every prediction names the version that
+made it.
 """
 
 from __future__ import annotations
@@ -26,18 +33,23 @@ from agent.config import Config, MqttSource
 from agent.errors import InferenceError, SampleError, ShapeMismatch
 from agent.metrics import Metrics
 from agent.ondemand import OnDemandRunner
-from agent.postprocess import Postprocessor, build_postprocessor
-from agent.preprocess import Preprocessor, check_model_input
+from agent.postprocess import AnomalyPostprocessor, Postprocessor, build_postprocessor
+from agent.preprocess import Encoder, Preprocessor, check_model_input
 from agent.publisher import PredictionRecord, Publisher
-from agent.runtime import Model
+from agent.runtime import Array, Model
 from agent.samples import RateLimitedLog, SampleBlock
 from agent.sources import Source, SourceContext, build_source
 from agent.topics import Topics
-from agent.window import StreamWindowers
+from agent.window import StreamWindowers, Windows
 
 log = logging.getLogger(__name__)
 
-_EOF = object()
+
+class _Eof:
+    """Queued after the last window: the inference thread finishes."""
+
+
+_EOF = _Eof()
 _HANDOVER_S = 0.001  # longest a prediction waits in the inference thread for its group
 
 
@@ -60,6 +72,14 @@ class _Stages:
     input_shape: tuple[int, ...]
     postprocessor: Postprocessor
     topic: str
+    encoder: Encoder
+    window: Callable[[Array], Array] | None
+    """Turns an encoded window back into the normalised float one, for a postprocessor that
+    reads the input (``score = 'mse'``); None when it is not needed (or already float)."""
+
+
+_Item = tuple[_Stages, Windows, str]
+"""What the ingest queue carries: the stages a source encoded for, the windows, the stream."""
 
 
 def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
@@ -84,8 +104,15 @@ def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
         active.labels or None,
         input_size=cfg.window.length * cfg.channels,
     )
+    encoder = Encoder(Preprocessor(cfg.preprocess, cfg.channels), model.feed)
+    reads_input = isinstance(post, AnomalyPostprocessor) and post.mse
     return _Stages(
-        active=active, input_shape=shape, postprocessor=post, topic=topics.prediction(active.name)
+        active=active,
+        input_shape=shape,
+        postprocessor=post,
+        topic=topics.prediction(active.name),
+        encoder=encoder,
+        window=encoder.decode if reads_input and encoder.quantized else None,
     )
 
 
@@ -104,20 +131,13 @@ class Pipeline:
         self._topics = topics
         self._publisher = publisher
         self._stages = build_stages(cfg, active, topics)
-        self._pending_swap: tuple[_Stages, threading.Event] | None = None
         self._swap_lock = threading.Lock()
-        self._ingest: queue.Queue[object] = queue.Queue(
+        self._ingest: queue.Queue[_Item | _Eof | None] = queue.Queue(
             maxsize=max(s.max_queue for s in cfg.sources)
         )
         self._stop_sources = threading.Event()
         self._sources: list[tuple[Source, threading.Thread]] = []
         self._ctx = ctx
-        self._windowers = StreamWindowers(
-            cfg.window.length,
-            cfg.window.hop,
-            cfg.channels,
-            transform=Preprocessor(cfg.preprocess, cfg.channels),
-        )
         self._warn = RateLimitedLog(log)
         self._infer_thread: threading.Thread | None = None
         self._live_sources = 0
@@ -127,7 +147,7 @@ class Pipeline:
         self._on_demand = OnDemandRunner(cfg, metrics)  # HTTP API: its own interpreter
         for scfg in cfg.sources:
             src = build_source(scfg, ctx)
-            emit = self._emit_nowait if isinstance(scfg, MqttSource) else self._emit_blocking
+            emit = self._emitter(src.name, blocking=not isinstance(scfg, MqttSource))
             t = threading.Thread(
                 target=self._run_source, args=(src, emit), name=f"source-{src.name}", daemon=True
             )
@@ -149,12 +169,14 @@ class Pipeline:
             t.start()
 
     def swap_model(self, active: ActiveModel) -> threading.Event:
-        """Validate ``active`` now, switch to it between two invocations; returns a done event."""
+        """Validate ``active`` now and switch to it: windows read from now on are encoded for
+        and run on it; those already queued finish on the old model. Returns a set event."""
         stages = build_stages(self.cfg, active, self._topics)
-        done = threading.Event()
         with self._swap_lock:
-            self._pending_swap = (stages, done)
-        self._ingest.put(None)  # wake the inference thread if it is idle
+            self._stages = stages
+        self._ingest.put(None)  # the inference thread logs the switch even when idle
+        done = threading.Event()
+        done.set()
         return done
 
     def stop(self, timeout: float) -> None:
@@ -181,26 +203,43 @@ class Pipeline:
 
     # ---------------------------------------------------------------- sources
 
-    def _emit_blocking(self, block: SampleBlock) -> None:
-        self.metrics.inc("samples_in", len(block))
-        while not self._stop_sources.is_set():
-            try:
-                self._ingest.put(block, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-        # stopping: the block was read but cannot be processed; count it honestly
-        self.metrics.inc("samples_dropped", len(block), reason="shutdown")
+    def _emitter(self, source: str, *, blocking: bool) -> Callable[[SampleBlock], None]:
+        """The ``emit`` a source calls with each block, in its own thread: window and encode
+        the block, queue the windows it completed."""
+        cfg = self.cfg
+        windowers = StreamWindowers(cfg.window.length, cfg.window.hop, cfg.channels)
+        metrics, ingest, stop = self.metrics, self._ingest, self._stop_sources
 
-    def _emit_nowait(self, block: SampleBlock) -> None:
-        self.metrics.inc("samples_in", len(block))
-        try:
-            self._ingest.put_nowait(block)
-        except queue.Full:
-            self.metrics.inc("samples_dropped", len(block), reason="ingest_overflow")
-            self._warn.warning(
-                "overflow", "inference is behind: dropped a block from %s", block.stream
-            )
+        def emit(block: SampleBlock) -> None:
+            metrics.inc("samples_in", len(block))
+            st = self._stages  # one read: a swap between two blocks, never inside one
+            try:
+                windows = windowers.push(block, st.encoder)
+            except SampleError as exc:
+                self._ctx.reject(block.stream, exc)
+                return
+            if len(windows) == 0:
+                return
+            item: _Item = (st, windows, block.stream)
+            if not blocking:
+                try:
+                    ingest.put_nowait(item)
+                except queue.Full:
+                    metrics.inc("samples_dropped", len(block), reason="ingest_overflow")
+                    self._warn.warning(
+                        "overflow", "inference is behind: dropped a block from %s", block.stream
+                    )
+                return
+            while not stop.is_set():
+                try:
+                    ingest.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+            # stopping: the block was read but cannot be processed; count it honestly
+            metrics.inc("samples_dropped", len(block), reason="shutdown")
+
+        return emit
 
     def _run_source(self, src: Source, emit: Callable[[SampleBlock], None]) -> None:
         try:
@@ -218,67 +257,50 @@ class Pipeline:
 
     # ---------------------------------------------------------------- inference
 
-    def _apply_swap(self) -> None:
-        with self._swap_lock:
-            pending, self._pending_swap = self._pending_swap, None
-        if pending is None:
-            return
-        stages, done = pending
-        old = self._stages.active
-        self._stages = stages
-        self.metrics.set("model_version", stages.active.version)
-        log.info(
-            "model %s: switched %s -> %s", stages.active.name, old.version, stages.active.version
-        )
-        done.set()
-
     def _infer_loop(self) -> None:
-        self.metrics.set("model_version", self._stages.active.version)
+        current = self._stages
+        self.metrics.set("model_version", current.active.version)
         while True:
             self.heartbeat = time.monotonic()
             try:
                 item = self._ingest.get(timeout=1.0)
             except queue.Empty:
                 continue
-            if self._pending_swap is not None:
-                self._apply_swap()
-            if item is None:
-                continue
-            if item is _EOF:
+            if isinstance(item, _Eof):
                 break
-            assert isinstance(item, SampleBlock)
-            self._process(item)
+            st = self._stages if item is None else item[0]
+            if st is not current:
+                self.metrics.set("model_version", st.active.version)
+                log.info(
+                    "model %s: switched %s -> %s",
+                    st.active.name,
+                    current.active.version,
+                    st.active.version,
+                )
+                current = st
+            if item is not None:
+                _, windows, stream = item
+                self._process(st, windows, stream)
         self.finished.set()
 
-    def _process(self, block: SampleBlock) -> None:
-        try:
-            windows = self._windowers.push(block)  # normalised on the way (fused copy)
-        except SampleError as exc:
-            self._ctx.reject(block.stream, exc)
-            return
+    def _process(self, st: _Stages, windows: Windows, stream: str) -> None:
         n = len(windows)
-        if n == 0:
-            return
         self.metrics.inc("windows_run", n)
-        st = self._stages
         x_all = windows.data
-        run = st.active.model.run1
+        run = st.active.model.run_native
+        post, shape, window = st.postprocessor, st.input_shape, st.window
         out: list[PredictionRecord] = []
         out_due = 0.0
         for i in range(n):
-            if self._pending_swap is not None:
-                self._apply_swap()
-                st = self._stages
-                run = st.active.model.run1
-            x = x_all[i].reshape(st.input_shape)
+            x = x_all[i].reshape(shape)
             t0 = time.perf_counter()
             try:
                 outs = run(x)
                 latency = time.perf_counter() - t0
-                result = st.postprocessor(outs, x, block.stream)
+                result = post(outs, x if window is None else window(x), stream)
             except InferenceError as exc:
                 self.metrics.inc("inference_errors", reason=_reason(exc))
-                self._warn.warning("infer", "inference failed on %s: %s", block.stream, exc)
+                self._warn.warning("infer", "inference failed on %s: %s", stream, exc)
                 continue
             self.metrics.observe("invoke", latency)
             if result is None:
@@ -292,7 +314,7 @@ class Pipeline:
                     topic=st.topic,
                     model_name=st.active.name,
                     model_version=st.active.version,
-                    stream=block.stream,
+                    stream=stream,
                     ts=float(windows.ts[i]),
                     outputs=result,
                     latency_ms=round(latency * 1000, 4),

@@ -11,15 +11,19 @@ it between calls until ``reset_state()``.
 inputs are quantized with each input tensor's own scale and zero point, quantized outputs
 dequantized with each output's own, in one of two ways:
 
-- in-graph (default, whenever the runtime ships its flatbuffer schema):
-  ``agent.tflite_graph.float_io`` wraps the quantized I/O in QUANTIZE/DEQUANTIZE ops before
-  the interpreter is built, so TFLite converts inside ``invoke()`` at no Python cost and with
-  its own rounding. ``inputs``/``outputs`` still describe the model as shipped (int8 stays
-  int8 there).
-- NumPy (fallback): everything is precomputed at load (1/scale, clip bounds, scratch buffers,
+- NumPy (default): everything is precomputed at load (1/scale, clip bounds, scratch buffers,
   a 256-entry lookup table per 8-bit output) and a call is a few ufuncs around set/invoke/get.
   ``rint`` rounds exact ties to even where TFLite rounds them away from zero: one input LSB,
   only on exact ties.
+- in-graph (``quantize_in_graph=True``, when the runtime ships its flatbuffer schema):
+  ``agent.tflite_graph.float_io`` wraps the quantized I/O in QUANTIZE/DEQUANTIZE ops before
+  the interpreter is built, so TFLite converts inside ``invoke()`` with its own rounding.
+  ``inputs``/``outputs`` still describe the model as shipped (int8 stays int8 there).
+
+``Model.run_native`` is the streaming pipeline's call: the window arrives already in the
+interpreter's own input type (``Model.feed``: int8 with the input's scale, encoded by
+``agent.preprocess.Encoder`` in the source threads), so the inference thread only sets,
+invokes and reads.
 
 Hot path: the interpreter's own wrapper object (``Interpreter._interpreter``, the same in all
 three packages) is called directly when present. That skips the public methods' per-call
@@ -289,7 +293,7 @@ class Model:
         """True when (de)quantization runs inside the interpreter (``tflite_graph.float_io``)."""
         self._content = content
         self._backend = backend
-        self._schema = _schema(backend)
+        self._schema_cache: ModuleType | bool | None = False  # False: not looked up yet
         self._lock = threading.Lock()
         self._op_counts: dict[str, int] | None = None
         self._signatures: dict[str, dict[str, list[str]]] = {}
@@ -299,6 +303,14 @@ class Model:
             engine, wrapped = self._in_graph(content, self._schema, signature)
         self._engine_content = engine
         self._build(signature, wrapped)
+
+    @property
+    def _schema(self) -> ModuleType | None:
+        # Imported on first need only (in-graph rewrite, op counts): the generated schema
+        # module alone costs ~4 MB of RSS, and the streaming pipeline never needs it.
+        if self._schema_cache is False:
+            self._schema_cache = _schema(self._backend)
+        return self._schema_cache if isinstance(self._schema_cache, ModuleType) else None
 
     # ------------------------------------------------------------------ setup
 
@@ -405,6 +417,12 @@ class Model:
         ]
         self._read_all = self._read_all_outputs(get)
         self._write0 = self._writers[0] if len(self._writers) == 1 else None
+        idx0 = self._engine_inputs[0].index if len(self._engine_inputs) == 1 else -1
+
+        def set0(x: Array) -> None:
+            set_(idx0, x)
+
+        self._set0 = set0
 
     def _shape_error(self, t: TensorInfo, x: Any) -> ShapeMismatch:
         got = getattr(x, "shape", type(x).__name__)
@@ -512,6 +530,36 @@ class Model:
             )
         with self._lock:
             w(x)
+            try:
+                self._invoke()
+            except (RuntimeError, ValueError) as exc:
+                raise self._invoke_error(exc) from exc
+            return self._read_all()
+
+    @property
+    def feed(self) -> TensorInfo:
+        """The single input as the interpreter itself takes it, for ``run_native``: the model's
+        int8/uint8 input when quantization is not in-graph, float32 when it is."""
+        if len(self._engine_inputs) != 1:
+            raise ShapeMismatch(
+                f"{self.label}: a native feed needs a single-input model; this one takes "
+                f"{[t.name for t in self.inputs]}"
+            )
+        return self._engine_inputs[0]
+
+    def run_native(self, x: Array) -> list[Array]:
+        """Run a single-input model on ``x`` already in ``feed``'s dtype, scale and shape
+        (the streaming pipeline encodes windows so in its source threads): no conversion at
+        all before ``invoke()``. Outputs as ``run`` returns them (dequantized float32)."""
+        with self._lock:
+            try:
+                self._set0(x)
+            except (ValueError, TypeError) as exc:
+                t = self.feed
+                raise ShapeMismatch(
+                    f"{self.label}: input {t.name!r} takes {t.dtype} {t.shape}, got "
+                    f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}"
+                ) from exc
             try:
                 self._invoke()
             except (RuntimeError, ValueError) as exc:
@@ -646,7 +694,7 @@ def load_model(
     num_threads: int = 1,
     reference_kernels: bool = False,
     signature: str | None = None,
-    quantize_in_graph: bool = True,
+    quantize_in_graph: bool = False,
     label: str = "model",
 ) -> Model:
     """Load a .tflite model from its bytes.
@@ -656,7 +704,10 @@ def load_model(
     ``signature``: the signature to run (default: the model's only one).
     ``quantize_in_graph``: wrap quantized inputs/outputs in QUANTIZE/DEQUANTIZE ops so TFLite
     does the conversion inside invoke() (falls back to NumPy when the runtime ships no
-    flatbuffer schema). ``label`` names the model in error messages (path, name, version).
+    flatbuffer schema). Off by default: the rewrite parses the whole flatbuffer in Python
+    (~10x the model's size in RSS while it runs), and the agent's pipeline feeds quantized
+    windows natively (``run_native``). ``label`` names the model in error messages (path,
+    name, version).
 
     Raises ``ModelError`` for bytes that are not a usable model, ``RuntimeUnavailable``
     (naming the pip package) when no requested runtime can be imported.

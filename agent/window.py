@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,9 +33,10 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-Transform = Callable[[F32, F32], object]
+Transform = Callable[[F32, npt.NDArray[Any]], object]
 """``transform(src, out)``: write the windows ``src`` (n, length, channels), possibly a strided
-view, into ``out`` (same shape, float32). ``Preprocessor`` instances fit."""
+view, into ``out`` (same shape; float32, or the transform's own ``dtype`` attribute when it
+has one). ``Preprocessor`` and ``agent.preprocess.Encoder`` instances fit."""
 
 MAX_STREAMS = 1024
 """Default cap on streams tracked at once (an MQTT wildcard must not grow state unbounded)."""
@@ -46,8 +48,9 @@ _MIN_CARRY = 1024  # samples the carry buffer holds beyond one window, so small 
 class Windows:
     """The windows one block completed, oldest first (possibly none)."""
 
-    data: F32
-    """(n, length, channels) float32, C-contiguous, freshly allocated: the caller owns it."""
+    data: npt.NDArray[Any]
+    """(n, length, channels), C-contiguous, freshly allocated (the caller owns it): float32,
+    or the transform's dtype (an ``Encoder`` writes the model's int8 input)."""
     ts: F64
     """(n,) timestamp (epoch s) of each window's last sample; may be a view of the block's."""
     t_in: float
@@ -101,8 +104,9 @@ class Windower:
         self._pending = 0
         self._count = 0
 
-    def push(self, block: SampleBlock) -> Windows:
-        """Add ``block``'s samples; return the windows they complete (often none)."""
+    def push(self, block: SampleBlock, transform: Transform | None = None) -> Windows:
+        """Add ``block``'s samples; return the windows they complete (often none), written by
+        ``transform`` (default: the one given at construction)."""
         values = block.values
         if values.shape[1:] != self._row:
             raise SampleError(
@@ -128,9 +132,11 @@ class Windower:
             work = np.concatenate((self._buf[:m], values.astype(np.float32, copy=False)))
         hop = self.hop
         count = (total - length) // hop + 1
-        out: F32 = np.empty((count, length, self.channels), np.float32)
+        tf = transform if transform is not None else self._transform
+        dtype = getattr(tf, "dtype", np.float32)
+        out: npt.NDArray[Any] = np.empty((count, length, self.channels), dtype)
         if count == 1:
-            self._transform(work[:length], out[0])  # 2-D: ufuncs skip a broadcast
+            tf(work[:length], out[0])  # 2-D: ufuncs skip a broadcast
         else:
             row = self.channels * self._item
             view: F32 = np.ndarray(
@@ -140,7 +146,7 @@ class Windower:
                 0,
                 (hop * row, row, self._item),
             )
-            self._transform(view, out)
+            tf(view, out)
         consumed = count * hop
         rest = total - consumed
         self._buf[:rest] = work[consumed:total]  # numpy handles the overlap when work is _buf
@@ -177,8 +183,8 @@ class StreamWindowers:
         self._transform = transform
         self._by_stream: dict[str, Windower] = {}
 
-    def push(self, block: SampleBlock) -> Windows:
-        """Window ``block`` with its stream's own state."""
+    def push(self, block: SampleBlock, transform: Transform | None = None) -> Windows:
+        """Window ``block`` with its stream's own state (``transform``: as ``Windower.push``)."""
         w = self._by_stream.get(block.stream)
         if w is None:
             if len(self._by_stream) >= self.max_streams:
@@ -189,7 +195,7 @@ class StreamWindowers:
             w = Windower(self.length, self.hop, self.channels, transform=self._transform)
             self._by_stream[block.stream] = w
             log.debug("windowing new stream %s", block.stream)
-        return w.push(block)
+        return w.push(block, transform)
 
     def get(self, stream: str) -> Windower | None:
         return self._by_stream.get(stream)

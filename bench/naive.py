@@ -63,6 +63,7 @@ def main() -> None:
             delay = t0 + i / args.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        t_in = time.time()  # the window's last sample is "read" now
         k = (i % available) * args.hop
         window = data[k : k + args.length]
         x = np.clip(np.round(window / in_scale + in_zero), -128, 127).astype(np.int8)
@@ -70,7 +71,7 @@ def main() -> None:
         interpreter.invoke()
         y = (interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale
         best = int(np.argmax(y))
-        result = {"seq": i, "ts": time.time(), "label": best, "score": float(y.flat[best])}
+        result = {"seq": i, "ts": t_in, "label": best, "score": float(y.flat[best])}
         info = client.publish(args.topic, json.dumps(result), qos=1)
     if info is not None:
         info.wait_for_publish()

@@ -75,10 +75,10 @@ class _HangingModel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def run1(self, x: np.ndarray) -> list[np.ndarray]:
+    def run_native(self, x: np.ndarray) -> list[np.ndarray]:
         if self.hang.is_set():
             self.release.wait()
-        out: list[np.ndarray] = self._inner.run1(x)
+        out: list[np.ndarray] = self._inner.run_native(x)
         return out
 
 

@@ -322,3 +322,33 @@ def test_payloads_are_short_in_json() -> None:
 )
 def test_r6_rounds_to_six_significant_digits(x: float, want: float) -> None:
     assert r6(x) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    codes=st.lists(st.integers(0, 12), min_size=40, max_size=120),
+    top_k=st.integers(1, 6),
+    threshold=st.sampled_from([0.0, 0.03]),
+)
+def test_many_classes_give_the_same_payload_as_few(
+    codes: list[int], top_k: int, threshold: float
+) -> None:
+    """Above 32 classes the scores are scanned with NumPy: the payload must be identical to
+    the Python path's, ties included (few distinct 8-bit-like values make many ties)."""
+    import agent.postprocess as pp
+
+    scores = np.asarray(codes, np.float32)[None] / 256
+    labels = [f"c{i}" for i in range(scores.size)]
+    cfg = ClassificationPost(top_k=top_k, threshold=threshold)
+    probs = [Tensor("probs", scores.shape)]
+    fast = build_postprocessor(cfg, probs, labels)
+    got = fast([scores], NO_WINDOW, "s")
+    saved = pp._NUMPY_FROM
+    pp._NUMPY_FROM = 10**9
+    try:
+        want = build_postprocessor(cfg, probs, labels)([scores], NO_WINDOW, "s")
+    finally:
+        pp._NUMPY_FROM = saved
+    assert got == want
+    with pytest.raises(InferenceError, match="non-finite"):
+        fast([np.where(np.arange(scores.size) == 3, np.nan, scores)], NO_WINDOW, "s")

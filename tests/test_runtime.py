@@ -50,11 +50,12 @@ def test_every_mode_matches_the_interpreter(mode: str, in_graph: bool) -> None:
         _close(model, model.run(x), want, steps=1.01)
 
 
+@BOTH
 @pytest.mark.parametrize("mode", QUANT_MODES)
-def test_quantized_io_is_described_as_shipped(mode: str) -> None:
+def test_quantized_io_is_described_as_shipped(mode: str, in_graph: bool) -> None:
     zm = zoo.tiny_classifier(mode)
-    model = load_model(zm.content)
-    assert model.quantize_in_graph
+    model = load_model(zm.content, quantize_in_graph=in_graph)
+    assert model.quantize_in_graph == in_graph
     (inp,) = model.inputs
     assert (inp.name, inp.shape, inp.dtype) == ("window", (1, 32, 3), mode)
     assert inp.quantized and inp.scale > 0
@@ -251,7 +252,9 @@ def test_auto_picks_litert_first() -> None:
 @pytest.mark.parametrize("mode", ["int8", "float32"])
 def test_tensorflow_runtime_is_a_real_fallback(mode: str) -> None:
     zm = zoo.tiny_classifier(mode)
-    model = load_model(zm.content, runtime="tensorflow", reference_kernels=True)
+    model = load_model(
+        zm.content, runtime="tensorflow", reference_kernels=True, quantize_in_graph=True
+    )
     assert model.runtime_name == "tensorflow"
     assert model.quantize_in_graph == (mode == "int8")
     want = zoo.reference_outputs(zm.content, zm.example, reference_kernels=True)
@@ -355,7 +358,7 @@ def test_in_graph_rewrite_failure_falls_back_to_numpy(
     monkeypatch.setattr(runtime, "float_io", boom)
     zm = zoo.tiny_classifier("int8")
     with caplog.at_level(logging.WARNING, logger="agent.runtime"):
-        model = load_model(zm.content, label="demo 1.0")
+        model = load_model(zm.content, label="demo 1.0", quantize_in_graph=True)
     assert not model.quantize_in_graph
     assert "demo 1.0: cannot move I/O quantization in-graph" in caplog.text
     want = zoo.reference_outputs(zm.content, zm.example, reference_kernels=False)
