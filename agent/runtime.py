@@ -38,6 +38,7 @@ Inputs must be finite (the sample layer rejects NaN/Inf before windows are built
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -418,11 +419,7 @@ class Model:
         self._read_all = self._read_all_outputs(get)
         self._write0 = self._writers[0] if len(self._writers) == 1 else None
         idx0 = self._engine_inputs[0].index if len(self._engine_inputs) == 1 else -1
-
-        def set0(x: Array) -> None:
-            set_(idx0, x)
-
-        self._set0 = set0
+        self._set0: Callable[[Array], Any] = functools.partial(set_, idx0)  # C-level call
 
     def _shape_error(self, t: TensorInfo, x: Any) -> ShapeMismatch:
         got = getattr(x, "shape", type(x).__name__)
@@ -478,16 +475,27 @@ class Model:
                 return lambda: [get(i0)]
             return lambda: [get(i) for i in idx]
         readers = [self._reader(t, get) for t in outs]
+        if len(readers) == 1:
+            t = outs[0]
+            if t.quantized and t.dtype in ("int8", "uint8"):  # the common case, inlined
+                take, i0 = self._table(t).take, t.index
+                return lambda: [take(get(i0))]
+            r0 = readers[0]
+            return lambda: [r0()]
         return lambda: [r() for r in readers]
+
+    @staticmethod
+    def _table(t: TensorInfo) -> Array:
+        """The 256 dequantized values of an 8-bit output: ``table.take(q)`` dequantizes."""
+        codes = np.arange(256, dtype=np.int64)
+        if t.dtype == "int8":
+            codes = np.where(codes < 128, codes, codes - 256)  # table[q] for negative q wraps
+        return ((codes - t.zero_point) * t.scale).astype(np.float32)
 
     def _reader(self, t: TensorInfo, get: Callable[[int], Array]) -> Reader:
         idx = t.index
         if t.quantized and t.dtype in ("int8", "uint8"):
-            codes = np.arange(256, dtype=np.int64)
-            if t.dtype == "int8":
-                codes = np.where(codes < 128, codes, codes - 256)  # table[q] for negative q wraps
-            table = ((codes - t.zero_point) * t.scale).astype(np.float32)
-            take = table.take
+            take = self._table(t).take
             return lambda: take(get(idx))
         if t.quantized:
             scale, zp = np.float32(t.scale), np.float32(t.zero_point)
