@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -86,7 +87,7 @@ def load_recording(
     if values.shape[0] == 0:
         what = "sample with a valid timestamp" if want_ts else "valid sample"
         raise SourceError(f"replay file {path} has no {what}")
-    out = values.astype(np.float32)
+    out = np.ascontiguousarray(values, dtype=np.float32)  # no copy for float32 .npy files
     out.flags.writeable = False  # blocks are views into it: nobody may change them
     if ts is not None and (np.diff(ts) < 0).any():
         log.warning("replay file %s: timestamps go backwards; those samples follow at once", path)
@@ -100,12 +101,21 @@ def _bad_rows(values: F64) -> npt.NDArray[np.bool_]:
     return ~(finite & in_range)
 
 
-def _finish(values: F64, ts: F64 | None, reject: Reject) -> tuple[F64, F64 | None]:
-    """Drop (and reject) rows with non-finite values or timestamps."""
+def _finish(
+    values: npt.NDArray[Any], ts: F64 | None, reject: Reject
+) -> tuple[npt.NDArray[Any], F64 | None]:
+    """Drop (and reject) rows with non-finite values or timestamps. Float32 values are
+    checked as they are (every finite float32 is in range): no copy when all rows are good."""
     with np.errstate(invalid="ignore"):
-        bad_values = _bad_rows(values)
+        if values.dtype == np.float32:
+            bad_values = ~np.asarray(np.isfinite(values).all(axis=1), dtype=np.bool_)
+        else:
+            bad_values = _bad_rows(values)
+    n_bad = int(bad_values.sum())
+    if n_bad == 0 and ts is None:
+        return values, ts
     keep = ~bad_values
-    for _ in range(int(bad_values.sum())):
+    for _ in range(n_bad):
         reject(SampleError("not_finite", "NaN, Inf or out-of-range value in a row"))
     if ts is not None:
         bad_ts = ~np.isfinite(ts) & keep
@@ -116,7 +126,7 @@ def _finish(values: F64, ts: F64 | None, reject: Reject) -> tuple[F64, F64 | Non
     return values[keep], ts
 
 
-def _load_npy(path: Path, channels: int, reject: Reject) -> F64:
+def _load_npy(path: Path, channels: int, reject: Reject) -> npt.NDArray[Any]:
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:  # pickled/object arrays, not an .npy file
@@ -127,7 +137,10 @@ def _load_npy(path: Path, channels: int, reject: Reject) -> F64:
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2 or arr.shape[1] != channels:
         raise SourceError(f"replay file {path}: need shape (n, {channels}), got {tuple(arr.shape)}")
-    values, _ = _finish(arr.astype(np.float64), None, reject)
+    # float32 recordings (what the agent records) stay float32: a float64 copy of an image
+    # recording is tens of MB, and the freed pages stay with the process
+    wide = arr if arr.dtype == np.float32 else arr.astype(np.float64)
+    values, _ = _finish(wide, None, reject)
     return values
 
 

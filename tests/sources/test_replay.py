@@ -124,6 +124,20 @@ def test_npy_one_channel_vector_and_nan_rows(tmp_path: Path) -> None:
     assert ctx.metrics.counter("samples_rejected", "not_finite") == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_npy_rows_outside_float32_are_rejected_whatever_the_file_dtype(
+    tmp_path: Path, dtype: type
+) -> None:
+    path = tmp_path / "x.npy"
+    big = 1e39 if dtype is np.float64 else np.inf  # float32 cannot hold 1e39
+    np.save(path, np.array([[1, 2, 3], [big, 0, 0], [4, 5, 6], [0, -np.inf, 0]], dtype=dtype))
+    ctx = make_ctx()
+    sink = replay_all(cfg(path), ctx)
+    np.testing.assert_array_equal(sink.values(), [[1, 2, 3], [4, 5, 6]])
+    assert sink.values().dtype == np.float32
+    assert ctx.metrics.counter("samples_rejected", "not_finite") == 2
+
+
 @pytest.mark.parametrize(
     "array",
     [np.zeros((4, 2)), np.zeros((2, 3, 1)), np.array([["a", "b", "c"]]), np.zeros(4)],
