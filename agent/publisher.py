@@ -113,6 +113,7 @@ class Publisher:
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._acks: collections.deque[int] = collections.deque()  # from the network thread
         self._ack_woken = False  # a wake-up for queued acks is on its way
+        self._want_acks = True  # acks must wake the thread (else they wait for the next wake)
         self._mem: dict[int, SpooledMessage] = {}
         self._cursor = 0  # highest spool id published on the current connection
         self._gen = -1  # the connection the cursor belongs to
@@ -215,6 +216,15 @@ class Publisher:
                     self._metrics.inc("predictions_dropped", len(records), reason="spool_error")
                 self._metrics.set("queue_depth", self._spool.depth)
                 self._update_throttle(stopping_at is not None)
+                # Acks wake this thread only when they unblock something: a backlog waiting
+                # for window room, a half-full window, a shutdown waiting for them. Otherwise
+                # (a steady trickle: one message in flight at a time) they are taken with the
+                # next prediction or at the idle timeout: one thread wake-up per message less.
+                self._want_acks = (
+                    stopping_at is not None
+                    or self._inflight * 2 >= self._window
+                    or self._cursor < self._spool.last_id
+                )
                 if stopping_at is not None and (
                     self._inflight == 0 or time.monotonic() - stopping_at > stop_budget
                 ):
@@ -349,12 +359,13 @@ class Publisher:
 
     def _ack_callback(self, msg_id: int) -> AckCallback:
         """Runs on the network thread: queue the id, and wake the publisher once for all the
-        acks that arrive before it gets round to them (not once per ack)."""
+        acks that arrive before it gets round to them (not once per ack), and only when it
+        wants them now (``_want_acks``)."""
         acks, put = self._acks, self._events.put
 
         def acked() -> None:
             acks.append(msg_id)
-            if not self._ack_woken:
+            if self._want_acks and not self._ack_woken:
                 self._ack_woken = True
                 put(_WAKE)
 
