@@ -247,8 +247,10 @@ class Pipeline:
             # A source that idles longer than running its windows takes (a sensor at 100
             # windows/s) runs them itself when nothing is queued or running: no hand-over to
             # the inference thread, one thread wake-up less per window. A busy one (a fast
-            # replay, a burst) queues them, so that reading overlaps with invoke().
-            if t0 - idle_from > inline_cost and self._run_inline(item):
+            # replay, a burst) queues them, so that reading overlaps with invoke(). Never on
+            # a thread that must not block (MQTT sources run on a network thread: handing
+            # over may wait for the publisher, which may wait for that thread's acks).
+            if blocking and t0 - idle_from > inline_cost and self._run_inline(item):
                 idle_from = clock()
                 inline_cost = idle_from - t0
                 return

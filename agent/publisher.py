@@ -133,6 +133,14 @@ class Publisher:
         self._publish_many: Callable[[Sequence[tuple[Message, AckCallback | None]]], int]
         self._publish_many = many if callable(many) else self._publish_each
         self.delivered = 0
+        # Inline hand-over: a producer finding the publisher idle does its work itself,
+        # holding _state (which the thread holds for each of its rounds). _queued counts the
+        # producers' events not yet handled: inline only when it is 0, so order is kept.
+        self._state = threading.Lock()
+        self._queued_lock = threading.Lock()
+        self._queued = 0
+        self._stopping_at: float | None = None
+        self._inline = self._batch.max_predictions <= 1  # a batch needs the thread's timer
         link.add_connect_listener(lambda: self._events.put(_WAKE))
 
     # ---------------------------------------------------------------- producer side
@@ -140,16 +148,32 @@ class Publisher:
     def submit(self, rec: PredictionRecord) -> None:
         """Hand a prediction over (any thread). Blocks only while the publisher is
         ``max_ahead`` messages behind on a live connection (see the module docstring)."""
-        if self._throttled:
-            self._wait_for_room()
-        self._events.put(rec)
+        self.submit_many([rec])
 
     def submit_many(self, recs: list[PredictionRecord]) -> None:
         """``submit`` for several predictions, in order, as one hand-over (one wake-up of the
         publisher thread instead of one per prediction). The list becomes the publisher's."""
         if self._throttled:
             self._wait_for_room()
+        if self._inline and self._run_inline(recs):
+            return
+        with self._queued_lock:
+            self._queued += 1
         self._events.put(recs)
+
+    def _run_inline(self, recs: list[PredictionRecord]) -> bool:
+        """Spool and publish ``recs`` in the calling thread when the publisher is idle (at
+        low rates: one thread hand-over and wake-up per prediction less). False: queue them."""
+        with self._queued_lock:
+            if self._queued or self._stopping_at is not None or not self._state.acquire(False):
+                return False
+        try:
+            if self._thread is None or not self._thread.is_alive():
+                return False  # not started, or gone: the thread's rules apply
+            self._round([recs])
+        finally:
+            self._state.release()
+        return True
 
     def _wait_for_room(self) -> None:
         while self._throttled and self.alive():
@@ -171,68 +195,75 @@ class Publisher:
     # ---------------------------------------------------------------- the thread
 
     def _run(self) -> None:
-        stopping_at: float | None = None
         stop_budget = 1.5
         get, get_nowait = self._events.get, self._events.get_nowait
         try:
             while True:
-                timeout = self._next_timeout(stopping_at)
+                timeout = self._next_timeout(self._stopping_at)
                 try:
                     events = [get(timeout=timeout)]
                 except queue.Empty:
                     events = []
-                    self._idle()
+                    with self._state:
+                        self._idle()
                 try:
                     while len(events) < _MAX_EVENTS:
                         events.append(get_nowait())
                 except queue.Empty:
                     pass
-                records: list[PredictionRecord] = []
-                acked: list[int] = []
-                self._ack_woken = False  # before draining: a later ack wakes us again
-                acks = self._acks
-                while acks:
-                    acked.append(acks.popleft())
-                for ev in events:
-                    if type(ev) is list:
-                        records += ev
-                    elif isinstance(ev, PredictionRecord):
-                        records.append(ev)
-                    elif ev is _STOP:
-                        stopping_at = time.monotonic()
-                try:
-                    if records:
-                        self._spool_records(records, flush=stopping_at is not None)
-                    elif self._pending_batch and (
-                        stopping_at is not None or time.monotonic() >= self._batch_deadline
-                    ):
-                        self._flush_batch()
-                    if acked:
-                        self._acked(acked)
-                    if self._link.connected:
-                        self._pump()
-                except SpoolError:
-                    log.exception("store-and-forward failed; predictions may be lost")
-                    self._metrics.inc("predictions_dropped", len(records), reason="spool_error")
-                self._metrics.set("queue_depth", self._spool.depth)
-                self._update_throttle(stopping_at is not None)
-                # Acks wake this thread only when they unblock something: a backlog waiting
-                # for window room, a half-full window, a shutdown waiting for them. Otherwise
-                # (a steady trickle: one message in flight at a time) they are taken with the
-                # next prediction or at the idle timeout: one thread wake-up per message less.
-                self._want_acks = (
-                    stopping_at is not None
-                    or self._inflight * 2 >= self._window
-                    or self._cursor < self._spool.last_id
-                )
+                with self._state:
+                    self._round(events)
+                handed = sum(1 for ev in events if type(ev) is list)
+                if handed:
+                    with self._queued_lock:
+                        self._queued -= handed
+                stopping_at = self._stopping_at
                 if stopping_at is not None and (
                     self._inflight == 0 or time.monotonic() - stopping_at > stop_budget
                 ):
-                    self._idle()
+                    with self._state:
+                        self._idle()
                     return
         finally:
             self._throttled = False
             self._room.set()
+
+    def _round(self, events: list[object]) -> None:
+        """One round of work (with ``_state`` held): spool and publish the records among
+        ``events``, take the acks, pump the spool, update the gauges."""
+        records: list[PredictionRecord] = []
+        acked: list[int] = []
+        self._ack_woken = False  # before draining: a later ack wakes us again
+        acks = self._acks
+        while acks:
+            acked.append(acks.popleft())
+        for ev in events:
+            if type(ev) is list:
+                records += ev
+            elif ev is _STOP and self._stopping_at is None:
+                self._stopping_at = time.monotonic()
+        stopping = self._stopping_at is not None
+        try:
+            if records:
+                self._spool_records(records, flush=stopping)
+            elif self._pending_batch and (stopping or time.monotonic() >= self._batch_deadline):
+                self._flush_batch()
+            if acked:
+                self._acked(acked)
+            if self._link.connected:
+                self._pump()
+        except SpoolError:
+            log.exception("store-and-forward failed; predictions may be lost")
+            self._metrics.inc("predictions_dropped", len(records), reason="spool_error")
+        self._metrics.set("queue_depth", self._spool.depth)
+        self._update_throttle(stopping)
+        # Acks wake the thread only when they unblock something: a backlog waiting for
+        # window room, a half-full window, a shutdown waiting for them. Otherwise (a steady
+        # trickle: one message in flight at a time) they are taken with the next prediction
+        # or at the idle timeout: one thread wake-up per message less.
+        self._want_acks = (
+            stopping or self._inflight * 2 >= self._window or self._cursor < self._spool.last_id
+        )
 
     def _idle(self) -> None:
         """Nothing to do for a while: remove acknowledged rows from the spool file now."""
