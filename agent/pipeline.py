@@ -264,7 +264,7 @@ class Pipeline:
             if self._queued or not self._run_lock.acquire(blocking=False):
                 return False
         try:
-            self._run(item)
+            self._run(item, inline=True)
         finally:
             self._run_lock.release()
         return True
@@ -326,17 +326,18 @@ class Pipeline:
             self._done_queued()
         self.finished.set()
 
-    def _run(self, item: _Item) -> None:
-        """Run one item's windows (with ``_run_lock`` held: on the inference thread, or inline
-        in the source thread that read them)."""
+    def _run(self, item: _Item, inline: bool = False) -> None:
+        """Run one item's windows (with ``_run_lock`` held: on the inference thread, or
+        ``inline`` in the source thread that read them, which then also hands the predictions
+        to the publisher inline when it is idle)."""
         st, windows, stream = item
         self._busy_since = time.monotonic()
         try:
-            self._process(st, windows, stream)
+            self._process(st, windows, stream, inline)
         finally:
             self._busy_since = None
 
-    def _process(self, st: _Stages, windows: Windows, stream: str) -> None:
+    def _process(self, st: _Stages, windows: Windows, stream: str, inline: bool) -> None:
         n = len(windows)
         self.metrics.inc("windows_run", n)
         x_all = windows.data
@@ -375,10 +376,10 @@ class Pipeline:
                 )
             )
             if t0 + latency >= out_due:
-                self._publisher.submit_many(out)
+                self._publisher.submit_many(out, inline=inline)
                 out = []
         if out:
-            self._publisher.submit_many(out)
+            self._publisher.submit_many(out, inline=inline)
 
 
 def _reason(exc: Exception) -> str:

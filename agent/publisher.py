@@ -150,12 +150,15 @@ class Publisher:
         ``max_ahead`` messages behind on a live connection (see the module docstring)."""
         self.submit_many([rec])
 
-    def submit_many(self, recs: list[PredictionRecord]) -> None:
+    def submit_many(self, recs: list[PredictionRecord], *, inline: bool = False) -> None:
         """``submit`` for several predictions, in order, as one hand-over (one wake-up of the
-        publisher thread instead of one per prediction). The list becomes the publisher's."""
+        publisher thread instead of one per prediction). The list becomes the publisher's.
+
+        ``inline``: the caller has time to spare (a source at a low rate), so when the
+        publisher is idle the caller spools and publishes them itself, without waking it."""
         if self._throttled:
             self._wait_for_room()
-        if self._inline and self._run_inline(recs):
+        if inline and self._inline and self._run_inline(recs):
             return
         with self._queued_lock:
             self._queued += 1

@@ -32,7 +32,7 @@ class Recorder:
         self.threads: set[str] = set()
         self.lock = threading.Lock()
 
-    def submit_many(self, records: list[PredictionRecord]) -> None:
+    def submit_many(self, records: list[PredictionRecord], *, inline: bool = False) -> None:
         with self.lock:
             self.records += records
             self.threads.add(threading.current_thread().name)
@@ -105,7 +105,7 @@ def test_every_window_once_in_order_with_direct_call_values(tmp_path: Path, rate
         assert len(got) == len(want) == 61
         assert [r.ts for r in got] == sorted(r.ts for r in got)  # in order
         for r, w in zip(got, want, strict=True):
-            out = np.asarray(r.outputs["tensors"]["output_0"], np.float32)  # type: ignore[index]
+            out = np.asarray(r.outputs["tensors"]["output_0"], np.float32)
             np.testing.assert_allclose(out, w, atol=step * 1.01 + 1e-6)
     # an idle (paced) source runs its windows itself; a fast replay hands them over
     if rate == "fixed":
@@ -128,6 +128,6 @@ def test_a_swap_mid_stream_drops_and_repeats_nothing(tmp_path: Path) -> None:
     assert k >= 20 and versions == ["1"] * k + ["2"] * (201 - k)  # one switch, in order
     assert pipe.active.version == "2"
     want_second = _expected(second, cfg, v)[k:]
-    got_second = [np.asarray(r.outputs["tensors"]["output_0"]) for r in rec.records[k:]]  # type: ignore[index]
+    got_second = [np.asarray(r.outputs["tensors"]["output_0"]) for r in rec.records[k:]]
     for g, w in zip(got_second, want_second, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5)

@@ -99,6 +99,49 @@ def test_live_publishing_in_sequence_and_spool_emptied(tmp_path: Path) -> None:
     assert spool.depth == 0
 
 
+def test_inline_and_queued_hand_overs_from_many_threads_keep_one_order(tmp_path: Path) -> None:
+    """Producers that spool and publish themselves when the publisher is idle (inline) and
+    producers that queue, all at once: every prediction once, seq in sending order, each
+    producer's predictions in its own order, the spool emptied."""
+    link = FakeLink()
+    link.connect()
+    pub, spool = make(tmp_path, link)
+    per, producers = 300, 4
+    start = threading.Barrier(producers)
+
+    def produce(k: int) -> None:
+        start.wait()
+        for i in range(0, per, 3):
+            recs = [record(k * 10_000 + i + j) for j in range(3)]
+            pub.submit_many(recs, inline=(i // 3 + k) % 2 == 0)
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    sent = link.wait_sent(per * producers)
+    assert seqs(sent) == list(range(per * producers))
+    ts = [float(json.loads(m.payload)["ts"]) for m in sent]
+    for k in range(producers):
+        mine = [t for t in ts if k * 10_000 <= t - 1000.0 < (k + 1) * 10_000]
+        assert mine == sorted(mine) and len(mine) == per
+    pub.stop(5)
+    assert spool.depth == 0
+
+
+def test_an_idle_publisher_publishes_from_the_submitting_thread(tmp_path: Path) -> None:
+    link = FakeLink()
+    link.connect()
+    pub, spool = make(tmp_path, link)
+    pub.submit_many([record(0)], inline=True)
+    assert seqs(link.sent) == [0]  # already sent when submit_many returns: no hand-over
+    pub.submit_many([record(1)])  # the default hands over to the publisher thread
+    assert seqs(link.wait_sent(2)) == [0, 1]
+    pub.stop(5)
+    assert spool.depth == 0
+
+
 def test_offline_then_connect_delivers_backlog_in_order(tmp_path: Path) -> None:
     link = FakeLink()
     pub, spool = make(tmp_path, link)
