@@ -23,6 +23,9 @@ class LatencyWindow:
     def observe(self, seconds: float) -> None:
         self._values.append(seconds)
 
+    def observe_many(self, seconds: list[float]) -> None:
+        self._values.extend(seconds)
+
     def percentiles(self, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
         if not self._values:
             return {f"p{int(q)}": 0.0 for q in qs}
@@ -58,6 +61,16 @@ class Metrics:
             if win is None:
                 win = self._latency[name] = LatencyWindow()
             win.observe(seconds)
+
+    def observe_many(self, name: str, seconds: list[float]) -> None:
+        """``observe`` each of ``seconds``, under one lock acquisition."""
+        if not seconds:
+            return
+        with self._lock:
+            win = self._latency.get(name)
+            if win is None:
+                win = self._latency[name] = LatencyWindow()
+            win.observe_many(seconds)
 
     def counter(self, name: str, reason: str = "") -> int:
         with self._lock:

@@ -340,46 +340,52 @@ class Pipeline:
     def _process(self, st: _Stages, windows: Windows, stream: str, inline: bool) -> None:
         n = len(windows)
         self.metrics.inc("windows_run", n)
-        x_all = windows.data
+        x_all, ts_all, t_in = windows.data, windows.ts.tolist(), windows.t_in
         run = st.active.model.run_native
         post, shape, window = st.postprocessor, st.input_shape, st.window
+        topic, name, version = st.topic, st.active.name, st.active.version
+        clock, submit, record = time.perf_counter, self._publisher.submit_many, PredictionRecord
         out: list[PredictionRecord] = []
+        latencies: list[float] = []
         out_due = 0.0
-        for i in range(n):
-            x = x_all[i].reshape(shape)
-            t0 = time.perf_counter()
-            try:
-                outs = run(x)
-                latency = time.perf_counter() - t0
-                result = post(outs, x if window is None else window(x), stream)
-            except InferenceError as exc:
-                self.metrics.inc("inference_errors", reason=_reason(exc))
-                self._warn.warning("infer", "inference failed on %s: %s", stream, exc)
-                continue
-            self.metrics.observe("invoke", latency)
-            if result is None:
-                continue
-            # Hand predictions over in groups (one publisher wake-up per group), but never hold
-            # one back for longer than _HANDOVER_S of inference: bounds the latency it adds.
-            if not out:
-                out_due = t0 + _HANDOVER_S
-            out.append(
-                PredictionRecord(
-                    topic=st.topic,
-                    model_name=st.active.name,
-                    model_version=st.active.version,
-                    stream=stream,
-                    ts=float(windows.ts[i]),
-                    outputs=result,
-                    latency_ms=round(latency * 1000, 4),
-                    t_in=windows.t_in,
+        try:
+            for i in range(n):
+                x = x_all[i].reshape(shape)
+                t0 = clock()
+                try:
+                    outs = run(x)
+                    latency = clock() - t0
+                    result = post(outs, x if window is None else window(x), stream)
+                except InferenceError as exc:
+                    self.metrics.inc("inference_errors", reason=_reason(exc))
+                    self._warn.warning("infer", "inference failed on %s: %s", stream, exc)
+                    continue
+                latencies.append(latency)
+                if result is None:
+                    continue
+                # Hand predictions over in groups (one publisher wake-up per group), but never
+                # hold one back for longer than _HANDOVER_S of inference: bounds the latency.
+                if not out:
+                    out_due = t0 + _HANDOVER_S
+                out.append(
+                    record(
+                        topic,
+                        name,
+                        version,
+                        stream,
+                        ts_all[i],
+                        result,
+                        round(latency * 1000, 4),
+                        t_in,
+                    )
                 )
-            )
-            if t0 + latency >= out_due:
-                self._publisher.submit_many(out, inline=inline)
-                out = []
+                if t0 + latency >= out_due:
+                    submit(out, inline=inline)
+                    out = []
+        finally:
+            self.metrics.observe_many("invoke", latencies)
         if out:
-            self._publisher.submit_many(out, inline=inline)
+            submit(out, inline=inline)
 
 
 def _reason(exc: Exception) -> str:
