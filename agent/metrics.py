@@ -57,20 +57,20 @@ class Metrics:
 
     def observe(self, name: str, seconds: float) -> None:
         with self._lock:
-            win = self._latency.get(name)
-            if win is None:
-                win = self._latency[name] = LatencyWindow()
-            win.observe(seconds)
+            self._window(name).observe(seconds)
 
     def observe_many(self, name: str, seconds: list[float]) -> None:
         """``observe`` each of ``seconds``, under one lock acquisition."""
-        if not seconds:
-            return
-        with self._lock:
-            win = self._latency.get(name)
-            if win is None:
-                win = self._latency[name] = LatencyWindow()
-            win.observe_many(seconds)
+        if seconds:
+            with self._lock:
+                self._window(name).observe_many(seconds)
+
+    def _window(self, name: str) -> LatencyWindow:
+        """The latency window called ``name`` (created on first use); hold ``_lock``."""
+        win = self._latency.get(name)
+        if win is None:
+            win = self._latency[name] = LatencyWindow()
+        return win
 
     def counter(self, name: str, reason: str = "") -> int:
         with self._lock:

@@ -33,12 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import SampleError, ShapeMismatch
-from agent.runtime import Model, TensorInfo, load_model, signature_names
+from agent.runtime import INT_RANGES, Model, TensorInfo, load_model, signature_names
 
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
-_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
 # --------------------------------------------------------------------------- describe
@@ -57,8 +56,8 @@ def tensor_dict(t: TensorInfo) -> dict[str, Any]:
         "scale": t.scale,
         "zero_point": t.zero_point,
     }
-    if t.quantized and t.dtype in _INT_RANGES:
-        lo, hi = _INT_RANGES[t.dtype]
+    if t.quantized and t.dtype in INT_RANGES:
+        lo, hi = INT_RANGES[t.dtype]
         d["float_range"] = [(lo - t.zero_point) * t.scale, (hi - t.zero_point) * t.scale]
     return d
 

@@ -156,7 +156,7 @@ class Pipeline:
         self._on_demand = OnDemandRunner(cfg, metrics)  # HTTP API: its own interpreter
         for scfg in cfg.sources:
             src = build_source(scfg, ctx)
-            emit = self._emitter(src.name, blocking=not isinstance(scfg, MqttSource))
+            emit = self._emitter(blocking=not isinstance(scfg, MqttSource))
             t = threading.Thread(
                 target=self._run_source, args=(src, emit), name=f"source-{src.name}", daemon=True
             )
@@ -178,17 +178,14 @@ class Pipeline:
         for _, t in self._sources:
             t.start()
 
-    def swap_model(self, active: ActiveModel) -> threading.Event:
+    def swap_model(self, active: ActiveModel) -> None:
         """Validate ``active`` now and switch to it: windows read from now on are encoded for
-        and run on it; those already queued finish on the old model. Returns a set event."""
+        and run on it; those already queued finish on the old model."""
         stages = build_stages(self.cfg, active, self._topics)
         with self._swap_lock:
             old, self._stages = self._stages.active, stages
         self.metrics.set("model_version", active.version)
         log.info("model %s: switched %s -> %s", active.name, old.version, active.version)
-        done = threading.Event()
-        done.set()
-        return done
 
     def stop(self, timeout: float) -> None:
         """Stop the sources, finish the windows already read, hand everything to the publisher."""
@@ -221,7 +218,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- sources
 
-    def _emitter(self, source: str, *, blocking: bool) -> Callable[[SampleBlock], None]:
+    def _emitter(self, *, blocking: bool) -> Callable[[SampleBlock], None]:
         """The ``emit`` a source calls with each block, in its own thread: window and encode
         the block, then run the windows it completed or queue them."""
         cfg = self.cfg

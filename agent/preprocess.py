@@ -27,13 +27,11 @@ import numpy.typing as npt
 
 from agent.config import PreprocessSection
 from agent.errors import ConfigError, ShapeMismatch
+from agent.runtime import INT_RANGES, fast_clip
 
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-# np.clip is a Python wrapper costing ~3 us per call; its ufunc ~1 us.
-_core = getattr(np, "_core", None) or getattr(np, "core", None)
-_clip: Any = getattr(getattr(_core, "umath", None), "clip", None) or np.clip
 
 
 class TensorSpec(Protocol):
@@ -82,19 +80,7 @@ class Preprocessor:
         return self.mode == "none"
 
     def _for(self, x: F32) -> tuple[F32, F32]:
-        if x.ndim < 2:
-            return self.scale, self.offset
-        rows = x.shape[-2]
-        pair = self._tiled.get(rows)
-        if pair is None:
-            if len(self._tiled) >= 8:  # windows have one length; blocks vary: do not grow
-                return self.scale, self.offset
-            pair = (
-                np.ascontiguousarray(np.broadcast_to(self.scale, (rows, self.channels))),
-                np.ascontiguousarray(np.broadcast_to(self.offset, (rows, self.channels))),
-            )
-            self._tiled[rows] = pair
-        return pair
+        return _per_row(self._tiled, self.scale, self.offset, x)
 
     def __call__(self, x: F32, out: F32 | None = None) -> F32:
         """Normalise ``x`` (..., channels) into ``out`` (may be ``x`` itself) or a new array."""
@@ -117,6 +103,24 @@ class Preprocessor:
         return out
 
 
+def _per_row(cache: dict[int, tuple[F32, F32]], a: F32, b: F32, x: F32) -> tuple[F32, F32]:
+    """The per-channel ``a`` and ``b`` tiled to ``x``'s rows (cached per row count), so a
+    ufunc on ``x`` needs no broadcast."""
+    if x.ndim < 2:
+        return a, b
+    rows = x.shape[-2]
+    pair = cache.get(rows)
+    if pair is None:
+        if len(cache) >= 8:  # windows have one length; blocks vary: do not grow
+            return a, b
+        pair = (
+            np.ascontiguousarray(np.broadcast_to(a, (rows, a.shape[0]))),
+            np.ascontiguousarray(np.broadcast_to(b, (rows, b.shape[0]))),
+        )
+        cache[rows] = pair
+    return pair
+
+
 class FeedSpec(Protocol):
     """The part of ``agent.runtime.TensorInfo`` an ``Encoder`` reads (``Model.feed``)."""
 
@@ -128,9 +132,6 @@ class FeedSpec(Protocol):
     def scale(self) -> float: ...
     @property
     def zero_point(self) -> int: ...
-
-
-_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
 class Encoder:
@@ -147,9 +148,8 @@ class Encoder:
 
     def __init__(self, pre: Preprocessor, feed: FeedSpec) -> None:
         self.pre = pre
-        self.feed_name = feed.name
         self.dtype = np.dtype(feed.dtype)
-        self.quantized = feed.dtype in _INT_RANGES
+        self.quantized = feed.dtype in INT_RANGES
         if not self.quantized and self.dtype.kind != "f":
             raise ShapeMismatch(
                 f"model input {feed.name!r} is {feed.dtype}: the pipeline feeds windows of "
@@ -160,30 +160,9 @@ class Encoder:
         self.zero_point = int(feed.zero_point) if feed.scale > 0.0 else 0
         self._a = (pre.scale.astype(np.float64) / s).astype(np.float32)
         self._b = (pre.offset.astype(np.float64) / s + self.zero_point).astype(np.float32)
-        lo, hi = _INT_RANGES.get(feed.dtype, (0, 0))
+        lo, hi = INT_RANGES.get(feed.dtype, (0, 0))
         self._lo, self._hi = np.float32(lo), np.float32(hi)
         self._tiled: dict[int, tuple[F32, F32]] = {}
-
-    def same_as(self, other: Encoder) -> bool:
-        """True when both write the same bytes for the same windows."""
-        return (
-            self.dtype == other.dtype
-            and np.array_equal(self._a, other._a)
-            and np.array_equal(self._b, other._b)
-        )
-
-    def _ab(self, rows: int) -> tuple[F32, F32]:
-        pair = self._tiled.get(rows)
-        if pair is None:
-            if len(self._tiled) >= 8:
-                return self._a, self._b
-            ch = self._a.shape[0]
-            pair = (
-                np.ascontiguousarray(np.broadcast_to(self._a, (rows, ch))),
-                np.ascontiguousarray(np.broadcast_to(self._b, (rows, ch))),
-            )
-            self._tiled[rows] = pair
-        return pair
 
     def __call__(self, src: F32, out: npt.NDArray[Any]) -> None:
         """Encode ``src`` (..., length, channels) float32, maybe a strided view, into ``out``."""
@@ -193,11 +172,11 @@ class Encoder:
             else:  # float16/float64 input: normalise in float32, then cast
                 np.copyto(out, self.pre(src), casting="unsafe")
             return
-        a, b = self._ab(src.shape[-2]) if src.ndim >= 2 else (self._a, self._b)
+        a, b = _per_row(self._tiled, self._a, self._b, src)
         tmp = np.multiply(src, a, dtype=np.float32)
         np.add(tmp, b, tmp)
         np.rint(tmp, tmp)
-        _clip(tmp, self._lo, self._hi, tmp)
+        fast_clip(tmp, self._lo, self._hi, tmp)
         np.copyto(out, tmp, casting="unsafe")
 
     def decode(self, q: npt.NDArray[Any]) -> F32:

@@ -65,7 +65,7 @@ Writer = Callable[[Array], None]
 Reader = Callable[[], Array]
 _T = TypeVar("_T")
 
-_INT_RANGES = {
+INT_RANGES = {
     "int8": (-128, 127),
     "uint8": (0, 255),
     "int16": (-32768, 32767),
@@ -73,7 +73,7 @@ _INT_RANGES = {
 _STATE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
 # np.clip is a Python wrapper costing ~3 us on a tiny array; its ufunc costs ~1 us.
 _core = getattr(np, "_core", None) or getattr(np, "core", None)
-_clip: Callable[..., Any] = getattr(getattr(_core, "umath", None), "clip", None) or np.clip
+fast_clip: Callable[..., Any] = getattr(getattr(_core, "umath", None), "clip", None) or np.clip
 
 
 # --------------------------------------------------------------------------- registry
@@ -186,7 +186,7 @@ def _tensor_info(name: str, d: Mapping[str, Any], where: str) -> TensorInfo:
     scales = np.asarray(qp.get("scales", []))
     zps = np.asarray(qp.get("zero_points", []))
     scale, zp = 0.0, 0
-    if dtype in _INT_RANGES and scales.size:
+    if dtype in INT_RANGES and scales.size:
         if scales.size > 1:
             raise ModelError(f"{where} {name!r} is quantized per channel: not supported for I/O")
         scale, zp = float(scales[0]), int(zps[0]) if zps.size else 0
@@ -294,7 +294,6 @@ class Model:
         """True when (de)quantization runs inside the interpreter (``tflite_graph.float_io``)."""
         self._content = content
         self._backend = backend
-        self._schema_cache: ModuleType | bool | None = False  # False: not looked up yet
         self._lock = threading.Lock()
         self._op_counts: dict[str, int] | None = None
         self._signatures: dict[str, dict[str, list[str]]] = {}
@@ -305,13 +304,11 @@ class Model:
         self._engine_content = engine
         self._build(signature, wrapped)
 
-    @property
+    @functools.cached_property
     def _schema(self) -> ModuleType | None:
         # Imported on first need only (in-graph rewrite, op counts): the generated schema
         # module alone costs ~4 MB of RSS, and the streaming pipeline never needs it.
-        if self._schema_cache is False:
-            self._schema_cache = _schema(self._backend)
-        return self._schema_cache if isinstance(self._schema_cache, ModuleType) else None
+        return _schema(self._backend)
 
     # ------------------------------------------------------------------ setup
 
@@ -431,13 +428,13 @@ class Model:
         """``t``: the tensor as the interpreter has it; ``pub``: as the model shipped it."""
         idx, shape = t.index, t.shape
         if t.quantized:  # NumPy quantization: only when it could not move in-graph
-            lo, hi = _INT_RANGES[t.dtype]
+            lo, hi = INT_RANGES[t.dtype]
             inv = np.float32(1.0 / t.scale)
             lo_f, hi_f = float(lo - t.zero_point), float(hi - t.zero_point)
             zp = np.float32(t.zero_point)
             buf = np.empty(shape, np.float32)
             q = np.empty(shape, t.dtype)
-            mul, rint, add, clip = np.multiply, np.rint, np.add, _clip
+            mul, rint, add, clip = np.multiply, np.rint, np.add, fast_clip
 
             def write_q(x: Array) -> None:
                 if x.shape != shape:
@@ -671,7 +668,7 @@ def _has_quantized_io(interp: Any) -> bool:
     for key in interp.get_signature_list() or {}:
         runner = interp.get_signature_runner(key)
         details += [*runner.get_input_details().values(), *runner.get_output_details().values()]
-    return any(np.dtype(d["dtype"]).name in _INT_RANGES for d in details)
+    return any(np.dtype(d["dtype"]).name in INT_RANGES for d in details)
 
 
 def _plain(t: TensorInfo) -> bool:

@@ -5,7 +5,7 @@ thread; both only record a job (latest per topic / per file wins) and wake the u
 worker thread, which does everything else in order:
 
     offer ─▶ decide ─▶ downloading ─▶ verifying (sha256, smoke test) ─▶ staged
-          ─▶ activating (Pipeline.swap_model between two invocations; current -> new)
+          ─▶ activating (Pipeline.swap_model between two windows; current -> new)
           ─▶ trial (health window) ─▶ active (committed, old versions pruned)
                                    └─▶ rolled_back (previous swapped back in, version marked bad)
 
@@ -48,7 +48,6 @@ from agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
-SWAP_TIMEOUT_S = 10.0
 MARK_BAD = frozenset(
     {
         "load_failed",
@@ -81,7 +80,7 @@ class SwappablePipeline(Protocol):
     @property
     def active(self) -> ActiveModel: ...
 
-    def swap_model(self, active: ActiveModel) -> threading.Event: ...
+    def swap_model(self, active: ActiveModel) -> None: ...
 
 
 def _claimed_version(offer: Offer | None) -> str | None:
@@ -355,15 +354,13 @@ class Updater:
             sha256=acc.sha256,
         )
         try:
-            done = self.pipeline.swap_model(new)
+            self.pipeline.swap_model(new)
         except EdgeAgentError as exc:
             raise UpdateError("incompatible_pipeline", f"{m.version}: {exc}") from exc
-        if not done.wait(SWAP_TIMEOUT_S):
-            log.warning("inference has not switched to %s after %gs", m.version, SWAP_TIMEOUT_S)
         try:
             self._store.activate(m.version)
         except UpdateError:  # the disk still names the old model: so must the pipeline
-            self.pipeline.swap_model(old).wait(SWAP_TIMEOUT_S)
+            self.pipeline.swap_model(old)
             raise
         self._previous_active = old
         self._transition(State.TRIAL, boots=0, trial_started=time.time())
@@ -420,9 +417,7 @@ class Updater:
                     if prev_v is not None
                     else load_configured_model(self.cfg)
                 )
-            done = self.pipeline.swap_model(prev)
-            if not done.wait(SWAP_TIMEOUT_S):
-                log.warning("inference has not switched back after %gs", SWAP_TIMEOUT_S)
+            self.pipeline.swap_model(prev)
         except EdgeAgentError:
             log.exception("cannot switch back in-process; the next start runs the previous model")
         self._store.rollback()

@@ -95,8 +95,10 @@ def load_recording(
     return Recording(out, ts)
 
 
-def _bad_rows(values: F64) -> npt.NDArray[np.bool_]:
+def _bad_rows(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     finite = np.asarray(np.isfinite(values).all(axis=1), dtype=np.bool_)
+    if values.dtype == np.float32:  # every finite float32 is in range
+        return ~finite
     in_range = np.asarray((np.abs(values) <= FLOAT32_MAX).all(axis=1), dtype=np.bool_)
     return ~(finite & in_range)
 
@@ -107,10 +109,7 @@ def _finish(
     """Drop (and reject) rows with non-finite values or timestamps. Float32 values are
     checked as they are (every finite float32 is in range): no copy when all rows are good."""
     with np.errstate(invalid="ignore"):
-        if values.dtype == np.float32:
-            bad_values = ~np.asarray(np.isfinite(values).all(axis=1), dtype=np.bool_)
-        else:
-            bad_values = _bad_rows(values)
+        bad_values = _bad_rows(values)
     n_bad = int(bad_values.sum())
     if n_bad == 0 and ts is None:
         return values, ts

@@ -109,7 +109,8 @@ def still_serving(col: Collector, version: str, n: int = 3) -> None:
     """The next ``n`` predictions all come from ``version``."""
     mark = len(col.messages)
     msgs = col.wait_for(lambda m: len(predictions(m[mark:])) >= n, 30)
-    assert {p["model"]["version"] for p in predictions(msgs[mark:])} == {version}
+    got = [(p["seq"], p["model"]["version"]) for p in predictions(col.messages)]
+    assert {p["model"]["version"] for p in predictions(msgs[mark:])} == {version}, got
 
 
 def announce(broker: Broker, pkg: Package, url: str, **kw: Any) -> None:
