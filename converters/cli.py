@@ -421,7 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("onnx-env", help="make the onnx2tf environment now (else on first .onnx)")
+    p.set_defaults(func=cmd_onnx_env)
     return parser
+
+
+def cmd_onnx_env(args: argparse.Namespace) -> int:
+    from converters.onnxenv import OnnxEnv, default_root
+
+    env = OnnxEnv(default_root())
+    env.ensure()
+    print(f"onnx2tf environment: {env.root} ({' '.join(env.requirements)})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

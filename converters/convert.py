@@ -162,22 +162,18 @@ def _from_keras_model(model: Any, path: Path | None) -> SourceModel:
 
 
 def _from_onnx(path: Path) -> SourceModel:
-    try:
-        import onnx2tf
-    except ImportError as exc:
-        raise ConversionError(
-            f"{path}: ONNX models need onnx2tf: pip install 'edge-agent[onnx]'"
-        ) from exc
+    """onnx2tf runs in its own environment (converters.onnxenv): it pins TensorFlow and NumPy
+    versions that would break this one. Only the SavedModel it writes comes back."""
+    from converters.onnxenv import OnnxEnv, default_root
+
     tmp = tempfile.TemporaryDirectory(prefix="edge-convert-onnx-")
     out = Path(tmp.name) / "saved_model"
     try:
-        with step(f"onnx2tf {path.name}"), _quiet():
-            onnx2tf.convert(
-                input_onnx_file_path=str(path), output_folder_path=str(out), non_verbose=True
-            )
-    except Exception as exc:
+        with step(f"onnx2tf {path.name}"):
+            OnnxEnv(default_root()).to_saved_model(path, out)
+    except ConversionError:
         tmp.cleanup()
-        raise ConversionError(f"onnx2tf could not convert {path}: {exc}") from exc
+        raise
     return SourceModel("onnx", path, saved_model_dir=out, sha256=sha256_of_file(path), _tmp=tmp)
 
 
