@@ -7,18 +7,16 @@ from a small wheel made here (offline: PIP_NO_INDEX), including an upgrade and a
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import stat
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from agent.config import load_config, read_password
+from tests.wheelmaker import build_wheel
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 WANTS = "etc/systemd/system/multi-user.target.wants/edge-agent.service"
@@ -197,33 +195,19 @@ def make_wheel(
 ) -> Path:
     """A minimal wheel: package ``agent`` and the ``edge-agent`` console script (for
     ``name="edge-agent"``), or an empty distribution called ``name``."""
-    base = name.replace("-", "_")
-    dist = f"{base}-{version}.dist-info"
-    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
-        f"Requires-Dist: {r}\n" for r in requires
+    if name != "edge-agent":
+        return build_wheel(directory, name, version, {f"{name.replace('-', '_')}.py": ""})
+    main = (
+        f'__version__ = "{version}"\n\n\ndef main() -> None:\n    print("edge-agent {version}")\n'
     )
-    files = {
-        f"{base}_marker.py" if name != "edge-agent" else "agent/__init__.py": (
-            f'__version__ = "{version}"\n\n\ndef main() -> None:\n'
-            f'    print("edge-agent {version}")\n'
-        ),
-        f"{dist}/METADATA": metadata,
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
-    }
-    if name == "edge-agent":
-        files[f"{dist}/entry_points.txt"] = "[console_scripts]\nedge-agent = agent:main\n"
-    record = []
-    for member, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{member},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    path = directory / f"{base}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for member, text in files.items():
-            zf.writestr(member, text)
-    return path
+    return build_wheel(
+        directory,
+        name,
+        version,
+        {"agent/__init__.py": main},
+        {"edge-agent": "agent:main"},
+        requires,
+    )
 
 
 def version_of(exe: Path) -> str:

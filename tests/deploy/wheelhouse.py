@@ -4,9 +4,9 @@
 
 Downloads wheels (never sdists) of the project's device dependencies for a manylinux machine
 of that architecture, Python and glibc, plus setuptools to build the project offline and,
-with ``--tests``, pytest and friends. A device or an image build then installs offline:
-``pip install --no-index --find-links DIR .``. Used by scripts/test-arm64 and the container
-test (tests/deploy/test_container.py).
+with ``--tests``, pytest and friends and the demo's broker (amqtt). A device or an image
+build then installs offline: ``pip install --no-index --find-links DIR .``. Used by
+scripts/test-arm64 and the container test (tests/deploy/test_container.py).
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ def requirements(machine: str, python: str, tests: bool = False) -> list[str]:
     device: pip evaluates them for the machine it runs on, even with ``--platform``."""
     doc = tomllib.loads(PYPROJECT.read_text())
     lines = list(doc["project"]["dependencies"]) + list(doc["build-system"]["requires"])
-    if tests:
-        lines += [
-            r
-            for r in doc["project"]["optional-dependencies"]["test"]
-            if not r.startswith(("mypy", "ruff"))
-        ]
+    if tests:  # the suite's tools (not the linters) and the demo's pure-Python broker
+        extras = doc["project"]["optional-dependencies"]
+        lines += [r for r in extras["test"] if not r.startswith(("mypy", "ruff"))]
+        lines += extras["demo"]
     env = {"platform_machine": machine, "python_version": python, "sys_platform": "linux"}
     out = []
     for line in lines:
