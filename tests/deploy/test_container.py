@@ -79,8 +79,21 @@ def podman(*args: str, check: bool = True, timeout: float = 1800) -> str:
     return out.stdout.strip()
 
 
-def _machine() -> str:
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
+# podman's architecture name -> the machine name wheels and uname use
+MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
+HOST_ARCH = {v: k for k, v in MACHINES.items()}.get(platform.machine(), platform.machine())
+
+
+def _can_run(arch: str) -> bool:
+    """This host runs ``arch`` natively, or through QEMU registered with binfmt_misc (F flag:
+    scripts/test-arm64 sets that up)."""
+    if arch == HOST_ARCH:
+        return True
+    handler = Path(f"/proc/sys/fs/binfmt_misc/qemu-{MACHINES[arch]}")
+    if not handler.exists():
+        return False
+    lines = handler.read_text().splitlines()
+    return "enabled" in lines and any(ln.startswith("flags:") and "F" in ln[6:] for ln in lines)
 
 
 @functools.cache
@@ -90,37 +103,37 @@ def _tools_ok() -> None:
     assert os.getuid() == 0, "the container test runs as root (rootful podman, debootstrap)"
 
 
-def base_image() -> str:
+def base_image(arch: str) -> str:
     """A Debian base with python3 and venv, made here (no registry): debootstrap + import."""
-    tag = f"localhost/edge-agent-base:{RELEASE}"
+    tag = f"localhost/edge-agent-base:{RELEASE}-{arch}"
     if subprocess.run(["podman", "image", "exists", tag], check=False).returncode == 0:
         return tag
     CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / f"base-{RELEASE}.tar"
+    tarball = CACHE / f"base-{RELEASE}-{arch}.tar"
     if not tarball.exists():
-        build = CACHE / f"base-{RELEASE}"
+        build = CACHE / f"base-{RELEASE}-{arch}"
         shutil.rmtree(build, ignore_errors=True)
         subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", RELEASE,
-             str(build), "http://deb.debian.org/debian"],
-            check=True, capture_output=True, timeout=1800,
+            ["debootstrap", f"--arch={arch}", "--variant=minbase",
+             "--include=python3,python3-venv", RELEASE, str(build), "http://deb.debian.org/debian"],
+            check=True, capture_output=True, timeout=3000,
         )  # fmt: skip
         subprocess.run(["tar", "-C", str(build), "-cf", f"{tarball}.tmp", "."], check=True)
         Path(f"{tarball}.tmp").rename(tarball)
         shutil.rmtree(build)
-    podman("import", "--change", "CMD=/bin/bash", str(tarball), tag)
+    podman("import", "--arch", arch, "--change", "CMD=/bin/bash", str(tarball), tag)
     return tag
 
 
-def wheelhouse() -> Path:
+def wheelhouse(arch: str) -> Path:
     """The device dependencies for the base (bookworm: Python 3.11, glibc 2.36), cached per
     pyproject.toml."""
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    dest = CACHE / f"wheels-{_machine()}-{key}"
+    dest = CACHE / f"wheels-{MACHINES[arch]}-{key}"
     if not dest.exists():
         tmp = dest.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        download(_machine(), "3.11", "2.36", tmp)
+        download(MACHINES[arch], "3.11", "2.36", tmp)
         tmp.rename(dest)
     return dest
 
@@ -146,18 +159,26 @@ def serve(directory: Path) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture(scope="module")
-def image() -> Iterator[str]:
+def build_image(arch: str) -> str:
     _tools_ok()
-    base = base_image()
-    tag = f"localhost/edge-agent:test-{uuid.uuid4().hex[:8]}"
-    with serve(wheelhouse()) as url:
+    base = base_image(arch)
+    tag = f"localhost/edge-agent:test-{arch}-{uuid.uuid4().hex[:8]}"
+    with serve(wheelhouse(arch)) as url:
         podman(
-            "build", "--runtime", "runc", "--format", "docker", "--network", "host",
-            "--build-arg", f"BASE={base}", "--build-arg", "PIP_NO_INDEX=1",
+            "build", "--arch", arch, "--runtime", "runc", "--format", "docker",
+            "--network", "host", "--build-arg", f"BASE={base}", "--build-arg", "PIP_NO_INDEX=1",
             "--build-arg", f"PIP_FIND_LINKS={url}", "-f", str(ROOT / "Containerfile"),
             "-t", tag, str(ROOT),
         )  # fmt: skip
+    return tag
+
+
+@pytest.fixture(scope="module", params=["amd64", "arm64"])
+def image(request: pytest.FixtureRequest) -> Iterator[str]:
+    arch = str(request.param)
+    if not _can_run(arch):
+        pytest.skip(f"{arch} cannot run here: needs qemu-user-static + binfmt (scripts/test-arm64)")
+    tag = build_image(arch)
     try:
         yield tag
     finally:
@@ -183,7 +204,13 @@ def healthcheck(image: str) -> list[str]:
 
 
 def test_image_is_built_as_promised(image: str) -> None:
-    conf = json.loads(podman("image", "inspect", image))[0]["Config"]
+    info = json.loads(podman("image", "inspect", image))[0]
+    arch = image.split(":test-")[1].split("-", maxsplit=1)[0]
+    assert info["Architecture"] == arch
+    machine = podman("run", "--rm", "--runtime", "runc", *ULIMITS, "--entrypoint", "uname",
+                     image, "-m")  # fmt: skip
+    assert machine == MACHINES[arch]
+    conf = info["Config"]
     assert conf["User"] == "edge-agent"
     assert "/var/lib/edge-agent" in conf["Volumes"]
     check = healthcheck(image)
