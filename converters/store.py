@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.errors import ConversionError
-from agent.package import SIGNATURE_NAME, atomic_write, package_filename
+from agent.release.package import SIGNATURE_NAME, atomic_write, package_filename
 
 log = logging.getLogger(__name__)
 

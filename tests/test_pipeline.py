@@ -12,20 +12,21 @@ import numpy as np
 import pytest
 
 from agent.config import Config, parse_config
+from agent.delivery.publisher import PredictionRecord
+from agent.ingest.preprocess import Preprocessor
+from agent.ingest.sources import SourceContext
 from agent.metrics import Metrics
-from agent.pipeline import ActiveModel, Pipeline
-from agent.preprocess import Preprocessor
-from agent.publisher import PredictionRecord
-from agent.runtime import load_model
-from agent.sources import SourceContext
-from agent.topics import Topics
+from agent.model.active import ActiveModel
+from agent.model.runtime import load_model
+from agent.pipeline.threads import Pipeline
+from agent.wire.topics import Topics
 from tests import modelzoo as zoo
 
 LENGTH, HOP = 32, 16
 
 
 class Recorder:
-    """Stands in for ``agent.publisher.Publisher``: keeps what the pipeline submits."""
+    """Stands in for ``agent.delivery.publisher.Publisher``: keeps what the pipeline submits."""
 
     def __init__(self) -> None:
         self.records: list[PredictionRecord] = []

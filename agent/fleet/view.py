@@ -1,6 +1,6 @@
 """The fleet as its devices report it: online state, model, OTA state, metrics.
 
-``FleetView`` subscribes (through ``agent.mqtt.MqttLink``) to
+``FleetView`` subscribes (through ``agent.delivery.mqtt.MqttLink``) to
 
     <prefix>/+/status    retained "online" / "offline" (the agents' last will)
     <prefix>/+/ota       retained OTA state (JSON, written by the agents' updater)
@@ -36,8 +36,8 @@ from datetime import datetime
 from typing import Any
 
 from agent.config import MqttSection
+from agent.delivery.mqtt import MqttLink
 from agent.errors import PublishError
-from agent.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.mqtt import OutgoingMessage
+from agent.delivery.mqtt import OutgoingMessage
 from agent.ota.state import Record, State
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ _PHASE: dict[State, Phase] = {
 
 
 class StateLink(Protocol):
-    """The part of ``agent.mqtt.MqttLink`` the reporter uses."""
+    """The part of ``agent.delivery.mqtt.MqttLink`` the reporter uses."""
 
     def publish(self, msg: OutgoingMessage, on_ack: Callable[[], None] | None = None) -> bool: ...
 

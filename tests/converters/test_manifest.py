@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent.errors import PackageError
-from agent.manifest import (
+from agent.release.manifest import (
     Announcement,
     EncodedArray,
     GoldenSample,

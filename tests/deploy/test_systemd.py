@@ -1,4 +1,4 @@
-"""agent.systemd against a real AF_UNIX datagram socket set as NOTIFY_SOCKET."""
+"""agent.app.systemd against a real AF_UNIX datagram socket set as NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import (
+from agent.app.systemd import (
     Heartbeat,
     Notifier,
     WatchdogPinger,
