@@ -26,6 +26,7 @@ from agent.delivery.spool import Spool
 from agent.errors import ConfigError, EdgeAgentError
 from agent.ingest.sources import SourceContext
 from agent.metrics import Metrics
+from agent.model.active import ActiveModel
 from agent.model.loading import load_active_model
 from agent.observe.wiring import Observability
 from agent.pipeline.threads import Pipeline
@@ -99,10 +100,22 @@ class Agent:
 
     # ---------------------------------------------------------------- lifecycle
 
+    @staticmethod
+    def _startup_model(cfg: Config) -> ActiveModel:
+        """With OTA on, an installed version (``<state_dir>/models/current``) wins over
+        ``model.path``; ``startup_model`` also finishes or rolls back an interrupted update."""
+        if cfg.ota.enabled:
+            from agent.ota import startup_model
+
+            installed = startup_model(cfg)
+            if installed is not None:
+                return installed
+        return load_active_model(cfg)
+
     def build(self, cfg: Config) -> Running:
         """Load the model and wire every component (raises EdgeAgentError on start-up errors)."""
         topics = Topics(cfg.mqtt.topic_prefix, cfg.agent.device_id)
-        active = load_active_model(cfg)
+        active = self._startup_model(cfg)
         password = read_password(cfg.mqtt)
         link = MqttLink(
             cfg.mqtt,

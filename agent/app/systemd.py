@@ -13,7 +13,8 @@ runs the same from a shell, in a container or under systemd.
   ``is_healthy()`` says the pipeline is making progress. A hung inference or a dead MQTT thread
   makes ``is_healthy()`` false (or makes it hang): the pings stop and systemd restarts us.
 - ``Heartbeat`` is the progress signal a loop bumps on every iteration.
-- ``child_environ()`` strips those variables from the environment of processes we start.
+- the command source (``agent.ingest.sources.command.child_environ``) strips those variables
+  from the environment of the sensor processes it starts.
 """
 
 from __future__ import annotations
@@ -140,17 +141,6 @@ class Notifier:
 
 def _status_line(text: str) -> str:
     return "STATUS=" + " ".join(text.split())
-
-
-_SYSTEMD_ONLY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-def child_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a process we start (a sensor script): without the notify socket and
-    watchdog variables, which are ours alone (``NotifyAccess=main`` would reject its messages).
-    """
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if k not in _SYSTEMD_ONLY_VARS}
 
 
 def watchdog_interval(

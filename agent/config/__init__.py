@@ -12,6 +12,7 @@ from agent.config.load import (
 )
 from agent.config.schema import (
     BUILTIN_DEMO_MODEL,
+    MAX_STREAMS,
     RESERVED_DEVICE_IDS,
     AgentSection,
     AnomalyInjection,
@@ -43,6 +44,7 @@ from agent.config.schema import (
 __all__ = [
     "BUILTIN_DEMO_MODEL",
     "ENV_PREFIX",
+    "MAX_STREAMS",
     "RESERVED_DEVICE_IDS",
     "AgentSection",
     "AnomalyInjection",

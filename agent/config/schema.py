@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 __all__ = [
     "BUILTIN_DEMO_MODEL",
+    "MAX_STREAMS",
     "RESERVED_DEVICE_IDS",
     "AgentSection",
     "AnomalyInjection",
@@ -53,6 +54,8 @@ __all__ = [
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BUILTIN_DEMO_MODEL = "builtin:demo"
 RESERVED_DEVICE_IDS = frozenset({"ota"})
+MAX_STREAMS = 1024
+"""Default cap on streams tracked at once (an MQTT wildcard must not grow state unbounded)."""
 
 
 def check_topic_id(value: str, what: str = "id") -> str:

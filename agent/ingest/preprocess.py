@@ -27,20 +27,11 @@ import numpy.typing as npt
 
 from agent.config import PreprocessSection
 from agent.errors import ConfigError, ShapeMismatch
-from agent.model.runtime import INT_RANGES, fast_clip
+from agent.model.runtime import INT_RANGES, TensorLike, fast_clip
 
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-
-
-class TensorSpec(Protocol):
-    """The part of ``agent.model.runtime.TensorInfo`` the pipeline stages read."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def shape(self) -> tuple[int, ...]: ...
 
 
 class Preprocessor:
@@ -193,7 +184,7 @@ def _fmt(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def check_model_input(input: TensorSpec, window_length: int, channels: int) -> tuple[int, ...]:
+def check_model_input(input: TensorLike, window_length: int, channels: int) -> tuple[int, ...]:
     """Check the model input takes one window; return the shape to reshape a window to.
 
     Accepted: ``(1, length, channels)`` and every layout with the same memory order, i.e.

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.config import MAX_STREAMS
 from agent.errors import SampleError
 from agent.ingest.samples import SampleBlock
 
@@ -38,8 +39,6 @@ Transform = Callable[[F32, npt.NDArray[Any]], object]
 view, into ``out`` (same shape; float32, or the transform's own ``dtype`` attribute when it
 has one). ``Preprocessor`` and ``agent.ingest.preprocess.Encoder`` instances fit."""
 
-MAX_STREAMS = 1024
-"""Default cap on streams tracked at once (an MQTT wildcard must not grow state unbounded)."""
 
 _MIN_CARRY = 1024  # samples the carry buffer holds beyond one window, so small blocks append
 

@@ -38,17 +38,11 @@ def read_model_source(path: str) -> bytes:
 
 
 def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
-    """Load the configured model (or ``content``) into a fresh interpreter.
+    """Load the configured ``model.path`` (or ``content``) into a fresh interpreter.
 
-    With OTA enabled, an installed version (``<state_dir>/models/current``) wins over
-    ``model.path``; ``agent.ota.startup_model`` also finishes or rolls back an interrupted update.
+    This knows nothing of OTA: with OTA enabled the service asks ``agent.ota.startup_model``
+    first, and an installed version wins over ``model.path``.
     """
-    if content is None and cfg.ota.enabled:
-        from agent.ota import startup_model
-
-        installed = startup_model(cfg)
-        if installed is not None:
-            return installed
     path = cfg.model.path
     data = content if content is not None else read_model_source(path)
     name, version, labels = cfg.model.name, cfg.model.version, list(cfg.postprocess_labels())

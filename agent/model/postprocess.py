@@ -24,10 +24,16 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import AnomalyPost, ClassificationPost, PostprocessConfig, RawPost, RegressionPost
+from agent.config import (
+    MAX_STREAMS,
+    AnomalyPost,
+    ClassificationPost,
+    PostprocessConfig,
+    RawPost,
+    RegressionPost,
+)
 from agent.errors import ConfigError, InferenceError, ShapeMismatch
-from agent.ingest.preprocess import TensorSpec
-from agent.ingest.window import MAX_STREAMS
+from agent.model.runtime import TensorLike
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def _fmt(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def _size(info: TensorSpec) -> int:
+def _size(info: TensorLike) -> int:
     """Values per window in an output: its element count, a dynamic batch dim counted as 1."""
     shape = tuple(info.shape)
     dims = (1, *shape[1:]) if shape and shape[0] <= 0 else shape
@@ -72,11 +78,11 @@ def _size(info: TensorSpec) -> int:
     return math.prod(dims)
 
 
-def _describe(infos: Sequence[TensorSpec]) -> str:
+def _describe(infos: Sequence[TensorLike]) -> str:
     return ", ".join(f"{i.name!r} {_fmt(i.shape)}" for i in infos) or "none"
 
 
-def _pick(infos: Sequence[TensorSpec], name: str | None) -> int:
+def _pick(infos: Sequence[TensorLike], name: str | None) -> int:
     """Index of the output named ``name`` (``postprocess.output``), default the first."""
     if not infos:
         raise ShapeMismatch("the model has no outputs")
@@ -325,7 +331,7 @@ class RawPostprocessor:
 class BuildContext:
     """What a builder checks the config against."""
 
-    outputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorLike]
     labels_from_manifest: Sequence[str] | None
     input_size: int | None
     max_streams: int
@@ -427,7 +433,7 @@ REGISTRY: dict[str, Builder] = {
 
 def build_postprocessor(
     cfg: PostprocessConfig,
-    output_infos: Sequence[TensorSpec],
+    output_infos: Sequence[TensorLike],
     labels_from_manifest: Sequence[str] | None = None,
     *,
     input_size: int | None = None,

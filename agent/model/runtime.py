@@ -50,7 +50,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +77,15 @@ fast_clip: Callable[..., Any] = getattr(getattr(_core, "umath", None), "clip", N
 
 
 # --------------------------------------------------------------------------- registry
+
+
+class TensorLike(Protocol):
+    """The part of ``TensorInfo`` the pipeline stages read (pre- and postprocessing)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The running agent seen from outside: health, status, metrics and on-demand predictions.
 
 ``RunningAgentView`` implements ``agent.observe.httpapi.AgentView`` on the live components
-(``agent.app.service.Running``) and builds the ``MetricsV1`` snapshot that the metrics reporter
-publishes and ``/metrics`` renders. It reads the agent's *current* ``Running`` on every call,
-so it stays right across a SIGHUP reload.
+(``Running``: ``agent.app.service.Running`` fits) and builds the ``MetricsV1`` snapshot that the
+metrics reporter publishes and ``/metrics`` renders. It reads the agent's *current* ``Running`` on
+every call, so it stays right across a SIGHUP reload.
 
 Health: *live* when the inference thread, the publisher and the MQTT link thread run (an
 inference thread that finished because every source ended counts as live) and the inference
@@ -29,11 +29,27 @@ from agent.observe.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from agent.app.service import Running
     from agent.config import Config
+    from agent.delivery.mqtt import MqttLink
+    from agent.delivery.publisher import Publisher
+    from agent.delivery.spool import Spool
+    from agent.pipeline.threads import Pipeline
+    from agent.wire.topics import Topics
 
 HEARTBEAT_STALE_S = 30.0
 """An inference loop that has not come round for this long is considered stuck."""
+
+
+class Running(Protocol):
+    """The live components of one configuration that the view reads
+    (``agent.app.service.Running`` fits)."""
+
+    cfg: Config
+    topics: Topics
+    link: MqttLink
+    spool: Spool
+    publisher: Publisher
+    pipeline: Pipeline
 
 
 class AgentLike(Protocol):
@@ -42,7 +58,9 @@ class AgentLike(Protocol):
     cfg: Config
     metrics: Metrics
     ready: threading.Event
-    running: Running | None
+
+    @property
+    def running(self) -> Running | None: ...
 
 
 def _version() -> str:

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 from agent.delivery.mqtt import OutgoingMessage
 from agent.errors import EdgeAgentError
 from agent.observe.telemetry import MetricsReporter, cpu_temperature_c
-from agent.observe.view import AgentLike, RunningAgentView
+from agent.observe.view import AgentLike, Running, RunningAgentView
 
 if TYPE_CHECKING:
-    from agent.app.service import Running
     from agent.observe.homeassistant import HomeAssistantDiscovery
     from agent.observe.httpapi import HttpApi
 

@@ -1,6 +1,6 @@
 """At start: finish or undo an interrupted update, then load the installed model.
 
-``startup_model(cfg)`` is called once per build of the agent (``agent.model.loading``). The first
+``startup_model(cfg)`` is called once per build of the agent (``agent.app.service``). The first
 time in a process it recovers the update path from ``state.json``:
 
 - killed in ``downloading`` / ``verifying`` / ``staged``: back to ``idle`` (reason

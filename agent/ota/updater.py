@@ -31,6 +31,7 @@ from agent.delivery.mqtt import OutgoingMessage
 from agent.errors import EdgeAgentError, PackageError, UpdateError
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
+from agent.model.loading import load_active_model
 from agent.model.runtime import Model
 from agent.ota.boot import load_installed, recover
 from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, VersionFloor
@@ -110,10 +111,7 @@ def _probe(model: Model) -> Callable[[], float] | None:
 
 def load_configured_model(cfg: Config) -> ActiveModel:
     """The model ``model.path`` names, ignoring installed OTA versions."""
-    from agent.model.loading import load_active_model
-
-    no_ota = cfg.model_copy(update={"ota": cfg.ota.model_copy(update={"enabled": False})})
-    return load_active_model(no_ota)
+    return load_active_model(cfg)
 
 
 class Updater:

@@ -17,9 +17,9 @@ from agent.app.systemd import (
     Heartbeat,
     Notifier,
     WatchdogPinger,
-    child_environ,
     watchdog_interval,
 )
+from agent.ingest.sources.command import child_environ
 from tests.deploy.notify_listener import Message, NotifyListener
 
 ROOT = Path(__file__).resolve().parents[2]

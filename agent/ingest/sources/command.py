@@ -27,11 +27,11 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from agent.app.systemd import child_environ
 from agent.config import CommandSource as CommandConfig
 from agent.errors import SampleError, SourceError
 from agent.ingest.samples import SampleBlock
@@ -47,6 +47,22 @@ STABLE_AFTER_S = 30.0
 READ_CHUNK = 65536
 STDERR_LINE_BYTES = 2048
 MAX_DRAIN_READS = 64
+
+
+_SYSTEMD_ONLY_VARS = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+"""systemd hands these to the agent alone (``NotifyAccess=main`` rejects others' messages)."""
+
+
+def child_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a process we start (a sensor script): without the notify socket and
+    watchdog variables, which are ours alone (``NotifyAccess=main`` would reject its messages).
+    """
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k not in _SYSTEMD_ONLY_VARS}
 
 
 class LineSplitter:
