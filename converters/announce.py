@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from agent.config import MqttSection, read_password
 from agent.delivery.mqtt import OutgoingMessage, collect_retained, publish_once
 from agent.errors import ConversionError
-from agent.release.manifest import Announcement, Targets, ota_topic, utc_now
+from agent.release.manifest import Announcement, Targets, utc_now
 from agent.release.package import Package
+from agent.wire.topics import ota_topic
 
 log = logging.getLogger(__name__)
 

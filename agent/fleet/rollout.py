@@ -48,11 +48,11 @@ from agent.release.manifest import (
     Announcement,
     Targets,
     Version,
-    ota_topic,
     parse_manifest,
     utc_now,
 )
 from agent.release.package import read_package
+from agent.wire.topics import ota_topic
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from typing import Any
 from agent.config import MqttSection
 from agent.delivery.mqtt import MqttLink
 from agent.errors import PublishError
+from agent.wire.topics import FleetTopics
 
 log = logging.getLogger(__name__)
 
@@ -177,23 +178,21 @@ class FleetView:
 
     def __init__(self, prefix: str, clock: Callable[[], float] = time.time) -> None:
         self.prefix = prefix
+        self.topics = FleetTopics(prefix)
         self._clock = clock
         self._devices: dict[str, DeviceState] = {}
         self._cond = threading.Condition()
         self._changes = 0
 
     def filters(self) -> list[str]:
-        return [f"{self.prefix}/+/status", f"{self.prefix}/+/ota", f"{self.prefix}/+/metrics"]
+        return self.topics.filters
 
     # ---------------------------------------------------------------- input
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One message from the broker (paho's network thread): parse and store."""
-        head = self.prefix + "/"
-        if not topic.startswith(head):
-            return
-        parts = topic[len(head) :].split("/")
-        if len(parts) != 2:
+        parts = self.topics.split(topic)
+        if parts is None:
             return
         device, kind = parts
         try:

@@ -21,12 +21,12 @@ from agent.errors import EdgeAgentError
 from agent.metrics import Metrics
 from agent.observe.telemetry import (
     LinuxProcessStats,
-    MetricsV1,
     ProcessStats,
     RateMeter,
     build_metrics,
     render_prometheus,
 )
+from agent.wire.metrics import MetricsV1
 
 if TYPE_CHECKING:
     from agent.config import Config

@@ -525,10 +525,3 @@ class Announcement(_Schema):
 
     def to_bytes(self) -> bytes:
         return canonical_json(self)
-
-
-def ota_topic(prefix: str, channel: str, model: str) -> str:
-    """``<prefix>/ota/<channel>/<model>``, with the parts checked (no wildcards, no '/')."""
-    for part in prefix.split("/"):
-        check_topic_id(part, "topic prefix part")
-    return f"{prefix}/ota/{check_topic_id(channel, 'channel')}/{check_topic_id(model, 'model')}"

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from agent.wire.base import Wire
 
 PREDICTION_SCHEMA = 1
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelRef(_Wire):
+class ModelRef(Wire):
     name: str = Field(description="Model name.")
     version: str = Field(description="Model version that produced this prediction.")
 
 
-class PredictionV1(_Wire):
+class PredictionV1(Wire):
     v: Literal[1] = Field(1, description="Payload schema version.")
     seq: int = Field(
         ge=0,
@@ -38,7 +36,7 @@ class PredictionV1(_Wire):
     latency_ms: float = Field(description="Inference latency (preprocess + invoke), ms.")
 
 
-class PredictionBatchV1(_Wire):
+class PredictionBatchV1(Wire):
     v: Literal[1] = 1
     device: str
     batch: list[PredictionV1] = Field(description="Several predictions, in sequence order.")

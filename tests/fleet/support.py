@@ -15,7 +15,6 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.ota.report import OtaStateV1, Refusal
 from agent.release.manifest import (
     Announcement,
     Artifact,
@@ -27,6 +26,7 @@ from agent.release.manifest import (
     TensorSpec,
     utc_now,
 )
+from agent.wire.ota import OtaStateV1, Refusal
 from tests.broker import Broker
 
 WINDOW, CHANNELS = 32, 3

@@ -31,7 +31,7 @@ from agent.observe.homeassistant import (
     discovery_messages,
     safe_id,
 )
-from agent.observe.telemetry import MetricsV1
+from agent.wire.metrics import MetricsV1
 from agent.wire.predictions import PredictionBatchV1, PredictionV1, prediction_dict
 from agent.wire.topics import Topics
 from tests.agentproc import AgentProcess, write_config

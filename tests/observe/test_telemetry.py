@@ -20,13 +20,13 @@ from agent.delivery.mqtt import MqttLink, collect_retained
 from agent.metrics import Metrics
 from agent.observe.telemetry import (
     MetricsReporter,
-    MetricsV1,
     RateMeter,
     build_metrics,
     cpu_temperature_c,
     render_prometheus,
     rss_bytes,
 )
+from agent.wire.metrics import MetricsV1
 from tests.agentproc import AgentProcess, write_config
 from tests.broker import Broker
 from tests.fleet.support import agent_config
