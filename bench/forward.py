@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from agent.config import MqttSection
+from agent.delivery.mqtt import MqttLink
+from agent.delivery.publisher import PredictionRecord, Publisher
+from agent.delivery.spool import Spool
 from agent.metrics import Metrics
-from agent.mqtt import MqttLink
-from agent.publisher import PredictionRecord, Publisher
-from agent.spool import Spool
 from bench.context import Context
 from bench.report import Row
 from bench.subscriber import Subscriber

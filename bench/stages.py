@@ -19,10 +19,10 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.config import ClassificationPost, PreprocessSection
-from agent.postprocess import build_postprocessor
-from agent.preprocess import Preprocessor, check_model_input
-from agent.samples import SampleBlock
-from agent.window import StreamWindowers
+from agent.ingest.preprocess import Preprocessor, check_model_input
+from agent.ingest.samples import SampleBlock
+from agent.ingest.window import StreamWindowers
+from agent.model.postprocess import build_postprocessor
 
 
 class _Tensor:

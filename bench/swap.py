@@ -30,7 +30,7 @@ RATE = 200.0
 
 
 def _package(ctx: Context, model: str, version: str) -> bytes:
-    from agent.manifest import PostprocessSpec
+    from agent.release.manifest import PostprocessSpec
     from converters.packaging import PackageSpec, package_model
 
     content = ctx.model(model).read_bytes()

@@ -2,7 +2,8 @@
 
 The data path of a model release shows in the module names:
 
-    dataset -> convert -> verify -> packaging (+ agent.package/agent.signing) -> store -> announce
+    dataset -> convert -> verify -> packaging (+ agent.release.package, agent.release.signing) ->
+    store -> announce
 
 ``build`` strings convert/verify/package together, ``publish`` uploads and announces, ``watch``
 runs the whole chain on models dropped into a folder, and ``cli`` is ``edge-convert``.

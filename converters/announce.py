@@ -1,8 +1,9 @@
 """OTA announcements on MQTT: one retained message per channel and model.
 
-The topic is ``<prefix>/ota/<channel>/<model>``; the payload is an ``agent.manifest.Announcement``
-carrying the signed manifest as a string. Publishing goes through ``agent.mqtt`` (the one module
-that speaks MQTT); the retained message *is* the channel's current state, so reading it back
+The topic is ``<prefix>/ota/<channel>/<model>``; the payload is an
+``agent.release.manifest.Announcement`` carrying the signed manifest as a string. Publishing goes
+through ``agent.delivery.mqtt`` (the one module that speaks MQTT); the retained message *is*
+the channel's current state, so reading it back
 tells what a channel offers now.
 """
 
@@ -14,10 +15,11 @@ import uuid
 from pydantic import ValidationError
 
 from agent.config import MqttSection, read_password
+from agent.delivery.mqtt import OutgoingMessage, collect_retained, publish_once
 from agent.errors import ConversionError
-from agent.manifest import Announcement, Targets, ota_topic, utc_now
-from agent.mqtt import OutgoingMessage, collect_retained, publish_once
-from agent.package import Package
+from agent.release.manifest import Announcement, Targets, utc_now
+from agent.release.package import Package
+from agent.wire.topics import ota_topic
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConversionError
-from agent.manifest import VerificationReport
-from agent.package import Package
-from agent.runtime import Model, load_model
-from agent.signing import SigningKey, load_private_key
+from agent.model.runtime import Model, load_model
+from agent.release.manifest import VerificationReport
+from agent.release.package import Package
+from agent.release.signing import SigningKey, load_private_key
 from converters.convert import SourceModel, convert_source, load_source
 from converters.dataset import Dataset, RawData, fit_to_inputs, load_dataset, read_data
 from converters.packaging import PackageSpec, infer_mode, package_model

@@ -19,9 +19,9 @@ from typing import Any
 
 import agent
 from agent.errors import ConfigError, EdgeAgentError, PackageError
-from agent.manifest import VerificationReport
-from agent.package import atomic_write, check_package, read_package, write_package
-from agent.signing import load_trusted_keys, write_keypair
+from agent.release.manifest import VerificationReport
+from agent.release.package import atomic_write, check_package, read_package, write_package
+from agent.release.signing import load_trusted_keys, write_keypair
 from converters.convert import MODES
 from converters.settings import BuildSettings, PublishSettings, validate_settings
 from converters.verify import VerificationFailed, format_report
@@ -41,7 +41,7 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     if not verbose:
-        for noisy in ("tensorflow", "absl", "h5py", "agent.runtime"):
+        for noisy in ("tensorflow", "absl", "h5py", "agent.model.runtime"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -259,7 +259,7 @@ def cmd_verify_package(args: argparse.Namespace) -> int:
 
 
 def _run_golden(model_bytes: bytes, manifest: Any) -> list[str]:
-    from agent.runtime import load_model
+    from agent.model.runtime import load_model
 
     model = load_model(model_bytes)
     out = []

@@ -1,6 +1,6 @@
 """From converted bytes to a signed package: tensor specs, golden samples, the manifest.
 
-Golden samples are computed on the agent's runtime (``agent.runtime``) with its default
+Golden samples are computed on the agent's runtime (``agent.model.runtime``) with its default
 kernels and again with the reference kernels; the tolerance covers the difference seen between
 the two (XNNPACK and the reference kernels differ by a few LSB on int8) with a safety factor,
 so the smoke test passes on any correct device and fails on a wrong model.
@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 import agent
-from agent.manifest import (
+from agent.model.runtime import Model, TensorInfo, load_model
+from agent.release.manifest import (
     Artifact,
     BuildInfo,
     EncodedArray,
@@ -31,9 +32,8 @@ from agent.manifest import (
     VerificationReport,
     utc_now,
 )
-from agent.package import Package, make_package
-from agent.runtime import Model, TensorInfo, load_model
-from agent.signing import SigningKey
+from agent.release.package import Package, make_package
+from agent.release.signing import SigningKey
 from converters.convert import tensorflow_version
 from converters.dataset import Dataset
 from converters.verify import runtime_description

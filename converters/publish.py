@@ -19,9 +19,9 @@ import logging
 from dataclasses import dataclass
 
 from agent.errors import ConversionError, PackageError
-from agent.manifest import Announcement, Version, parse_manifest
-from agent.package import MAX_MANIFEST_BYTES, Package, check_artifact, verify_signature
-from agent.signing import load_trusted_keys
+from agent.release.manifest import Announcement, Version, parse_manifest
+from agent.release.package import MAX_MANIFEST_BYTES, Package, check_artifact, verify_signature
+from agent.release.signing import load_trusted_keys
 from converters.announce import announce, current_announcement, make_announcement
 from converters.progress import Progress
 from converters.settings import PublishSettings

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from agent.errors import ConversionError
-from converters.store import check_key
+from converters.keys import check_key
 
 log = logging.getLogger(__name__)
 

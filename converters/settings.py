@@ -8,13 +8,13 @@ reported with its key path. Relative paths in a TOML file are relative to that f
     name = "vibration"
     mode = "int8"
     calibration = "calibration.npz"
-    [build.preprocess]            # agent.manifest.PreprocessSpec
+    [build.preprocess]            # agent.release.manifest.PreprocessSpec
     window = 32
     hop = 16
     [publish]                     # PublishSettings
     store = "/srv/ota"
     channel = "canary"
-    [publish.targets]             # agent.manifest.Targets
+    [publish.targets]             # agent.release.manifest.Targets
     percent = 25
     [publish.mqtt]                # agent.config.MqttSection
     host = "broker.local"
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import agent
 from agent.config import MqttSection
 from agent.errors import ConfigError
-from agent.manifest import PostprocessSpec, PreprocessSpec, SemverStr, Targets, TopicId
+from agent.release.manifest import PostprocessSpec, PreprocessSpec, SemverStr, Targets, TopicId
 from converters.convert import IoType, Mode
 
 WATCH_CONFIG_NAME = "edge-convert.toml"

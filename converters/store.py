@@ -16,18 +16,16 @@ server can serve it; ``edge-convert serve`` for development) or ``s3://bucket/pr
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from agent.errors import ConversionError
-from agent.package import SIGNATURE_NAME, atomic_write, package_filename
+from agent.release.package import SIGNATURE_NAME, atomic_write, package_filename
+from converters.keys import check_key
 
 log = logging.getLogger(__name__)
-
-_KEY_PART = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
 
 
 class ArtifactStore(Protocol):
@@ -46,14 +44,6 @@ class ArtifactStore(Protocol):
     def versions(self, name: str) -> list[str]:
         """Version directories stored for model ``name`` (unsorted, unvalidated)."""
         ...
-
-
-def check_key(key: str) -> str:
-    """Keys are '/'-joined parts of safe characters; no '..', no absolute paths."""
-    parts = key.split("/")
-    if not parts or any(not _KEY_PART.match(p) or p in {".", ".."} for p in parts):
-        raise ConversionError(f"invalid store key {key!r}")
-    return key
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Verification: does the converted model still do what the float model did?
 
 Both the float32 reference and the converted candidate run on the agent's own runtime
-(``agent.runtime``), sample by sample, on a validation set. Per output we report top-1
+(``agent.model.runtime``), sample by sample, on a validation set. Per output we report top-1
 agreement, accuracy and its drop (when labels are given), max/mean absolute error, and per
 variant its size and median invoke latency. ``max_accuracy_drop`` / ``min_agreement`` turn the
 report into a gate: ``VerificationFailed`` carries the report and nothing gets packaged.
@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import ConversionError
-from agent.manifest import OutputMetrics, VariantMetrics, VerificationReport
-from agent.runtime import Model
+from agent.model.runtime import Model
+from agent.release.manifest import OutputMetrics, VariantMetrics, VerificationReport
 from converters.dataset import Dataset, InputShape
 from converters.progress import Progress
 

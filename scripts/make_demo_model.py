@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build agent/demo/model.tflite: the tiny int8 anomaly classifier the agent ships.
+"""Build agent/model/demo/model.tflite: the tiny int8 anomaly classifier the agent ships.
 
 The model takes one window of the agent's embedded synthetic source -- shape (1, 32, 3),
 raw values, no normalisation -- and returns the scores of ["normal", "anomaly"] (int8 in,
@@ -12,7 +12,7 @@ synthetic source makes by default:
 An anomaly adds +3.0 to every channel for 20 consecutive samples; a window is labelled
 "anomaly" when it overlaps an anomaly by at least 8 samples.
 
-    .venv/bin/python scripts/make_demo_model.py               # writes agent/demo/model.tflite
+    .venv/bin/python scripts/make_demo_model.py               # writes agent/model/demo/model.tflite
     .venv/bin/python scripts/make_demo_model.py --out /tmp/m.tflite --epochs 5
 
 Conversion goes through converters.convert.convert_keras (the project's one converter path).
@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "agent" / "demo" / "model.tflite"
+DEFAULT_OUT = ROOT / "agent" / "model" / "demo" / "model.tflite"
 
 LABELS = ("normal", "anomaly")
 WINDOW = 32
@@ -108,8 +108,8 @@ def train(seed: int, epochs: int, n_train: int) -> Any:
 
 
 def evaluate(content: bytes, seed: int, n: int = 2000) -> dict[str, float]:
-    """Accuracy of the converted model on fresh windows, run through agent.runtime."""
-    from agent.runtime import load_model
+    """Accuracy of the converted model on fresh windows, run through agent.model.runtime."""
+    from agent.model.runtime import load_model
 
     model = load_model(content, reference_kernels=True)
     x, y = windows(n, seed)

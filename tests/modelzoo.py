@@ -303,7 +303,7 @@ def reference_outputs(
 
     ``inputs`` by signature input name, or a sequence in the signature's input order. Floats
     are quantized with np.round(x / scale) + zero_point (written independently of
-    agent.runtime). Outputs are dequantized to float32 (``raw=True``: as the model gives
+    agent.model.runtime). Outputs are dequantized to float32 (``raw=True``: as the model gives
     them). ``frames`` > 1 feeds the same inputs that many times to one interpreter and returns
     the last outputs (stateful models).
     """

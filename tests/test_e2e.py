@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from agent.models import demo_model_bytes
-from agent.payloads import PredictionV1
+from agent.model.loading import demo_model_bytes
+from agent.wire.predictions import PredictionV1
 from tests.agentproc import AgentProcess, write_config
 from tests.broker import Broker
 from tests.mqttclient import Collector, Received, publish

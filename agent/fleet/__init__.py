@@ -5,5 +5,6 @@
     connection.py  broker options of the command line -> ``agent.config.MqttSection``
     cli.py         the ``edge-fleet`` command (status, rollout, promote)
 
-Everything goes through ``agent.mqtt`` (``MqttLink``, ``collect_retained``, ``publish_once``).
+Everything goes through ``agent.delivery.mqtt`` (``MqttLink``, ``collect_retained``,
+``publish_once``).
 """

@@ -33,7 +33,7 @@ from agent.fleet.rollout import (
     run_rollout,
 )
 from agent.fleet.view import all_reported, format_table, watch_fleet
-from agent.manifest import Announcement, Targets, utc_now
+from agent.release.manifest import Announcement, Targets, utc_now
 
 EXIT_OK = 0
 EXIT_ABORTED = 1

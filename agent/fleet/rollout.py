@@ -41,11 +41,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.config import MqttSection
+from agent.delivery.mqtt import OutgoingMessage, collect_retained, publish_once
 from agent.errors import PackageError, UpdateError
 from agent.fleet.view import DeviceState, all_reported, watch_fleet
-from agent.manifest import Announcement, Targets, Version, ota_topic, parse_manifest, utc_now
-from agent.mqtt import OutgoingMessage, collect_retained, publish_once
-from agent.package import read_package
+from agent.release.manifest import (
+    Announcement,
+    Targets,
+    Version,
+    parse_manifest,
+    utc_now,
+)
+from agent.release.package import read_package
+from agent.wire.topics import ota_topic
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The fleet as its devices report it: online state, model, OTA state, metrics.
 
-``FleetView`` subscribes (through ``agent.mqtt.MqttLink``) to
+``FleetView`` subscribes (through ``agent.delivery.mqtt.MqttLink``) to
 
     <prefix>/+/status    retained "online" / "offline" (the agents' last will)
     <prefix>/+/ota       retained OTA state (JSON, written by the agents' updater)
@@ -36,8 +36,9 @@ from datetime import datetime
 from typing import Any
 
 from agent.config import MqttSection
+from agent.delivery.mqtt import MqttLink
 from agent.errors import PublishError
-from agent.mqtt import MqttLink
+from agent.wire.topics import FleetTopics
 
 log = logging.getLogger(__name__)
 
@@ -177,23 +178,21 @@ class FleetView:
 
     def __init__(self, prefix: str, clock: Callable[[], float] = time.time) -> None:
         self.prefix = prefix
+        self.topics = FleetTopics(prefix)
         self._clock = clock
         self._devices: dict[str, DeviceState] = {}
         self._cond = threading.Condition()
         self._changes = 0
 
     def filters(self) -> list[str]:
-        return [f"{self.prefix}/+/status", f"{self.prefix}/+/ota", f"{self.prefix}/+/metrics"]
+        return self.topics.filters
 
     # ---------------------------------------------------------------- input
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One message from the broker (paho's network thread): parse and store."""
-        head = self.prefix + "/"
-        if not topic.startswith(head):
-            return
-        parts = topic[len(head) :].split("/")
-        if len(parts) != 2:
+        parts = self.topics.split(topic)
+        if parts is None:
             return
         device, kind = parts
         try:
@@ -339,7 +338,8 @@ def watch_fleet(
             if time.monotonic() > deadline or (link.reconnects >= 2 and link.last_error):
                 detail = link.last_error or "timeout"
                 raise PublishError(
-                    f"cannot connect to MQTT broker {settings.host}:{settings.port}: {detail}"
+                    PublishError.CONNECT,
+                    f"cannot connect to MQTT broker {settings.host}:{settings.port}: {detail}",
                 )
         yield view
     finally:

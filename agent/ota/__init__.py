@@ -15,7 +15,7 @@ The agent calls ``startup_model(cfg)`` when it loads its model and runs an ``Upd
 """
 
 from agent.ota.boot import startup_model
-from agent.ota.report import OtaStateV1
 from agent.ota.updater import Updater
+from agent.wire.ota import OtaStateV1
 
 __all__ = ["OtaStateV1", "Updater", "startup_model"]

@@ -1,6 +1,6 @@
 """At start: finish or undo an interrupted update, then load the installed model.
 
-``startup_model(cfg)`` is called once per build of the agent (``agent.models``). The first
+``startup_model(cfg)`` is called once per build of the agent (``agent.app.service``). The first
 time in a process it recovers the update path from ``state.json``:
 
 - killed in ``downloading`` / ``verifying`` / ``staged``: back to ``idle`` (reason
@@ -26,15 +26,15 @@ from pathlib import Path
 
 from agent.config import Config
 from agent.errors import EdgeAgentError, UpdateError
+from agent.model.active import ActiveModel
+from agent.model.runtime import load_model
 from agent.ota.compat import check_compatible
 from agent.ota.decide import check_signature
 from agent.ota.health import boot_verdict
 from agent.ota.layout import OtaPaths
 from agent.ota.state import State, StateMachine
 from agent.ota.store import ModelStore
-from agent.pipeline import ActiveModel
-from agent.runtime import load_model
-from agent.signing import PublicKey, load_trusted_keys
+from agent.release.signing import PublicKey, load_trusted_keys
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import agent
 from agent.config import ClassificationPost, Config
 from agent.errors import EdgeAgentError, UpdateError
-from agent.manifest import Manifest, TensorSpec, Version
-from agent.postprocess import build_postprocessor
-from agent.preprocess import check_model_input
+from agent.ingest.preprocess import check_model_input
+from agent.model.postprocess import build_postprocessor
+from agent.release.manifest import Manifest, TensorSpec, Version
 
 
 @dataclass(frozen=True)

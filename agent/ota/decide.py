@@ -32,12 +32,12 @@ from pathlib import Path
 import agent
 from agent.config import Config
 from agent.errors import PackageError, SignatureError, UpdateError
-from agent.manifest import Announcement, Manifest, Targets, Version, parse_manifest
 from agent.ota.compat import check_compatible
 from agent.ota.files import atomic_write_json, read_json
 from agent.ota.store import ModelStore
-from agent.package import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, read_package
-from agent.signing import PublicKey, verify
+from agent.release.manifest import Announcement, Manifest, Targets, Version, parse_manifest
+from agent.release.package import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, read_package
+from agent.release.signing import PublicKey, verify
 
 log = logging.getLogger(__name__)
 

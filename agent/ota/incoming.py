@@ -19,7 +19,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from agent.package import PACKAGE_SUFFIX
+from agent.release.package import PACKAGE_SUFFIX
 
 log = logging.getLogger(__name__)
 

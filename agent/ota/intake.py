@@ -21,7 +21,7 @@ from pathlib import Path
 from agent.errors import UpdateError
 from agent.ota.decide import NOT_A_REFUSAL, Offer, offer_from_announcement, offer_from_package
 from agent.ota.incoming import IncomingWatcher
-from agent.package import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES
+from agent.release.package import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES
 
 log = logging.getLogger(__name__)
 

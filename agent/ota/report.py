@@ -18,60 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from agent.mqtt import OutgoingMessage
+from agent.delivery.mqtt import OutgoingMessage
 from agent.ota.state import Record, State
+from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
-
-Phase = Literal["idle", "downloading", "verifying", "staged", "active", "rolled_back", "failed"]
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DownloadProgress(_Wire):
-    bytes: int = Field(ge=0, description="Bytes of the model downloaded so far.")
-    total: int = Field(ge=0, description="The model's size from the signed manifest.")
-
-
-class Refusal(_Wire):
-    version: str | None = Field(description="Version offered (null if the offer was unreadable).")
-    reason: str = Field(description="Stable label, e.g. bad_signature, version_rollback.")
-    detail: str = Field(description="Human-readable explanation.")
-    source: str | None = Field(description="channel:<name> or incoming:<file>.")
-    at: float = Field(description="When it was refused (epoch seconds).")
-
-
-class OtaStateV1(_Wire):
-    v: Literal[1] = Field(1, description="Payload schema version.")
-    device: str = Field(description="Device id.")
-    model: str = Field(description="Model name (the OTA channel's model).")
-    state: Phase = Field(description="Where the update path is.")
-    version: str | None = Field(
-        description="The version this state is about: being downloaded/verified/staged, "
-        "active, rolled back from, or failed."
-    )
-    running: str = Field(description="The version serving predictions now.")
-    previous: str | None = Field(
-        None, description="The version a rollback returns to (null: the configured model)."
-    )
-    source: str | None = Field(None, description="Where the update came from.")
-    reason: str | None = Field(None, description="Why it failed or was rolled back.")
-    detail: str | None = Field(None, description="Human-readable details of the reason.")
-    progress: DownloadProgress | None = Field(None, description="While downloading.")
-    health: Literal["watching", "passed"] | None = Field(
-        None, description="For 'active': still in the health window, or through it."
-    )
-    refusal: Refusal | None = Field(
-        None, description="The most recent offer refused since the agent started."
-    )
-    ts: float = Field(description="When this report was made (epoch seconds).")
-
 
 _PHASE: dict[State, Phase] = {
     State.IDLE: "idle",
@@ -87,7 +40,7 @@ _PHASE: dict[State, Phase] = {
 
 
 class StateLink(Protocol):
-    """The part of ``agent.mqtt.MqttLink`` the reporter uses."""
+    """The part of ``agent.delivery.mqtt.MqttLink`` the reporter uses."""
 
     def publish(self, msg: OutgoingMessage, on_ack: Callable[[], None] | None = None) -> bool: ...
 

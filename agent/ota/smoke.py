@@ -29,8 +29,8 @@ import numpy.typing as npt
 
 from agent.config import ModelSection
 from agent.errors import EdgeAgentError, InferenceError, ModelError, UpdateError
-from agent.manifest import Manifest, TensorSpec
-from agent.runtime import Model, TensorInfo, load_model
+from agent.model.runtime import Model, TensorInfo, load_model
+from agent.release.manifest import Manifest, TensorSpec
 
 log = logging.getLogger(__name__)
 

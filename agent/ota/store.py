@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import PackageError, UpdateError
-from agent.manifest import MODEL_FILENAME, Manifest, Version, parse_manifest
 from agent.ota.files import atomic_symlink, atomic_write_json, fsync_dir, read_json, remove_link
-from agent.package import (
+from agent.release.manifest import MODEL_FILENAME, Manifest, Version, parse_manifest
+from agent.release.package import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_BYTES,

@@ -27,9 +27,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent.config import Config
+from agent.delivery.mqtt import OutgoingMessage
 from agent.errors import EdgeAgentError, PackageError, UpdateError
 from agent.metrics import Metrics
-from agent.mqtt import OutgoingMessage
+from agent.model.active import ActiveModel
+from agent.model.loading import load_active_model
+from agent.model.runtime import Model
 from agent.ota.boot import load_installed, recover
 from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, VersionFloor
 from agent.ota.download import DownloadSettings, Fetcher, HttpFetcher
@@ -40,11 +43,9 @@ from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
-from agent.package import SignatureFile, check_artifact
-from agent.pipeline import ActiveModel
-from agent.runtime import Model
-from agent.signing import load_trusted_keys
-from agent.topics import Topics
+from agent.release.package import SignatureFile, check_artifact
+from agent.release.signing import load_trusted_keys
+from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ MARK_BAD = frozenset(
 
 
 class UpdaterLink(Protocol):
-    """The part of ``agent.mqtt.MqttLink`` the updater uses."""
+    """The part of ``agent.delivery.mqtt.MqttLink`` the updater uses."""
 
     def subscribe(
         self, topic_filter: str, qos: int, handler: Callable[[str, bytes], None]
@@ -75,7 +76,7 @@ class UpdaterLink(Protocol):
 
 
 class SwappablePipeline(Protocol):
-    """The part of ``agent.pipeline.Pipeline`` the updater uses."""
+    """The part of ``agent.pipeline.threads.Pipeline`` the updater uses."""
 
     @property
     def active(self) -> ActiveModel: ...
@@ -110,10 +111,7 @@ def _probe(model: Model) -> Callable[[], float] | None:
 
 def load_configured_model(cfg: Config) -> ActiveModel:
     """The model ``model.path`` names, ignoring installed OTA versions."""
-    from agent.models import load_active_model
-
-    no_ota = cfg.model_copy(update={"ota": cfg.ota.model_copy(update={"enabled": False})})
-    return load_active_model(no_ota)
+    return load_active_model(cfg)
 
 
 class Updater:

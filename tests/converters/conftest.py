@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.package import Package
-from agent.signing import SigningKey, write_keypair
+from agent.release.package import Package
+from agent.release.signing import SigningKey, write_keypair
 from converters.examples import CLASS_NAMES, SignalSet, signal_dataset, train_classifier
 
 

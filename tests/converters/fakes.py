@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.manifest import (
+from agent.release.manifest import (
     Artifact,
     BuildInfo,
     EncodedArray,

@@ -9,9 +9,9 @@ import pytest
 
 from agent.config import parse_config
 from agent.errors import ModelError
-from agent.models import load_active_model
-from agent.package import Package, make_package, read_package
-from agent.runtime import load_model
+from agent.model.loading import load_active_model
+from agent.model.runtime import load_model
+from agent.release.package import Package, make_package, read_package
 from tests.converters.conftest import Keys
 
 pytestmark = pytest.mark.slow

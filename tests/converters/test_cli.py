@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.package import read_package
+from agent.release.package import read_package
 from converters.cli import EXIT_FAILED, EXIT_VERIFICATION, main
 from tests.converters.conftest import Keys, Trained
 
@@ -203,8 +203,8 @@ def test_golden_failure_is_reported(
     int8_package: object,
 ) -> None:
     """A package whose golden outputs are wrong (signed, so only the smoke test can tell)."""
-    from agent.manifest import EncodedArray
-    from agent.package import Package, make_package
+    from agent.release.manifest import EncodedArray
+    from agent.release.package import Package, make_package
 
     assert isinstance(int8_package, Package)
     m = int8_package.manifest

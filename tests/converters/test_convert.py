@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agent.errors import ConversionError
-from agent.runtime import load_model
+from agent.model.runtime import load_model
 from converters.build import convert_and_verify
 from converters.convert import Mode, convert_keras
 from converters.dataset import InputShape, load_dataset

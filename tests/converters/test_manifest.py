@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent.errors import PackageError
-from agent.manifest import (
+from agent.release.manifest import (
     Announcement,
     EncodedArray,
     GoldenSample,
@@ -18,10 +18,10 @@ from agent.manifest import (
     Targets,
     Version,
     canonical_json,
-    ota_topic,
     parse_manifest,
     rollout_position,
 )
+from agent.wire.topics import ota_topic
 from tests.converters.fakes import fake_manifest
 
 # semver.org section 11, in increasing precedence

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError, PackageError, SignatureError
-from agent.manifest import canonical_json
-from agent.package import (
+from agent.release.manifest import canonical_json
+from agent.release.package import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
     Package,
@@ -22,7 +22,7 @@ from agent.package import (
     verify_package,
     write_package,
 )
-from agent.signing import key_id, load_private_key, load_public_key, verify, write_keypair
+from agent.release.signing import key_id, load_private_key, load_public_key, verify, write_keypair
 from tests.converters.conftest import Keys
 from tests.converters.fakes import fake_manifest
 

@@ -9,9 +9,9 @@ import pytest
 
 from agent.config import MqttSection
 from agent.errors import ConversionError, PackageError
-from agent.manifest import Announcement, Targets, parse_manifest
-from agent.package import Package, make_package, read_package
-from agent.signing import verify
+from agent.release.manifest import Announcement, Targets, parse_manifest
+from agent.release.package import Package, make_package, read_package
+from agent.release.signing import verify
 from converters.publish import next_version, publish_package
 from converters.settings import PublishSettings
 from converters.store import LocalStore, open_store
@@ -60,7 +60,7 @@ def test_publish_uploads_then_announces_retained(
     # the device's view: verify over the manifest string's bytes, then parse
     import base64
 
-    from agent.signing import load_public_key
+    from agent.release.signing import load_public_key
 
     verify(
         ann.manifest_bytes,

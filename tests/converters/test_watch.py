@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.manifest import Announcement, parse_manifest
-from agent.package import read_package
+from agent.release.manifest import Announcement, parse_manifest
+from agent.release.package import read_package
 from converters.settings import WATCH_CONFIG_NAME
 from converters.watch import DropReport, DropWatcher, report_path, version_from_name
 from tests.broker import Broker

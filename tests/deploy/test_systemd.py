@@ -1,4 +1,4 @@
-"""agent.systemd against a real AF_UNIX datagram socket set as NOTIFY_SOCKET."""
+"""agent.app.systemd against a real AF_UNIX datagram socket set as NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import (
+from agent.app.systemd import (
     Heartbeat,
     Notifier,
     WatchdogPinger,
-    child_environ,
     watchdog_interval,
 )
+from agent.ingest.sources.command import child_environ
 from tests.deploy.notify_listener import Message, NotifyListener
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """A stand-in agent process for the watchdog test: ``python -m tests.deploy.watchdog_child MODE``.
 
-It wires ``agent.systemd`` the way the agent does: READY=1 at start, a ``WatchdogPinger`` whose
+It wires ``agent.app.systemd`` the way the agent does: READY=1 at start, a ``WatchdogPinger`` whose
 health check is "inference heartbeat fresh AND network thread alive", STOPPING=1 on the way out
 (when stdin closes). Then it breaks on purpose:
 
@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from agent.systemd import Heartbeat, Notifier, WatchdogPinger
+from agent.app.systemd import Heartbeat, Notifier, WatchdogPinger
 
 RUN_S = 0.5  # healthy time before the fault
 ROUND_S = 0.01  # one simulated inference round

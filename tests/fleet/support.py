@@ -15,7 +15,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.manifest import (
+from agent.release.manifest import (
     Announcement,
     Artifact,
     BuildInfo,
@@ -26,14 +26,14 @@ from agent.manifest import (
     TensorSpec,
     utc_now,
 )
-from agent.ota.report import OtaStateV1, Refusal
+from agent.wire.ota import OtaStateV1, Refusal
 from tests.broker import Broker
 
 WINDOW, CHANNELS = 32, 3
 LABELS = ["normal", "anomaly"]
 
 DEMO = "builtin:demo"
-"""The demo model shipped in the package (agent/demo/model.tflite)."""
+"""The demo model shipped in the package (agent/model/demo/model.tflite)."""
 
 
 def agent_config(

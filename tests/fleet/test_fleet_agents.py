@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from agent.config import MqttSection
+from agent.delivery.mqtt import OutgoingMessage, publish_once
 from agent.fleet.cli import EXIT_ABORTED, EXIT_OK, main
 from agent.fleet.view import DeviceState, watch_fleet
-from agent.manifest import Announcement, utc_now
-from agent.models import demo_model_bytes
-from agent.mqtt import OutgoingMessage, publish_once
-from agent.package import make_package, sign_manifest, write_package
-from agent.signing import generate_keypair, load_private_key
+from agent.model.loading import demo_model_bytes
+from agent.release.manifest import Announcement, utc_now
+from agent.release.package import make_package, sign_manifest, write_package
+from agent.release.signing import generate_keypair, load_private_key
 from tests.agentproc import AgentProcess, write_config
 from tests.broker import Broker
 from tests.fleet.support import agent_config, make_manifest, retained_announcement

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from agent.config import MqttSection
+from agent.delivery.mqtt import OutgoingMessage, publish_once
 from agent.fleet.cli import EXIT_ABORTED, EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, main
-from agent.manifest import Announcement, Targets
-from agent.mqtt import OutgoingMessage, publish_once
-from agent.package import make_package, write_package
+from agent.release.manifest import Announcement, Targets
+from agent.release.package import make_package, write_package
 from tests.broker import Broker
 from tests.fleet.support import (
     SimulatedDevice,

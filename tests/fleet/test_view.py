@@ -13,8 +13,8 @@ from agent.errors import ConfigError
 from agent.fleet.connection import add_broker_args, mqtt_settings
 from agent.fleet.rollout import Outcome, RolloutPolicy, RolloutTracker
 from agent.fleet.view import FleetView, format_table, parse_ota_state
-from agent.manifest import Targets
-from agent.ota.report import OtaStateV1, Refusal
+from agent.release.manifest import Targets
+from agent.wire.ota import OtaStateV1, Refusal
 from tests.agentproc import write_config
 
 

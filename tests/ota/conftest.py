@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.signing import SigningKey
+from agent.release.signing import SigningKey
 from tests.ota import pkgs
 from tests.ota.httpserver import FileServer
 

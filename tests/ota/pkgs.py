@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.manifest import EncodedArray, Manifest, PostprocessSpec, Targets
-from agent.package import Package, make_package
-from agent.signing import SigningKey, load_private_key, write_keypair
+from agent.release.manifest import EncodedArray, Manifest, PostprocessSpec, Targets
+from agent.release.package import Package, make_package
+from agent.release.signing import SigningKey, load_private_key, write_keypair
 from converters.announce import make_announcement
 from converters.dataset import Dataset
 from converters.packaging import PackageSpec, package_model

@@ -12,7 +12,7 @@ from agent.config import Config, parse_config
 from agent.ota import startup_model
 from agent.ota.state import Record, State, StateMachine
 from agent.ota.store import ModelStore
-from agent.package import Package
+from agent.release.package import Package
 from tests.ota import models, pkgs
 from tests.ota.conftest import Keys
 

@@ -12,7 +12,16 @@ import pytest
 
 from agent.config import Config, parse_config
 from agent.errors import UpdateError
-from agent.manifest import (
+from agent.ota.decide import (
+    Decider,
+    Offer,
+    Running,
+    VersionFloor,
+    offer_from_announcement,
+    offer_from_package,
+)
+from agent.ota.store import ModelStore
+from agent.release.manifest import (
     Artifact,
     BuildInfo,
     EncodedArray,
@@ -25,17 +34,8 @@ from agent.manifest import (
     rollout_position,
     utc_now,
 )
-from agent.ota.decide import (
-    Decider,
-    Offer,
-    Running,
-    VersionFloor,
-    offer_from_announcement,
-    offer_from_package,
-)
-from agent.ota.store import ModelStore
-from agent.package import make_package
-from agent.signing import SigningKey
+from agent.release.package import make_package
+from agent.release.signing import SigningKey
 from tests.ota.conftest import Keys
 
 MODEL_BYTES = b"TFL3-not-really-a-model"
@@ -91,7 +91,7 @@ def offer(m: Manifest, key: SigningKey | None, **over: Any) -> Offer:
 
 
 def decider(tmp_path: Path, keys: Keys, cfg: Config | None = None) -> Decider:
-    from agent.signing import load_trusted_keys
+    from agent.release.signing import load_trusted_keys
 
     cfg = cfg or config(tmp_path, keys)
     return Decider(
@@ -288,7 +288,7 @@ def test_matching_preprocess_and_labels_are_fine(tmp_path: Path, keys: Keys) -> 
 
 
 def test_announcement_parsing(keys: Keys) -> None:
-    from agent.manifest import Announcement
+    from agent.release.manifest import Announcement
 
     m = manifest()
     sig = base64.b64encode(keys.release.sign(m.to_bytes())).decode()

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from agent.config import MqttSection
-from agent.manifest import Targets
-from agent.ota.report import OtaStateV1
-from agent.package import Package
+from agent.release.manifest import Targets
+from agent.release.package import Package
+from agent.wire.ota import OtaStateV1
 from converters.publish import publish_package
 from converters.settings import PublishSettings
 from tests.agentproc import AgentProcess, write_config

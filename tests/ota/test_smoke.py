@@ -7,9 +7,9 @@ import pytest
 
 from agent.config import ModelSection
 from agent.errors import UpdateError
-from agent.manifest import TensorSpec
+from agent.model.runtime import load_model
 from agent.ota import smoke
-from agent.runtime import load_model
+from agent.release.manifest import TensorSpec
 from tests.ota import models, pkgs
 from tests.ota.conftest import Keys
 
@@ -57,7 +57,7 @@ def test_a_model_unlike_its_manifest_is_refused(keys: Keys) -> None:
 def test_wrong_golden_shapes_are_refused(keys: Keys) -> None:
     pkg = pkgs.build(models.dense(1), "2.0.0", keys.release)
     g = pkg.manifest.golden[0]
-    from agent.manifest import EncodedArray
+    from agent.release.manifest import EncodedArray
 
     bad = g.model_copy(update={"outputs": [EncodedArray.from_numpy(np.zeros((2,), np.float32))]})
     m = pkg.manifest.model_copy(update={"golden": [bad]})

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import UpdateError
-from agent.manifest import Artifact, Manifest
 from agent.ota.files import atomic_symlink
 from agent.ota.store import ModelStore
+from agent.release.manifest import Artifact, Manifest
 from tests.ota.test_decide import manifest as base_manifest
 
 

@@ -1,0 +1,168 @@
+"""``edge-agent``: the device-side command line.
+
+    edge-agent run [--config config.toml]       run the daemon (no --config: embedded defaults)
+    edge-agent check-config [--config ...]      validate, print the effective config
+    edge-agent inspect MODEL                    tensors, quantisation, ops, size of a .tflite/.eapkg
+    edge-agent predict MODEL --input FILE       one-shot inference, JSON out
+    edge-agent demo                             local broker, agent on defaults, prints predictions
+
+Exit codes: 0 success, 1 failure at run time, 2 bad model or bad input at start, 78 (EX_CONFIG)
+invalid configuration for `run` (systemd does not restart it: retrying cannot help), 2 for
+`check-config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from agent import __version__
+from agent.errors import ConfigError, EdgeAgentError
+
+log = logging.getLogger(__name__)
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="config.toml (default: the embedded defaults: demo model, synthetic source, "
+        "broker on localhost:1883). EDGE_AGENT__TABLE__KEY environment variables override it.",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="On-device ML inference: sensor samples in, predictions out over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the agent (the systemd service runs this)")
+    _add_config(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+
+    p = sub.add_parser("check-config", help="validate a config and print the effective values")
+    _add_config(p)
+
+    p = sub.add_parser("inspect", help="describe a .tflite model or .eapkg package")
+    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--runtime", default="auto", help="auto | litert | tflite-runtime | tensorflow")
+
+    p = sub.add_parser("predict", help="run a model once on an input file and print JSON")
+    p.add_argument("model", type=Path, help="model file (.tflite or .eapkg)")
+    p.add_argument(
+        "--input",
+        "-i",
+        type=Path,
+        required=True,
+        help=".npy, .npz (one array per input name), .json or .csv with the input values "
+        "(float; quantised with the input tensor's own scale/zero-point)",
+    )
+    p.add_argument("--runtime", default="auto", help="auto | litert | tflite-runtime | tensorflow")
+
+    p = sub.add_parser(
+        "demo", help="start a local broker and the agent on its defaults; show predictions"
+    )
+    p.add_argument("--seconds", type=float, default=0, help="stop after N seconds (0: Ctrl-C)")
+    p.add_argument("--count", type=int, default=0, help="stop after N predictions (0: no limit)")
+    p.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="auto: a broker on localhost:1883, else a private Mosquitto, else amqtt",
+    )
+    return parser
+
+
+def _model_bytes(path: Path) -> bytes:
+    from agent.model.loading import read_model_source
+
+    data = read_model_source(str(path))
+    if path.suffix == ".eapkg":
+        from agent.release.package import read_package
+
+        return read_package(data).model
+    return data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.app.logs import setup_logging
+    from agent.app.service import EXIT_CONFIG, Agent
+    from agent.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(args.log_level or cfg.agent.log_level, cfg.agent.log_format)
+    agent = Agent(cfg, args.config)
+    agent.install_signal_handlers()
+    return agent.run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    print(f"{args.config or 'embedded defaults'}: OK", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from agent.model.modelinfo import describe_model, format_description
+
+    d = describe_model(_model_bytes(args.model), runtime=args.runtime, path=str(args.model))
+    print(json.dumps(d, indent=2) if args.json else format_description(d))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from agent.model.modelinfo import predict_file
+
+    out = predict_file(_model_bytes(args.model), args.input, runtime=args.runtime)
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.app.demo import run_demo
+
+    return run_demo(seconds=args.seconds, count=args.count, broker=args.broker)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "inspect": cmd_inspect,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeAgentError as exc:
+        print(f"edge-agent {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

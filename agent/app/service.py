@@ -1,0 +1,266 @@
+"""The daemon: builds the pipeline from config, runs it, and handles its lifecycle.
+
+- SIGTERM / SIGINT: stop the sources, finish the in-flight windows, commit everything to the
+  spool, publish retained ``offline``, exit 0 — within ``agent.shutdown_timeout_s`` (< 5 s).
+- SIGHUP: read the config again; if it is valid, rebuild the pipeline with it (the spool keeps
+  whatever was not yet delivered); if not, log every problem and keep running as before.
+- A model that is missing, corrupt or does not fit the pipeline is a start-up error (exit 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from agent.app.systemd import Notifier, WatchdogPinger
+from agent.config import Config, load_config, read_password
+from agent.delivery.mqtt import MqttLink, OutgoingMessage
+from agent.delivery.publisher import Publisher
+from agent.delivery.spool import Spool
+from agent.errors import ConfigError, EdgeAgentError
+from agent.ingest.sources import SourceContext
+from agent.metrics import Metrics
+from agent.model.active import ActiveModel
+from agent.model.loading import load_active_model
+from agent.observe.wiring import Observability
+from agent.pipeline.threads import Pipeline
+from agent.wire.topics import OFFLINE, ONLINE, Topics
+
+if TYPE_CHECKING:  # imported when OTA is enabled: cryptography and the manifests cost ~10 MB
+    from agent.ota import Updater
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_STARTUP = 2
+EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus (retrying cannot help)
+STALL_S = 10.0  # no inference-loop pass for this long = hung: withhold watchdog pings
+
+
+@dataclass
+class Running:
+    """The live components of one configuration."""
+
+    cfg: Config
+    topics: Topics
+    link: MqttLink
+    spool: Spool
+    publisher: Publisher
+    pipeline: Pipeline
+    updater: Updater | None = None
+
+
+class Agent:
+    def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()  # set with either of the two above
+        self.running: Running | None = None
+        self.ready = threading.Event()
+        self.notifier = Notifier.from_environ()
+        self.stall_s = STALL_S
+        self._pinger: WatchdogPinger | None = None
+        self.observability: Observability | None = None  # metrics/HTTP API/HA (observability.py)
+
+    # ---------------------------------------------------------------- control
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            self.request_stop()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            log.info("SIGHUP: reloading config")
+            self.request_reload()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @staticmethod
+    def _startup_model(cfg: Config) -> ActiveModel:
+        """With OTA on, an installed version (``<state_dir>/models/current``) wins over
+        ``model.path``; ``startup_model`` also finishes or rolls back an interrupted update."""
+        if cfg.ota.enabled:
+            from agent.ota import startup_model
+
+            installed = startup_model(cfg)
+            if installed is not None:
+                return installed
+        return load_active_model(cfg)
+
+    def build(self, cfg: Config) -> Running:
+        """Load the model and wire every component (raises EdgeAgentError on start-up errors)."""
+        topics = Topics(cfg.mqtt.topic_prefix, cfg.agent.device_id)
+        active = self._startup_model(cfg)
+        password = read_password(cfg.mqtt)
+        link = MqttLink(
+            cfg.mqtt,
+            cfg.agent.device_id,
+            will=OutgoingMessage(topics.status, OFFLINE, 1, True),
+            birth=[OutgoingMessage(topics.status, ONLINE, 1, True)],
+            password=password,
+        )
+        spool = Spool(cfg.spool_path(), cfg.queue.max_messages)
+        publisher = Publisher(
+            link,
+            spool,
+            cfg.agent.device_id,
+            cfg.mqtt.qos,
+            self.metrics,
+            batch=cfg.mqtt.batch,
+            window=cfg.mqtt.max_inflight,
+        )
+        ctx = SourceContext(metrics=self.metrics, subscriber=link)
+        try:
+            pipeline = Pipeline(cfg, active, publisher, self.metrics, topics, ctx)
+            updater = None
+            if cfg.ota.enabled:
+                from agent.ota import Updater
+
+                updater = Updater(cfg, link, pipeline, self.metrics, topics)
+        except EdgeAgentError:
+            spool.close()
+            raise
+        return Running(cfg, topics, link, spool, publisher, pipeline, updater)
+
+    def start(self, r: Running) -> None:
+        r.link.start()
+        r.publisher.start()
+        r.pipeline.start()
+        if r.updater is not None:
+            r.updater.start()
+        self.running = r
+        self.metrics.set("model_version", r.pipeline.active.version)
+        log.info(
+            "edge-agent %s running model %s %s (%s) for device %s -> %s:%s",
+            _version(),
+            r.pipeline.active.name,
+            r.pipeline.active.version,
+            r.pipeline.active.model.runtime_name,
+            r.cfg.agent.device_id,
+            r.cfg.mqtt.host,
+            r.cfg.mqtt.port,
+        )
+        # -- observability: metrics reporter, HTTP API, Home Assistant discovery (never raises)
+        self.observability = Observability.start(self, r)
+        self.ready.set()
+        # -- systemd: READY once the model is loaded and the pipeline runs; watchdog pings only
+        # while the inference loop makes passes and the MQTT and publisher threads are alive
+        self.notifier.ready(self.summary())
+        self._pinger = WatchdogPinger(self.notifier, self.healthy, status=self.summary)
+        self._pinger.start()
+
+    def healthy(self) -> bool:
+        """The pipeline is really making progress (what the systemd watchdog is fed from)."""
+        r = self.running
+        if r is None:
+            return False
+        p = r.pipeline
+        # every source ended (a replay file without loop): idle, not hung
+        inference_ok = p.finished.is_set() or (
+            time.monotonic() - p.heartbeat < self.stall_s and p.inference_alive()
+        )
+        return inference_ok and r.link.thread_alive() and r.publisher.alive()
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        r = self.running
+        if r is None:
+            return "starting"
+        m = self.metrics
+        return (
+            f"model {r.pipeline.active.name} {r.pipeline.active.version}; "
+            f"mqtt {'up' if r.link.connected else 'down'}; "
+            f"{m.counter('predictions_out')} predictions; queue {r.spool.depth}"
+        )
+
+    def shutdown(self, r: Running, final_status: bool) -> None:
+        budget = r.cfg.agent.shutdown_timeout_s
+        if final_status:
+            self.notifier.stopping("stopping")
+        if self._pinger is not None:
+            self._pinger.stop(timeout=1.0)
+            self._pinger = None
+        # -- observability first: no new on-demand work, no reports from a stopping agent
+        if self.observability is not None:
+            self.observability.stop()
+            self.observability = None
+        t0 = time.monotonic()
+        if r.updater is not None:
+            r.updater.stop(timeout=budget * 0.2)
+        r.pipeline.stop(timeout=budget * 0.4)
+        r.publisher.stop(timeout=max(0.1, budget * 0.8 - (time.monotonic() - t0)))
+        final = [OutgoingMessage(r.topics.status, OFFLINE, 1, True)] if final_status else []
+        r.link.stop(final, timeout=max(0.1, budget - (time.monotonic() - t0)))
+        r.spool.close()
+        log.info("stopped in %.2fs (%d message(s) queued)", time.monotonic() - t0, r.spool.depth)
+        if final_status:
+            self.notifier.close()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        cfg = self.cfg
+        try:
+            r = self.build(cfg)
+        except EdgeAgentError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_STARTUP
+        self.start(r)
+        while True:
+            while not self._wake.wait(1.0):
+                pass
+            self._wake.clear()
+            if self._stop.is_set():
+                self.shutdown(r, final_status=True)
+                return EXIT_OK
+            self._reload.clear()
+            new_cfg = self._reread()
+            if new_cfg is None:
+                continue
+            self.notifier.reloading()
+            self.shutdown(r, final_status=False)
+            try:
+                r = self.build(new_cfg)
+            except EdgeAgentError as exc:
+                log.error("reloaded config cannot start (%s); keeping the previous one", exc)
+                r = self.build(cfg)
+            else:
+                cfg = self.cfg = new_cfg
+            self.start(r)
+
+    def _reread(self) -> Config | None:
+        try:
+            return load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded:\n%s", exc)
+            return None
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__

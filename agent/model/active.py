@@ -1,0 +1,18 @@
+"""The model the agent serves: a loaded interpreter plus the release it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.model.runtime import Model
+
+
+@dataclass
+class ActiveModel:
+    """A loaded model plus what the pipeline needs to run it."""
+
+    model: Model
+    name: str
+    version: str
+    labels: list[str] = field(default_factory=list)
+    sha256: str = ""

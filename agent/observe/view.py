@@ -1,0 +1,160 @@
+"""The running agent seen from outside: health, status, metrics and on-demand predictions.
+
+``RunningAgentView`` implements ``agent.observe.httpapi.AgentView`` on the live components
+(``Running``: ``agent.app.service.Running`` fits) and builds the ``MetricsV1`` snapshot that the
+metrics reporter publishes and ``/metrics`` renders. It reads the agent's *current* ``Running`` on
+every call, so it stays right across a SIGHUP reload.
+
+Health: *live* when the inference thread, the publisher and the MQTT link thread run (an
+inference thread that finished because every source ended counts as live) and the inference
+loop's heartbeat is recent; *ready* once the agent has started. A broker outage does not make
+the agent unready: predictions are queued, and on-demand inference works offline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.errors import EdgeAgentError
+from agent.metrics import Metrics
+from agent.observe.telemetry import (
+    LinuxProcessStats,
+    ProcessStats,
+    RateMeter,
+    build_metrics,
+    render_prometheus,
+)
+from agent.wire.metrics import MetricsV1
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.delivery.mqtt import MqttLink
+    from agent.delivery.publisher import Publisher
+    from agent.delivery.spool import Spool
+    from agent.pipeline.threads import Pipeline
+    from agent.wire.topics import Topics
+
+HEARTBEAT_STALE_S = 30.0
+"""An inference loop that has not come round for this long is considered stuck."""
+
+
+class Running(Protocol):
+    """The live components of one configuration that the view reads
+    (``agent.app.service.Running`` fits)."""
+
+    cfg: Config
+    topics: Topics
+    link: MqttLink
+    spool: Spool
+    publisher: Publisher
+    pipeline: Pipeline
+
+
+class AgentLike(Protocol):
+    """The part of ``agent.app.service.Agent`` the view reads."""
+
+    cfg: Config
+    metrics: Metrics
+    ready: threading.Event
+
+    @property
+    def running(self) -> Running | None: ...
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__
+
+
+class RunningAgentView:
+    def __init__(self, agent: AgentLike, process: ProcessStats | None = None) -> None:
+        self._agent = agent
+        self._process = process or LinuxProcessStats()
+        self._rates = RateMeter(agent.metrics.started)
+
+    def _running(self) -> Running:
+        r = self._agent.running
+        if r is None:
+            raise EdgeAgentError("the agent is not running")
+        return r
+
+    # ---------------------------------------------------------------- metrics
+
+    def collect(self) -> MetricsV1:
+        """One snapshot of the agent's metrics (the MQTT payload and the /metrics source)."""
+        r = self._running()
+        active = r.pipeline.active
+        return build_metrics(
+            self._agent.metrics,
+            device=r.cfg.agent.device_id,
+            groups=r.cfg.agent.groups,
+            ota_channels=r.cfg.ota.channels if r.cfg.ota.enabled else (),
+            agent_version=_version(),
+            model_name=active.name,
+            model_version=active.version,
+            link=r.link,
+            queue_depth=r.spool.depth,
+            rates=self._rates,
+            process=self._process,
+        )
+
+    def metrics_text(self) -> str:
+        return render_prometheus(self.collect())
+
+    # ---------------------------------------------------------------- health & status
+
+    def _checks(self, r: Running) -> dict[str, bool]:
+        p = r.pipeline
+        inference = p.inference_alive() or p.finished.is_set()
+        fresh = p.finished.is_set() or time.monotonic() - p.heartbeat < HEARTBEAT_STALE_S
+        return {
+            "inference": inference and fresh,
+            "publisher": r.publisher.alive(),
+            "mqtt_link": r.link.thread_alive(),
+            "mqtt_connected": r.link.connected,
+        }
+
+    def health(self) -> dict[str, Any]:
+        r = self._agent.running
+        if r is None:
+            return {"status": "starting", "live": True, "ready": False, "checks": {}}
+        checks = self._checks(r)
+        live = checks["inference"] and checks["publisher"] and checks["mqtt_link"]
+        ready = self._agent.ready.is_set()
+        status = "ok" if live and ready else ("starting" if live else "unhealthy")
+        return {"status": status, "live": live, "ready": ready, "checks": checks}
+
+    def status(self) -> dict[str, Any]:
+        r = self._running()
+        active = r.pipeline.active
+        cfg = r.cfg
+        return {
+            "device": cfg.agent.device_id,
+            "groups": list(cfg.agent.groups),
+            "agent_version": _version(),
+            "health": self.health(),
+            "model": {
+                "name": active.name,
+                "version": active.version,
+                "sha256": active.sha256,
+                "runtime": active.model.runtime_name,
+                "labels": list(active.labels),
+            },
+            "input": {"window": cfg.window.length, "channels": cfg.channels},
+            "mqtt": {
+                "host": cfg.mqtt.host,
+                "port": cfg.mqtt.port,
+                "connected": r.link.connected,
+                "reconnects": r.link.reconnects,
+                "last_error": r.link.last_error,
+            },
+            "metrics": self.collect().model_dump(mode="json"),
+        }
+
+    # ---------------------------------------------------------------- inference
+
+    def predict(self, samples: object, stream: str) -> dict[str, Any]:
+        return self._running().pipeline.predict_window(samples, stream)

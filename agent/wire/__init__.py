@@ -1,0 +1,37 @@
+"""Every versioned payload on the wire (one base class, ``Wire``) and the topics they go to.
+
+The hot path builds prediction JSON from plain dicts (``prediction_dict``); tests validate
+that output against these models. docs/payloads.md documents each one.
+"""
+
+from agent.wire.base import Wire
+from agent.wire.metrics import METRICS_SCHEMA, LatencyMs, MetricsV1, MqttStats, QueueStats, Rates
+from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal
+from agent.wire.predictions import (
+    PREDICTION_SCHEMA,
+    ModelRef,
+    PredictionBatchV1,
+    PredictionV1,
+    prediction_dict,
+)
+from agent.wire.topics import Topics
+
+__all__ = [
+    "METRICS_SCHEMA",
+    "PREDICTION_SCHEMA",
+    "DownloadProgress",
+    "LatencyMs",
+    "MetricsV1",
+    "ModelRef",
+    "MqttStats",
+    "OtaStateV1",
+    "Phase",
+    "PredictionBatchV1",
+    "PredictionV1",
+    "QueueStats",
+    "Rates",
+    "Refusal",
+    "Topics",
+    "Wire",
+    "prediction_dict",
+]

@@ -1,0 +1,50 @@
+"""The OTA state a device reports, retained on ``<prefix>/<device>/ota`` (docs/ota.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from agent.wire.base import Wire
+
+Phase = Literal["idle", "downloading", "verifying", "staged", "active", "rolled_back", "failed"]
+
+
+class DownloadProgress(Wire):
+    bytes: int = Field(ge=0, description="Bytes of the model downloaded so far.")
+    total: int = Field(ge=0, description="The model's size from the signed manifest.")
+
+
+class Refusal(Wire):
+    version: str | None = Field(description="Version offered (null if the offer was unreadable).")
+    reason: str = Field(description="Stable label, e.g. bad_signature, version_rollback.")
+    detail: str = Field(description="Human-readable explanation.")
+    source: str | None = Field(description="channel:<name> or incoming:<file>.")
+    at: float = Field(description="When it was refused (epoch seconds).")
+
+
+class OtaStateV1(Wire):
+    v: Literal[1] = Field(1, description="Payload schema version.")
+    device: str = Field(description="Device id.")
+    model: str = Field(description="Model name (the OTA channel's model).")
+    state: Phase = Field(description="Where the update path is.")
+    version: str | None = Field(
+        description="The version this state is about: being downloaded/verified/staged, "
+        "active, rolled back from, or failed."
+    )
+    running: str = Field(description="The version serving predictions now.")
+    previous: str | None = Field(
+        None, description="The version a rollback returns to (null: the configured model)."
+    )
+    source: str | None = Field(None, description="Where the update came from.")
+    reason: str | None = Field(None, description="Why it failed or was rolled back.")
+    detail: str | None = Field(None, description="Human-readable details of the reason.")
+    progress: DownloadProgress | None = Field(None, description="While downloading.")
+    health: Literal["watching", "passed"] | None = Field(
+        None, description="For 'active': still in the health window, or through it."
+    )
+    refusal: Refusal | None = Field(
+        None, description="The most recent offer refused since the agent started."
+    )
+    ts: float = Field(description="When this report was made (epoch seconds).")

@@ -1,0 +1,65 @@
+"""Wire payloads: versioned pydantic models of everything the agent publishes.
+
+These models are the documentation (docs/payloads.md) and what tests and the fleet tool parse
+with. The hot path builds the same JSON from plain dicts (``prediction_dict``) to save the cost
+of a model instance per prediction; tests validate that output against these models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from agent.wire.base import Wire
+
+PREDICTION_SCHEMA = 1
+
+
+class ModelRef(Wire):
+    name: str = Field(description="Model name.")
+    version: str = Field(description="Model version that produced this prediction.")
+
+
+class PredictionV1(Wire):
+    v: Literal[1] = Field(1, description="Payload schema version.")
+    seq: int = Field(
+        ge=0,
+        description="Per-device sequence number: +1 for every prediction, never reused, kept "
+        "across restarts. Subscribers de-duplicate on it and spot gaps.",
+    )
+    device: str = Field(description="Device id.")
+    model: ModelRef
+    stream: str = Field(description="Source stream the window came from.")
+    ts: float = Field(description="Timestamp (epoch seconds) of the window's last sample.")
+    outputs: dict[str, Any] = Field(description="Postprocessed outputs (docs/payloads.md).")
+    latency_ms: float = Field(description="Inference latency (preprocess + invoke), ms.")
+
+
+class PredictionBatchV1(Wire):
+    v: Literal[1] = 1
+    device: str
+    batch: list[PredictionV1] = Field(description="Several predictions, in sequence order.")
+
+
+def prediction_dict(
+    seq: int,
+    device: str,
+    model_name: str,
+    model_version: str,
+    stream: str,
+    ts: float,
+    outputs: dict[str, Any],
+    latency_ms: float,
+) -> dict[str, Any]:
+    """The JSON object of ``PredictionV1``, built without a model instance."""
+    return {
+        "v": PREDICTION_SCHEMA,
+        "seq": seq,
+        "device": device,
+        "model": {"name": model_name, "version": model_version},
+        "stream": stream,
+        "ts": ts,
+        "outputs": outputs,
+        "latency_ms": latency_ms,
+    }
