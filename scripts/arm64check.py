@@ -31,7 +31,7 @@ from tests.broker import Broker
 from tests.mqttclient import Collector
 
 WINDOW, HOP, CHANNELS = 32, 16, 3
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "agent" / "demo" / "model.tflite"
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "agent" / "model" / "demo" / "model.tflite"
 
 
 def write_models(out: Path) -> list[str]:
@@ -54,7 +54,7 @@ def write_models(out: Path) -> list[str]:
             np.save(out / f"{zm.name}.npy", zm.example[0])
         else:
             # .npz: one array per input, by the model's input names
-            from agent.runtime import load_model
+            from agent.model.runtime import load_model
 
             model = load_model(zm.content)
             arrays = {spec.name: x for spec, x in zip(model.inputs, zm.example, strict=True)}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def requirements(machine: str, python: str, tests: bool = False) -> list[str]:
@@ -29,7 +29,7 @@ def requirements(machine: str, python: str, tests: bool = False) -> list[str]:
     lines = list(doc["project"]["dependencies"]) + list(doc["build-system"]["requires"])
     if tests:  # the suite's tools (not the linters) and the demo's pure-Python broker
         extras = doc["project"]["optional-dependencies"]
-        lines += [r for r in extras["test"] if not r.startswith(("mypy", "ruff"))]
+        lines += [r for r in extras["test"] if not r.startswith(("mypy", "ruff", "import-linter"))]
         lines += extras["demo"]
     env = {"platform_machine": machine, "python_version": python, "sys_platform": "linux"}
     out = []
