@@ -295,6 +295,12 @@ if [ -z "$skip_venv" ] || [ -n "$explain" ]; then
 fi
 
 if [ -n "$explain" ]; then
+    for spec in $as_list; do
+        case $spec in
+        *,*.*,2.*) ;;
+        *) die "--as $spec: give MACHINE,PYTHON,GLIBC, e.g. aarch64,3.13,2.41" ;;
+        esac
+    done
     probe_venv
     if [ -z "$as_list" ]; then
         m=$(this_machine)
