@@ -196,6 +196,11 @@ probe() {
     fi
     probe_error=$(printf '%s\n' "$probe_out" | grep -v '^WARNING' | grep . | tail -n 1)
     case $probe_out in
+    # pip also says "no matching distribution" when it never reached the index: that is no
+    # answer, not a missing wheel.
+    *"NewConnectionError"* | *"Failed to establish"* | *"Temporary failure in name resolution"* | \
+        *"Could not fetch URL"* | *"ProxyError"* | *"SSLError"*)
+        probe_error="pip could not reach the package index ($probe_error)" ;;
     *"No matching distribution"* | *"Could not find a version"*) probe_missing=1 ;;
     esac
     return 1

@@ -23,6 +23,7 @@ def test_append_read_delete_in_order(tmp_path: Path) -> None:
     assert [m.payload for m in sp.read_after(0, 10)] == [b"m1", b"m3", b"m4"]
     assert sp.depth == 3
     assert [m.payload for m in sp.read_after(msgs[1].id, 10)] == [b"m3", b"m4"]
+    sp.close()  # an unclosed connection is a ResourceWarning on Python 3.13
 
 
 def test_survives_reopen_with_sequence_and_ids(tmp_path: Path) -> None:
@@ -38,6 +39,7 @@ def test_survives_reopen_with_sequence_and_ids(tmp_path: Path) -> None:
     assert [m.payload for m in left] == [b"m3", b"m4"]
     new, _ = sp.append(rows(1, 5), next_seq=6)
     assert new[0].id > left[-1].id  # ids are never reused, even after deletes and reopen
+    sp.close()
 
 
 def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
@@ -49,7 +51,9 @@ def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert sp.dropped_total == 2
     assert [m.payload for m in sp.read_after(0, 10)] == [b"m2", b"m3", b"m4", b"m5"]
     sp.close()
-    assert Spool(tmp_path / "q.db").dropped_total == 2
+    reopened = Spool(tmp_path / "q.db")
+    assert reopened.dropped_total == 2
+    reopened.close()
 
 
 @settings(max_examples=40, deadline=None)
