@@ -340,3 +340,23 @@ def test_python_override_and_explain_options_are_checked(tmp_path: Path) -> None
     assert "/nope/py not found" in err
     err = run_failing(DEPLOY / "install.sh", "--explain-python", "--as", "aarch64,3.13")
     assert "give MACHINE,PYTHON,GLIBC" in err
+
+
+@pytest.mark.slow
+def test_unreachable_index_is_not_taken_for_missing_wheels(tmp_path: Path) -> None:
+    """pip says "no matching distribution" also when it never reached the index: install.sh
+    stops and says so instead of going to the managed Python for a wrong reason."""
+    agent = make_wheel(tmp_path, "1.0.0", requires=("edge-test-runtime>=1",))
+    unreachable = {
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",  # discard port: nothing listens
+        "PIP_FIND_LINKS": "",
+        "PIP_EXTRA_INDEX_URL": "",
+        "PIP_RETRIES": "1",  # pip names the connection error when it retries (default 5)
+        "PIP_TIMEOUT": "2",
+    }
+    root = tmp_path / "root"
+    args = ["--no-systemctl", "--device-id", "a", "--wheel", str(agent)]
+    err = run_failing(DEPLOY / "install.sh", "--destdir", str(root), *args, env=unreachable)
+    assert "pip could not reach the package index" in err, err
+    assert not (root / "opt/edge-agent/python").exists()
+    assert not (root / "opt/edge-agent/venv").exists()
