@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import select
 import socket
 import ssl
@@ -33,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.config import MqttSection
 from agent.errors import PublishError
 
@@ -65,24 +65,6 @@ class Message(Protocol):
 
     @property
     def retain(self) -> bool: ...
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter: delay in [base/2, base], base doubling."""
-
-    def __init__(self, minimum: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self._attempt = 0
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
-
-    def next_delay(self) -> float:
-        base = min(self.maximum, self.minimum * float(2**self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return float(base * (0.5 + 0.5 * self._rng.random()))
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
