@@ -148,9 +148,11 @@ class Agent:
         return Running(cfg, topics, link, spool, publisher, pipeline, updater)
 
     def start(self, r: Running) -> None:
-        r.link.start()
+        # the pipeline first: its MQTT sources subscribe before the link connects, so the
+        # link announces 'online' only once those subscriptions are acknowledged
         r.publisher.start()
         r.pipeline.start()
+        r.link.start()
         if r.updater is not None:
             r.updater.start()
         self.running = r
