@@ -71,6 +71,20 @@ INT_RANGES = {
     "int16": (-32768, 32767),
 }
 _STATE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
+_RESOURCE_OPS = _STATE_OPS | {"CALL_ONCE"}  # CALL_ONCE runs the variables' init subgraph
+# Ops that may keep state in *variable* tensors (old-style streaming: SVDF, LSTMs, RNNs)
+_VARIABLE_OPS = frozenset(
+    {
+        "SVDF",
+        "LSTM",
+        "RNN",
+        "UNIDIRECTIONAL_SEQUENCE_LSTM",
+        "UNIDIRECTIONAL_SEQUENCE_RNN",
+        "BIDIRECTIONAL_SEQUENCE_LSTM",
+        "BIDIRECTIONAL_SEQUENCE_RNN",
+        "DELEGATE",  # a delegated node hides its op: ask the flatbuffer
+    }
+)
 # np.clip is a Python wrapper costing ~3 us on a tiny array; its ufunc costs ~1 us.
 _core = getattr(np, "_core", None) or getattr(np, "core", None)
 fast_clip: Callable[..., Any] = getattr(getattr(_core, "umath", None), "clip", None) or np.clip
@@ -656,12 +670,48 @@ class Model:
         """Builtin op names the model uses, sorted."""
         return sorted(self.op_counts())
 
-    @property
+    @functools.cached_property
     def stateful(self) -> bool:
-        """True when the model keeps state between invokes (resource or variable tensors)."""
+        """True when the model keeps state between invokes (resource or variable tensors).
+
+        Read from the running interpreter's own node list when that decides it (resource
+        variable ops, or only ops that keep no state), so the streaming pipeline does not pay
+        the flatbuffer schema module's import (~4 MB RSS); else from the flatbuffer."""
+        names = self._node_names()
+        if names is not None:
+            if _RESOURCE_OPS & names:
+                return True
+            if not _VARIABLE_OPS & names:
+                return False
         if _STATE_OPS & set(self.op_counts()):
             return True
         return self._schema is not None and variable_tensors(self._content, self._schema) > 0
+
+    def _node_names(self) -> set[str] | None:
+        """Op names of the subgraph that runs (None when the runtime cannot say)."""
+        if self._subgraph(self._interp) != 0:
+            return None
+        try:
+            return {str(d["op_name"]) for d in self._interp._get_ops_details()}
+        except (AttributeError, KeyError, RuntimeError, ValueError):
+            return None
+
+    def memory_estimate(self) -> int:
+        """Bytes one more interpreter of this model may take: the model bytes plus every
+        tensor of the running subgraph (an upper bound on its arena; constant tensors point
+        into the model). What a per-stream interpreter of a stateful model is charged."""
+        total = self.size
+        try:
+            details = self._interp.get_tensor_details()
+        except (AttributeError, RuntimeError, ValueError):
+            return 4 * total
+        for d in details:
+            try:
+                item = np.dtype(d["dtype"]).itemsize
+            except TypeError:
+                continue
+            total += int(np.prod(d["shape"])) * item
+        return total
 
     def __repr__(self) -> str:
         return (
