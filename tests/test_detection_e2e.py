@@ -93,6 +93,6 @@ def test_detection_events_on_a_recording(tmp_path: Path, broker: Broker) -> None
     got = [(o.label, o.start_sample, o.end_sample) for o in outs if o.type == "event"]
     assert got == EXPECTED
     assert len(preds) == len(EXPECTED)  # no heartbeat configured: events only
-    for p, (_, start, end) in zip(preds, EXPECTED, strict=True):
+    for p, (_, _, end) in zip(preds, EXPECTED, strict=True):
         assert p.sample == end - LENGTH  # the newest averaged window's first sample
         assert p.stream == "mic"

@@ -97,7 +97,7 @@ def test_per_label_thresholds_and_ignored_labels() -> None:
 
 def test_two_labels_rising_together_make_one_message_strongest_first() -> None:
     post = _post(average_windows=1, threshold=0.3)
-    (i, p), *_ = _feed(post, [(0.0, 0.45, 0.55)])
+    ((_, p),) = _feed(post, [(0.0, 0.45, 0.55)])
     assert p["label"] == "no" and [o["label"] for o in p["others"]] == ["yes"]
 
 
