@@ -103,6 +103,15 @@ def describe_model(
         "signatures": {n: _io(m) for n, m in models.items()},
         "ops": dict(sorted(counts.items())),
         "op_total": sum(counts.values()),
+        "subgraphs": [
+            {
+                "index": sub.index,
+                "name": sub.name,
+                "ops": dict(sorted(sub.ops.items())),
+                "op_total": sum(sub.ops.values()),
+            }
+            for sub in ref.subgraph_ops()
+        ],
         "stateful": ref.stateful,
     }
 
@@ -135,7 +144,13 @@ def format_description(d: Mapping[str, Any]) -> str:
     lines = [
         f"{d.get('path') or 'model'}: {d['size']:,} bytes, sha256 {d['sha256']}",
         f"runtime {d['runtime']}"
-        + (", stateful (keeps variables between calls)" if d["stateful"] else ""),
+        + (
+            "; STATEFUL: keeps state (variables) between invokes. `run` gives every stream "
+            "its own interpreter (window.max_streams, model.stream_state_limit_mb); `predict` "
+            "starts each example fresh unless --carry-state, --stream carries it (docs/fidelity.md)"
+            if d["stateful"]
+            else ""
+        ),
     ]
     sigs = d["signatures"]
     if d["inputs"] or d["outputs"]:
@@ -148,9 +163,20 @@ def format_description(d: Mapping[str, Any]) -> str:
         for name, io in sigs.items():
             lines += ["", f"signature {name}"]
             lines += _io_lines(" inputs", io["inputs"]) + _io_lines(" outputs", io["outputs"])
-    ops = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in d["ops"].items())
-    lines += ["", f"ops ({d['op_total']} in total): {ops}"]
+    subs = d.get("subgraphs") or []
+    if len(subs) > 1:
+        lines += ["", f"ops per subgraph ({len(subs)} subgraphs):"]
+        for sub in subs:
+            name = f" {sub['name']}" if sub["name"] else ""
+            lines.append(f"  subgraph {sub['index']}{name} ({sub['op_total']}): {_ops(sub['ops'])}")
+        lines.append(f"  all subgraphs ({d['op_total']} in total): {_ops(d['ops'])}")
+    else:
+        lines += ["", f"ops ({d['op_total']} in total): {_ops(d['ops'])}"]
     return "\n".join(lines)
+
+
+def _ops(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items()) or "none"
 
 
 # --------------------------------------------------------------------------- predict

@@ -56,7 +56,14 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import InferenceError, ModelError, RuntimeUnavailable, ShapeMismatch
-from agent.model.tflite_graph import WrappedTensor, float_io, op_counts, variable_tensors
+from agent.model.tflite_graph import (
+    SubgraphOps,
+    WrappedTensor,
+    float_io,
+    op_counts,
+    subgraph_ops,
+    variable_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -648,6 +655,13 @@ class Model:
                 names = (str(d["op_name"]) for d in interp._get_ops_details())
                 self._op_counts = dict(Counter(n for n in names if n != "DELEGATE"))
         return dict(self._op_counts)
+
+    def subgraph_ops(self) -> list[SubgraphOps]:
+        """Op counts per subgraph (index, name, ops). Without the runtime's flatbuffer schema
+        module: the main subgraph's nodes only, as ``op_counts`` then gives them."""
+        if self._schema is not None:
+            return subgraph_ops(self._content, self._schema)
+        return [SubgraphOps(0, "", self.op_counts())]
 
     @property
     def content(self) -> bytes:

@@ -138,3 +138,19 @@ def test_a_recording_without_stream_says_how_to_window_it(tmp_path: Path) -> Non
     np.save(tmp_path / "rec.npy", np.zeros((100, CHANNELS), np.float32))
     res = cli("predict", str(zoo.path), "-i", str(tmp_path / "rec.npy"))
     assert res.returncode == 2 and "--stream" in res.stderr
+
+
+def test_inspect_shows_ops_per_subgraph_and_flags_a_stateful_model() -> None:
+    zoo = streaming_model()
+    res = cli("inspect", str(zoo.path), "--json")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["stateful"] is True
+    subs = d["subgraphs"]
+    assert len(subs) == 2
+    assert sum(s["op_total"] for s in subs) == d["op_total"]
+    assert subs[0]["ops"]["CALL_ONCE"] == 1 and "CALL_ONCE" not in subs[1]["ops"]
+    table = cli("inspect", str(zoo.path)).stdout
+    assert "STATEFUL" in table and "ops per subgraph (2 subgraphs)" in table
+    plain = cli("inspect", str(tiny_classifier("int8").path)).stdout
+    assert "STATEFUL" not in plain and "ops (" in plain
