@@ -109,8 +109,7 @@ class OnDemandRunner:
                     post.reset()  # each on-demand window is judged on its own
                 result = post(outs, x, stream)
             except InferenceError as exc:
-                reason = "non_finite" if "finite" in str(exc).lower() else "error"
-                self.metrics.inc("on_demand_errors", reason=reason)
+                self.metrics.inc("on_demand_errors", reason=exc.reason)
                 raise
         self.metrics.inc("on_demand_predictions")
         self.metrics.observe("on_demand", latency)
