@@ -107,11 +107,13 @@ class DetectionPostprocessor:
         scores = outputs[self.index].ravel()
         if scores.size != len(self.labels):
             raise InferenceError(
-                f"output {self.name!r} has {scores.size} values, expected {len(self.labels)}"
+                InferenceError.OUTPUT_SIZE,
+                f"output {self.name!r} has {scores.size} values, expected {len(self.labels)}",
             )
         if not math.isfinite(float(scores.sum(dtype=np.float64))):
             raise InferenceError(
-                f"non-finite output {self.name!r} (NaN or Inf) for stream {stream!r}"
+                InferenceError.NON_FINITE,
+                f"non-finite output {self.name!r} (NaN or Inf) for stream {stream!r}",
             )
         st = self._state(stream)
         n = self.average
