@@ -121,3 +121,22 @@ def test_lossless_precision_publishes_the_float32_value_exactly() -> None:
     six = build_postprocessor(parse_config("").postprocess, [_Out()])
     out6 = six([np.asarray([[v, 1 - v]], np.float32)], np.zeros(1), "s")
     assert out6 is not None and out6["score"] == 0.784314 != float(v)
+
+
+def test_telling_stateless_from_stateful_does_not_import_the_flatbuffer_schema() -> None:
+    """The check runs at every start (build_stages): it reads the interpreter's own node list,
+    not the flatbuffer schema module (~4 MB of RSS the streaming pipeline never needs)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agent.model.runtime import load_model\n"
+        "from agent.model.loading import demo_model_bytes\n"
+        "m = load_model(demo_model_bytes())\n"
+        "assert m.stateful is False\n"
+        "print(any('schema_py_generated' in k for k in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

@@ -79,7 +79,9 @@ INT_RANGES = {
 }
 _STATE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
 _RESOURCE_OPS = _STATE_OPS | {"CALL_ONCE"}  # CALL_ONCE runs the variables' init subgraph
-# Ops that may keep state in *variable* tensors (old-style streaming: SVDF, LSTMs, RNNs)
+# Ops that may keep state in *variable* tensors (old-style streaming: SVDF, LSTMs, RNNs).
+# A DELEGATE node is not among them: XNNPACK takes stateless math kernels only, so the ops
+# above (and the resource-variable ops) stay visible as nodes of their own.
 _VARIABLE_OPS = frozenset(
     {
         "SVDF",
@@ -89,7 +91,6 @@ _VARIABLE_OPS = frozenset(
         "UNIDIRECTIONAL_SEQUENCE_RNN",
         "BIDIRECTIONAL_SEQUENCE_LSTM",
         "BIDIRECTIONAL_SEQUENCE_RNN",
-        "DELEGATE",  # a delegated node hides its op: ask the flatbuffer
     }
 )
 # np.clip is a Python wrapper costing ~3 us on a tiny array; its ufunc costs ~1 us.
