@@ -12,13 +12,16 @@ import pytest
 from agent.config import Config
 from agent.config import parse_config as _parse
 from agent.errors import ConfigError, SampleError, ShapeMismatch
+from agent.ingest.sources import SourceContext
+from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.postprocess import build_postprocessor
 from agent.model.runtime import load_model
 from agent.pipeline.streams import PerStream, check_state_memory, stream_models
-from agent.pipeline.threads import build_stages
+from agent.pipeline.threads import Pipeline, build_stages
 from agent.wire.topics import Topics
-from tests.modelzoo import CHANNELS, streaming_model, tiny_classifier
+from tests.modelzoo import CHANNELS, run_frames, streaming_model, tiny_classifier
+from tests.test_pipeline import Recorder
 
 
 def parse_config(text: str) -> Config:
@@ -140,3 +143,54 @@ def test_telling_stateless_from_stateful_does_not_import_the_flatbuffer_schema()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_a_stream_beyond_the_cap_is_dropped_and_counted_never_mixed(tmp_path: Path) -> None:
+    """Two replay streams into a stateful model with window.max_streams = 1: the first stream
+    to appear keeps its exact results, the other's windows are counted as dropped."""
+    zoo = streaming_model()
+    rng = np.random.default_rng(8)
+    values = {s: rng.normal(0, 1, (30, CHANNELS)).astype(np.float32) for s in "ab"}
+    sources = []
+    for name, v in values.items():
+        np.save(tmp_path / f"{name}.npy", v)
+        sources.append(
+            {
+                "type": "replay",
+                "name": name,
+                "path": str(tmp_path / f"{name}.npy"),
+                "channels": CHANNELS,
+                "rate": "fast",
+            }
+        )
+    cfg = _parse(
+        {
+            "model": {"reference_kernels": True},
+            "sources": sources,
+            "window": {"length": 1, "hop": 1, "max_streams": 1},
+            "postprocess": {"type": "raw", "precision": "lossless"},
+        }
+    )
+    metrics, rec = Metrics(), Recorder()
+    model = load_model(zoo.content, reference_kernels=True)
+    pipe = Pipeline(
+        cfg,
+        ActiveModel(model, "ema", "1"),
+        rec,  # type: ignore[arg-type]
+        metrics,
+        Topics("edge", "d"),
+        SourceContext(metrics),
+    )
+    pipe.start()
+    assert pipe.finished.wait(60)
+    kept = {r.stream for r in rec.records}
+    assert len(kept) == 1
+    (stream,) = kept
+    other = "b" if stream == "a" else "a"
+    assert metrics.counters_by_reason("windows_dropped") == {"too_many_streams": 30}
+    want = run_frames(zoo.content, [{"x": row[None]} for row in values[stream]])
+    got = [r for r in rec.records if r.stream == stream]
+    assert [r.sample for r in got] == list(range(30))
+    for r, w in zip(got, want, strict=True):
+        assert np.asarray(r.outputs["tensors"]["ema"], np.float32).tobytes() == w["ema"].tobytes()
+    assert not [r for r in rec.records if r.stream == other]
