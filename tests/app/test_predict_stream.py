@@ -154,3 +154,37 @@ def test_inspect_shows_ops_per_subgraph_and_flags_a_stateful_model() -> None:
     assert "STATEFUL" in table and "ops per subgraph (2 subgraphs)" in table
     plain = cli("inspect", str(tiny_classifier("int8").path)).stdout
     assert "STATEFUL" not in plain and "ops (" in plain
+
+
+def test_predict_stream_feeds_features_already_in_the_input_type_as_they_are(
+    tmp_path: Path,
+) -> None:
+    zoo = tiny_classifier("int8")
+    feats = np.random.default_rng(9).integers(-128, 128, (WINDOW * 3, CHANNELS), dtype=np.int8)
+    np.save(tmp_path / "feats.npy", feats)
+    got = lines(
+        cli(
+            "predict",
+            str(zoo.path),
+            "-i",
+            str(tmp_path / "feats.npy"),
+            "--stream",
+            "--reference-kernels",
+        )
+    )
+    interp = Interpreter(
+        model_content=zoo.content,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    s_out, z_out = out["quantization"]
+    assert len(got) == 3
+    for k, g in enumerate(got):
+        interp.set_tensor(inp["index"], feats[k * WINDOW : (k + 1) * WINDOW][None])
+        interp.invoke()
+        y = ((interp.get_tensor(out["index"]).astype(np.float64) - z_out) * s_out).astype(
+            np.float32
+        )
+        (value,) = g["outputs"].values()
+        assert np.asarray(value, np.float32).tobytes() == y.tobytes()
