@@ -5,6 +5,7 @@
                        [--percent P] [--max-failure-fraction F] [--timeout S] [--no-follow]
     edge-fleet rollout --model NAME --from-channel staging --channel canary ...
     edge-fleet promote --model NAME [--from canary] [--to stable] [--version V]
+    edge-fleet simulate --devices N [--behave refuse:version_reused=0.02 ...] [--duration S]
 
 Broker options are the agent's ``[mqtt]`` table (``--config agent.toml``) or flags.
 
@@ -32,6 +33,7 @@ from agent.fleet.rollout import (
     promote,
     run_rollout,
 )
+from agent.fleet.simulator import Script, SimSpec, Simulator
 from agent.fleet.view import all_reported, format_table, watch_fleet
 from agent.release.manifest import Announcement, Targets, utc_now
 
@@ -106,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dest", default="stable", help="destination channel (stable)")
     p.add_argument("--version", help="expected version on the source channel")
     _add_targets(p)
+
+    p = sub.add_parser("simulate", help="run N simulated devices (real MQTT clients) here")
+    add_broker_args(p)
+    p.add_argument("--devices", type=int, default=100, help="how many (default 100)")
+    p.add_argument("--id-prefix", default="sim-", help="device ids are PREFIX00000, ...")
+    p.add_argument("--model", default="demo", help="model name the devices run (demo)")
+    p.add_argument("--version", default="1.0.0", help="version they run at start (1.0.0)")
+    p.add_argument("--sha256", help="artifact sha256 of that build (default: a fixed value)")
+    p.add_argument("--groups", default="", help="comma-separated groups, assigned round-robin")
+    p.add_argument("--channels", default="canary,stable", help="OTA channels followed")
+    p.add_argument("--metrics-interval", type=float, default=10.0, help="seconds (10)")
+    p.add_argument(
+        "--prediction-rate", type=float, default=0.1, help="predictions/s per device (0.1)"
+    )
+    p.add_argument("--install-time", type=float, default=1.0, help="offer to running, s (1)")
+    p.add_argument("--health-window", type=float, default=5.0, help="seconds (5)")
+    p.add_argument(
+        "--behave",
+        action="append",
+        default=[],
+        metavar="BEHAVIOUR[:ARG]=SHARE",
+        help="scripted share of the fleet: refuse[:REASON], fail_health, offline[:AFTER_S], "
+        "flap[:PERIOD_S]; the rest accept (repeat)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="which devices get which behaviour")
+    p.add_argument("--connect-rate", type=float, default=2000.0, help="connections/s (2000)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument(
+        "--clear-on-exit",
+        action="store_true",
+        help="remove the devices' retained messages when stopping (default: leave 'offline')",
+    )
     return parser
 
 
@@ -207,7 +241,59 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": cmd_status, "rollout": cmd_rollout, "promote": cmd_promote}
+def cmd_simulate(args: argparse.Namespace) -> int:
+    settings = mqtt_settings(args)
+    if settings.tls.enabled or settings.username:
+        raise EdgeAgentError("the simulator connects without TLS or credentials (a test broker)")
+    spec = SimSpec(
+        devices=args.devices,
+        prefix=settings.topic_prefix,
+        id_prefix=args.id_prefix,
+        model=args.model,
+        version=args.version,
+        **({"sha256": args.sha256} if args.sha256 else {}),
+        groups=tuple(g for g in args.groups.split(",") if g),
+        channels=tuple(c for c in args.channels.split(",") if c),
+        metrics_interval_s=args.metrics_interval,
+        prediction_rate=args.prediction_rate,
+        install_s=args.install_time,
+        health_s=args.health_window,
+        scripts=tuple(Script.parse(b) for b in args.behave),
+        seed=args.seed,
+        connect_rate=args.connect_rate,
+    )
+    sim = Simulator(spec, settings.host, settings.port)
+    t0 = time.monotonic()
+    sim.start()
+    try:
+        sim.wait_online(spec.devices, 600.0)
+        up = time.monotonic() - t0
+        print(
+            json.dumps(
+                {"ready": sim.online, "devices": spec.devices, "seconds": round(up, 2)}
+                | {"behaviours": dict(sim.behaviours())}
+            ),
+            flush=True,
+        )
+        end = None if args.duration is None else t0 + args.duration
+        while end is None or time.monotonic() < end:
+            left = 10.0 if end is None else min(10.0, end - time.monotonic())
+            if left > 0:
+                time.sleep(left)  # the swarm thread does the work; this only reports
+            print(json.dumps({"online": sim.online} | dict(sim.counts)), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop(clear=args.clear_on_exit)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "rollout": cmd_rollout,
+    "promote": cmd_promote,
+    "simulate": cmd_simulate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
