@@ -185,7 +185,7 @@ class Swarm:
         """Run ``fn`` on the swarm thread as soon as it wakes (from any thread)."""
         with self._lock:
             self._pending.append(fn)
-        with contextlib.suppress(BlockingIOError):
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
             self._wake_w.send(b"x")
 
     # ------------------------------------------------------------ clients
@@ -280,6 +280,11 @@ class Swarm:
         for c in list(self._clients):
             self._safely(c.disconnect)
             self._safely(c._write)
+            self._safely(c.drop)
+        self._clients.clear()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _drain_wake(self) -> None:
         try:
