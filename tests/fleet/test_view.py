@@ -334,7 +334,7 @@ def test_watch_writes_no_control_codes_into_a_pipe() -> None:
             return True
 
     for out, codes in ((Pipe(), False), (Tty(), True)):
-        calls = []
+        calls: list[int] = []
 
         def stop(_: float, calls: list[int] = calls) -> None:
             calls.append(1)
