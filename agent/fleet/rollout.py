@@ -67,6 +67,9 @@ from agent.wire.topics import ota_topic
 
 log = logging.getLogger(__name__)
 
+FOLLOW_EVERY_S = 0.25
+"""Shortest time between two passes of the tracker over the fleet."""
+
 STALE_S = 60.0
 """Finished reports older than this before the rollout started do not count."""
 
@@ -599,7 +602,13 @@ def follow_rollout(
         left = deadline - time.monotonic()
         if left <= 0:
             return Outcome.TIMED_OUT
+        checked = time.monotonic()
         view.wait_change(min(left, 1.0))
+        # at most FOLLOW_EVERY_S between two passes over the fleet: thousands of devices
+        # report many times a second, and each pass reads every device
+        rest = checked + FOLLOW_EVERY_S - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
 
 
 def run_rollout(
