@@ -29,6 +29,8 @@ FAMILIES: dict[str, Callable[[Context], list[Row]]] = {
     "fleet": fleet.run,
 }
 DOC = REPO / "docs" / "benchmarks.md"
+MODEL_FREE = {"fleet"}
+"""Families that need none of the benchmark models (nothing is built for them)."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = DOC
     t_start = time.monotonic()
     names = ["tiny", "tiny-b"] if args.smoke else list(models.SPECS)
-    models.ensure(names)
+    if set(only) - MODEL_FREE:
+        models.ensure(names)
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=OUT))
     broker = Broker(workdir / "broker")
