@@ -89,8 +89,8 @@ def test_each_platform_limit_names_its_key(data: dict[str, Any], key: str, fragm
 def test_a_config_that_fits_passes() -> None:
     assert problems(aws(topic_prefix="acme/site1", keepalive_s=60)) == {}
     assert problems({"mqtt": {"profile": "emqx"}}) == {}
-    shared = {"mqtt": {"profile": "emqx"}}
-    shared["sources"] = [{"type": "mqtt", "name": "s", "topic": "$share/g/x/y"}]  # type: ignore[list-item]
+    shared: dict[str, Any] = {"mqtt": {"profile": "emqx"}}
+    shared["sources"] = [{"type": "mqtt", "name": "s", "topic": "$share/g/x/y"}]
     assert problems(shared) == {}
 
 
