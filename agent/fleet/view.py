@@ -4,7 +4,8 @@
 
     <prefix>/+/status    retained "online" / "offline" (the agents' last will)
     <prefix>/+/ota       retained OTA state (JSON, written by the agents' updater)
-    <prefix>/+/metrics   periodic ``MetricsV1`` (not retained: seen as the agents report)
+    <prefix>/+/metrics   retained periodic ``MetricsV1`` (an offline device's are history:
+                         its rates are not shown as live)
 
 and keeps one ``DeviceState`` per device, updated from paho's network thread (the handler only
 parses and stores; waiting is done with a condition variable).
@@ -15,11 +16,11 @@ device does not send is shown as unknown instead of hiding the device.
 OTA state: the updater's retained ``OtaStateV1`` (agent/ota/report.py): ``state`` (idle,
 downloading, verifying, staged, active, rolled_back, failed), the ``version`` it is about,
 ``running``, ``health`` (watching/passed while active), ``reason`` and the last ``refusal``.
-A version *succeeded* on a device when it is ``active`` and through its health window; it
-*failed* when the device reports ``failed`` or ``rolled_back`` for it, or refused it for a
-reason other than "not for me" (``not_targeted``, ``up_to_date``, ``wrong_model``,
-``wrong_channel``). Every finished outcome is remembered per version
-(``DeviceState.outcomes``), so a rollout still sees a failure after the device moved on.
+A build (version + artifact sha256) *succeeded* on a device when it is ``active`` and through
+its health window; it *failed* when the device reports ``failed`` or ``rolled_back`` for it,
+or refused it for a reason other than "not for me" (``not_targeted``, ``up_to_date``, ``wrong_model``,
+``wrong_channel``). Every finished outcome is remembered per build
+(``DeviceState.outcomes``), the latest refusal and rollback per device too, so a rollout still sees a failure after the device moved on.
 """
 
 from __future__ import annotations
