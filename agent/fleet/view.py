@@ -18,9 +18,10 @@ downloading, verifying, staged, active, rolled_back, failed), the ``version`` it
 ``running``, ``health`` (watching/passed while active), ``reason`` and the last ``refusal``.
 A build (version + artifact sha256) *succeeded* on a device when it is ``active`` and through
 its health window; it *failed* when the device reports ``failed`` or ``rolled_back`` for it,
-or refused it for a reason other than "not for me" (``not_targeted``, ``up_to_date``, ``wrong_model``,
-``wrong_channel``). Every finished outcome is remembered per build
-(``DeviceState.outcomes``), the latest refusal and rollback per device too, so a rollout still sees a failure after the device moved on.
+or refused it for a reason other than "not for me" (``not_targeted``, ``up_to_date``,
+``wrong_model``, ``wrong_channel``). Every finished outcome is remembered per build
+(``DeviceState.outcomes``), the latest refusal and rollback per device too, so a rollout
+still sees a failure after the device moved on.
 """
 
 from __future__ import annotations
