@@ -55,6 +55,7 @@ from pydantic import ValidationError
 
 from agent.config import MqttSection
 from agent.delivery.mqtt import OutgoingMessage, collect_retained, publish_once
+from agent.durable import atomic_write
 from agent.errors import PackageError, UpdateError
 from agent.fleet.view import (
     IN_PROGRESS,
@@ -473,7 +474,7 @@ class Rollout:
 
 
 class RolloutStore:
-    """Rollouts on disk, one JSON file per channel and model (write temp, fsync, rename)."""
+    """Rollouts on disk, one JSON file per channel and model (``agent.durable``)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -487,19 +488,11 @@ class RolloutStore:
         return self.directory / f"{channel}-{model}.json"
 
     def save(self, r: Rollout) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(r.tracker.channel, r.tracker.model)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(r.to_json(), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        fd = os.open(self.directory, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            atomic_write(path, json.dumps(r.to_json(), indent=1).encode())
+        except OSError as exc:
+            raise UpdateError("storage", f"cannot keep the rollout in {path}: {exc}") from exc
         return path
 
     def load(self, channel: str, model: str) -> Rollout:
