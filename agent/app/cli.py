@@ -110,6 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config and run every check start-up runs (``agent.app.preflight``); print
+    the effective configuration (what the model's package decided included)."""
+    from agent.app.preflight import check
     from agent.config import load_config
 
     try:
@@ -117,8 +120,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
         return 2
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    print(f"{args.config or 'embedded defaults'}: OK", file=sys.stderr)
+    eff, _, problems = check(cfg)
+    source = args.config or "embedded defaults"
+    if problems:
+        lines = [f"{source}: {len(problems)} problem(s)"]
+        lines += [f"  {p.key}: {p.reason}" for p in problems]
+        print("edge-agent: invalid configuration\n" + "\n".join(lines), file=sys.stderr)
+        return 2
+    print(json.dumps(eff.model_dump(mode="json"), indent=2))
+    print(f"{source}: OK", file=sys.stderr)
     return 0
 
 
@@ -133,7 +143,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from agent.model.modelinfo import predict_file
 
+    if args.model.suffix == ".eapkg":
+        return _predict_package(args)
     out = predict_file(_model_bytes(args.model), args.input, runtime=args.runtime)
+    print(json.dumps(out))
+    return 0
+
+
+def _predict_package(args: argparse.Namespace) -> int:
+    """``predict`` on a package: its manifest decides, as at start-up (labels, normalisation,
+    the window layout); the input file holds raw samples ``(window, channels)`` per example."""
+    from agent.app.packaged import package_inputs
+    from agent.model.loading import read_model_source
+    from agent.model.modelinfo import predict_file
+    from agent.release.package import read_package
+
+    pkg = read_package(read_model_source(str(args.model)))
+    m = pkg.manifest
+    prepare = package_inputs(m)
+    out = predict_file(
+        pkg.model,
+        args.input,
+        runtime=args.runtime,
+        labels=list(m.labels) or None,
+        label=f"{m.name} {m.version}",
+        prepare=prepare,
+    )
+    out["package"] = {"name": m.name, "version": m.version, "sha256": m.artifact.sha256}
     print(json.dumps(out))
     return 0
 

@@ -4,7 +4,12 @@
   spool, publish retained ``offline``, exit 0 — within ``agent.shutdown_timeout_s`` (< 5 s).
 - SIGHUP: read the config again; if it is valid, rebuild the pipeline with it (the spool keeps
   whatever was not yet delivered); if not, log every problem and keep running as before.
-- A model that is missing, corrupt or does not fit the pipeline is a start-up error (exit 2).
+- Before anything starts, ``agent.app.preflight`` runs every check ``check-config`` runs: a
+  model that is missing, corrupt or does not fit the pipeline is a start-up error (exit 2); a
+  config that contradicts its model package, a missing TLS/key file or a runtime that cannot
+  work here is a configuration error (exit 78: systemd does not restart it).
+- When the model comes from a package, its manifest decides (``agent.model.compat.resolve``):
+  the pipeline, the OTA updater and the reports run with the configuration it decided.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from agent.app.preflight import PreflightError, preflight
 from agent.app.systemd import Notifier, WatchdogPinger
 from agent.config import Config, load_config, read_password
 from agent.delivery.mqtt import MqttLink, OutgoingMessage
@@ -113,9 +119,13 @@ class Agent:
         return load_active_model(cfg)
 
     def build(self, cfg: Config) -> Running:
-        """Load the model and wire every component (raises EdgeAgentError on start-up errors)."""
+        """Load the model and wire every component (raises EdgeAgentError on start-up errors).
+
+        ``cfg`` is the operator's configuration; the components get the one the model's
+        package decided (``Running.cfg``)."""
+        prepared = preflight(cfg, self._startup_model, replay=False)
+        cfg, active = prepared.cfg, prepared.active
         topics = Topics(cfg.mqtt.topic_prefix, cfg.agent.device_id)
-        active = self._startup_model(cfg)
         password = read_password(cfg.mqtt)
         link = MqttLink(
             cfg.mqtt,
@@ -228,7 +238,7 @@ class Agent:
             r = self.build(cfg)
         except EdgeAgentError as exc:
             log.error("cannot start: %s", exc)
-            return EXIT_STARTUP
+            return exit_code(exc)
         self.start(r)
         while True:
             while not self._wake.wait(1.0):
@@ -258,6 +268,13 @@ class Agent:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded:\n%s", exc)
             return None
+
+
+def exit_code(exc: EdgeAgentError) -> int:
+    """78 when the configuration must change (systemd does not restart), else 2."""
+    if isinstance(exc, PreflightError):
+        return EXIT_CONFIG if exc.config else EXIT_STARTUP
+    return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_STARTUP
 
 
 def _version() -> str:

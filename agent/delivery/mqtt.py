@@ -262,6 +262,43 @@ def _burst(client: paho.Client) -> Iterator[None]:
                     wake.send(b"\0")
 
 
+def tls_problems(settings: MqttSection) -> list[tuple[str, str]]:
+    """Every TLS file that is missing or does not parse, as ``(key path, reason)``.
+
+    Start-up and ``check-config`` run this before anything connects: a missing CA file is a
+    configuration error naming the file, not a connection that fails forever.
+    """
+    tls = settings.tls
+    if not tls.enabled:
+        return []
+    problems: list[tuple[str, str]] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(tls.ca_file))
+        except FileNotFoundError:
+            problems.append(("mqtt.tls.ca_file", f"{tls.ca_file} does not exist"))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            problems.append(("mqtt.tls.ca_file", f"{tls.ca_file} is not a PEM CA bundle: {exc}"))
+    if tls.cert_file is not None and tls.key_file is not None:
+        missing = [(k, p) for k, p in (("cert_file", tls.cert_file), ("key_file", tls.key_file))
+                   if not p.is_file()]  # fmt: skip
+        for key, path in missing:
+            problems.append((f"mqtt.tls.{key}", f"{path} does not exist"))
+        if not missing:
+            try:
+                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                problems.append(
+                    (
+                        "mqtt.tls.cert_file",
+                        f"{tls.cert_file} / {tls.key_file} are not a certificate and its "
+                        f"private key: {exc}",
+                    )
+                )
+    return problems
+
+
 def _make_client(settings: MqttSection, client_id: str, password: str | None) -> paho.Client:
     v5 = settings.protocol == "5"
     client = _Client(
@@ -290,7 +327,8 @@ def _make_client(settings: MqttSection, client_id: str, password: str | None) ->
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise PublishError(f"TLS setup failed: {exc}") from exc
+            files = ", ".join(f"{k} {v}" for k, v in tls_problems(settings)) or str(exc)
+            raise PublishError(f"TLS setup failed: {exc} ({files})") from exc
         if tls.insecure:
             client.tls_insecure_set(True)
     return client

@@ -127,11 +127,15 @@ class RuntimeEntry:
     package: str
     module: str
     load: Callable[[], Backend]
+    numpy_below: int | None = None
+    """The NumPy major version its wheels need to stay below (built against NumPy 1.x)."""
 
 
 RUNTIMES: dict[str, RuntimeEntry] = {
     "litert": RuntimeEntry("ai-edge-litert", "ai_edge_litert", _litert),
-    "tflite-runtime": RuntimeEntry("tflite-runtime", "tflite_runtime", _tflite_runtime),
+    "tflite-runtime": RuntimeEntry(
+        "tflite-runtime", "tflite_runtime", _tflite_runtime, numpy_below=2
+    ),
     "tensorflow": RuntimeEntry("tensorflow", "tensorflow", _tensorflow),
 }
 """Runtime name (config ``model.runtime``) -> package; ``auto`` tries them in this order."""
@@ -148,11 +152,31 @@ def available_runtimes() -> dict[str, bool]:
     return out
 
 
+def numpy_problem(name: str, numpy_version: str = np.__version__) -> str | None:
+    """Why the installed runtime ``name`` cannot work with this NumPy, or None (nothing is
+    imported: tflite-runtime under NumPy 2 prints to stderr and fails with SystemError)."""
+    entry = RUNTIMES.get(name)
+    if entry is None or entry.numpy_below is None or not available_runtimes().get(name):
+        return None  # not installed: loading it says which package to install
+    major = int(numpy_version.split(".", maxsplit=1)[0])
+    if major < entry.numpy_below:
+        return None
+    return (
+        f"runtime {name!r} ({entry.package}) is built for NumPy 1.x and needs "
+        f"'numpy<{entry.numpy_below}', but NumPy {numpy_version} is installed: "
+        f"pip install 'numpy<{entry.numpy_below}', or set model.runtime = 'litert' "
+        "(ai-edge-litert works with NumPy 2)"
+    )
+
+
 def _backend(name: str) -> Backend:
     entry = RUNTIMES[name]
+    problem = numpy_problem(name)
+    if problem is not None:
+        raise RuntimeUnavailable(problem)
     try:
         return entry.load()
-    except ImportError as exc:
+    except (ImportError, SystemError) as exc:
         raise RuntimeUnavailable(
             f"runtime {name!r} is not available ({exc}): pip install {entry.package}"
         ) from exc
@@ -258,7 +282,7 @@ def _interpreter(
             f"{label}: not a usable TFLite model ({len(content)} bytes, runtime "
             f"{backend.name}): {exc}"
         ) from exc
-    except (ImportError, AttributeError, TypeError) as exc:
+    except (ImportError, AttributeError, TypeError, SystemError) as exc:
         # tflite-runtime built for NumPy 1.x imports under NumPy 2 and fails only here.
         raise RuntimeUnavailable(
             f"runtime {backend.name!r} failed to create an interpreter ({exc}); "
