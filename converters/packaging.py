@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 import agent
+from agent.errors import ConversionError, IncompatibleModel
+from agent.model.compat import check_package
 from agent.model.runtime import Model, TensorInfo, load_model
 from agent.release.manifest import (
     Artifact,
@@ -172,6 +174,13 @@ def package_model(
     model = model if model is not None else load_model(content)
     golden = golden_samples(content, model, data, golden_count)
     manifest = build_manifest(spec, content, model, golden, verification)
+    try:  # the device's own check: never sign what a device would refuse
+        check_package(manifest)
+    except IncompatibleModel as exc:
+        raise ConversionError(
+            f"{spec.name} {spec.version}: a device would refuse this package ({exc.reason}): "
+            f"{exc.detail}"
+        ) from exc
     pkg = make_package(manifest, content, key)
     log.info(
         "packaged %s %s (%s, %d bytes, %d golden samples, %s)",

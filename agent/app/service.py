@@ -123,7 +123,7 @@ class Agent:
 
         ``cfg`` is the operator's configuration; the components get the one the model's
         package decided (``Running.cfg``)."""
-        prepared = preflight(cfg, self._startup_model, replay=False)
+        prepared = preflight(cfg, self._startup_model)
         cfg, active = prepared.cfg, prepared.active
         topics = Topics(cfg.mqtt.topic_prefix, cfg.agent.device_id)
         password = read_password(cfg.mqtt)

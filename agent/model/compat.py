@@ -161,8 +161,13 @@ def _close(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
-        return _close(a, b)
+    numbers = (list, tuple)
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        if all(isinstance(v, int | float) for v in [*a, *b]):
+            return _close(a, b)
+        return list(a) == list(b)
+    if isinstance(a, numbers) or isinstance(b, numbers):
+        return False  # a list against None
     return bool(a == b)
 
 
@@ -380,3 +385,33 @@ def resolve_and_check(
     eff = resolve(cfg, manifest)
     check_compatible(manifest, eff, agent_version)
     return eff
+
+
+def check_package(manifest: Manifest) -> Config:
+    """What a device with no settings of its own checks of a package (``IncompatibleModel``):
+    labels vs outputs, pre/postprocessing, and when the manifest gives the window, that the
+    window x channels fits the input. The converters refuse to sign what fails this.
+
+    Returns the configuration such a device would run the package with.
+    """
+    base = Config()
+    post = manifest.postprocess
+    if post.type == "anomaly" and post.threshold is None:  # the operator sets it on the device
+        base = base.model_copy(update={"postprocess": AnomalyPost(threshold=0.0)})
+    spec = manifest.preprocess
+    if spec is None:
+        check_agent_version(manifest, agent.__version__)
+        check_output(manifest, base)
+        return base
+    channels = spec.channels
+    if channels is None:
+        stats = spec.mean or spec.min
+        size = math.prod(d for d in manifest.inputs[0].shape[1:] if d > 0)
+        channels = len(stats) if stats else max(1, size // spec.window)
+    base = base.model_copy(
+        update={"sources": [s.model_copy(update={"channels": channels}) for s in base.sources]}
+    )
+    try:
+        return resolve_and_check(base, manifest)
+    except PackageConflict as exc:  # cannot happen from defaults; kept typed all the same
+        raise IncompatibleModel(exc.reason, str(exc)) from exc
