@@ -399,10 +399,14 @@ def check_package(manifest: Manifest) -> Config:
     if post.type == "anomaly" and post.threshold is None:  # the operator sets it on the device
         base = base.model_copy(update={"postprocess": AnomalyPost(threshold=0.0)})
     spec = manifest.preprocess
-    if spec is None:
+    if spec is None:  # the device keeps its own windowing: the input is checked there
+        try:
+            eff = resolve(base, manifest)
+        except PackageConflict as exc:
+            raise IncompatibleModel(exc.reason, str(exc)) from exc
         check_agent_version(manifest, agent.__version__)
-        check_output(manifest, base)
-        return base
+        check_output(manifest, eff)
+        return eff
     channels = spec.channels
     if channels is None:
         stats = spec.mean or spec.min
