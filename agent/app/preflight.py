@@ -35,7 +35,7 @@ from agent.pipeline.threads import build_stages
 from agent.release.signing import load_trusted_keys
 from agent.wire.topics import Topics
 
-Loader = Callable[[Config], ActiveModel]
+Loader = Callable[[Config], ActiveModel | None]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class Prepared:
     """What start-up runs: the configuration the model decided, and the loaded model."""
 
     cfg: Config
-    active: ActiveModel
+    active: ActiveModel | None
+    """None: no model yet (``model.path = "none"``); the first one comes over OTA."""
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -81,6 +82,8 @@ def _model(cfg: Config, load: Loader) -> tuple[Config, ActiveModel | None, list[
         active = load(cfg)
     except EdgeAgentError as exc:
         return cfg, None, _from(exc, "model.path")
+    if active is None:
+        return cfg, None, []  # awaiting the first model over OTA: nothing to fit yet
     eff = cfg
     if active.manifest is not None:
         try:
@@ -136,8 +139,13 @@ def _files(cfg: Config) -> list[Problem]:
     return problems
 
 
+def load_configured(cfg: Config) -> ActiveModel | None:
+    """``model.path``'s model, or None when there is none yet (``model.path = "none"``)."""
+    return None if cfg.awaiting_model else load_active_model(cfg)
+
+
 def check(
-    cfg: Config, load: Loader = load_active_model, *, replay: bool = True
+    cfg: Config, load: Loader = load_configured, *, replay: bool = True
 ) -> tuple[Config, ActiveModel | None, list[Problem]]:
     """Run every start-up check; the decided configuration, the model and every problem.
 
@@ -151,9 +159,11 @@ def check(
     return eff, active, problems
 
 
-def preflight(cfg: Config, load: Loader = load_active_model, *, replay: bool = True) -> Prepared:
+def preflight(cfg: Config, load: Loader = load_configured, *, replay: bool = True) -> Prepared:
     """``check``, raising ``PreflightError`` with every problem when there is one."""
     eff, active, problems = check(cfg, load, replay=replay)
-    if problems or active is None:
-        raise PreflightError(problems or [Problem("model.path", "no model loaded", False)])
+    if problems:
+        raise PreflightError(problems)
+    if active is None and not cfg.awaiting_model:
+        raise PreflightError([Problem("model.path", "no model loaded", False)])
     return Prepared(eff, active)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from agent.app.preflight import PreflightError, preflight
 from agent.app.systemd import Notifier, WatchdogPinger
@@ -107,16 +107,17 @@ class Agent:
     # ---------------------------------------------------------------- lifecycle
 
     @staticmethod
-    def _startup_model(cfg: Config) -> ActiveModel:
+    def _startup_model(cfg: Config) -> ActiveModel | None:
         """With OTA on, an installed version (``<state_dir>/models/current``) wins over
-        ``model.path``; ``startup_model`` also finishes or rolls back an interrupted update."""
+        ``model.path``; ``startup_model`` also finishes or rolls back an interrupted update.
+        None: no model yet (``model.path = "none"``), the first comes over OTA."""
         if cfg.ota.enabled:
             from agent.ota import startup_model
 
             installed = startup_model(cfg)
             if installed is not None:
                 return installed
-        return load_active_model(cfg)
+        return None if cfg.awaiting_model else load_active_model(cfg)
 
     def build(self, cfg: Config) -> Running:
         """Load the model and wire every component (raises EdgeAgentError on start-up errors).
@@ -145,8 +146,24 @@ class Agent:
             window=cfg.mqtt.max_inflight,
         )
         ctx = SourceContext(metrics=self.metrics, subscriber=link)
+        running: Running | None = None
+
+        def first_model(new: ActiveModel) -> Pipeline:
+            """The first release arrived (provisioning): the pipeline its package decides."""
+            eff = resolve_model(cfg, new)
+            p = Pipeline(eff, new, publisher, self.metrics, topics, ctx)
+            if running is not None:
+                running.cfg = eff
+            return p
+
         try:
-            pipeline = Pipeline(cfg, active, publisher, self.metrics, topics, ctx)
+            if active is None:  # provisioning: the updater installs the first model
+                from agent.app.provisioning import AwaitingModel
+
+                # AwaitingModel has the Pipeline surface the service, updater and view use
+                pipeline = cast(Pipeline, AwaitingModel(cfg.model.name, first_model))
+            else:
+                pipeline = Pipeline(cfg, active, publisher, self.metrics, topics, ctx)
             updater = None
             if cfg.ota.enabled:
                 from agent.ota import Updater
@@ -155,7 +172,8 @@ class Agent:
         except EdgeAgentError:
             spool.close()
             raise
-        return Running(cfg, topics, link, spool, publisher, pipeline, updater)
+        running = Running(cfg, topics, link, spool, publisher, pipeline, updater)
+        return running
 
     def start(self, r: Running) -> None:
         r.link.start()
@@ -202,8 +220,14 @@ class Agent:
         if r is None:
             return "starting"
         m = self.metrics
+        awaiting = getattr(r.pipeline, "awaiting", False)
+        model = (
+            f"awaiting model {r.pipeline.active.name} over OTA"
+            if awaiting
+            else (f"model {r.pipeline.active.name} {r.pipeline.active.version}")
+        )
         return (
-            f"model {r.pipeline.active.name} {r.pipeline.active.version}; "
+            f"{model}; "
             f"mqtt {'up' if r.link.connected else 'down'}; "
             f"{m.counter('predictions_out')} predictions; queue {r.spool.depth}"
         )
@@ -268,6 +292,15 @@ class Agent:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded:\n%s", exc)
             return None
+
+
+def resolve_model(cfg: Config, active: ActiveModel) -> Config:
+    """The configuration ``active`` runs with: its package decides (``agent.model.compat``)."""
+    if active.manifest is None:
+        return cfg
+    from agent.model.compat import resolve_and_check
+
+    return resolve_and_check(cfg, active.manifest)
 
 
 def exit_code(exc: EdgeAgentError) -> int:

@@ -12,7 +12,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from agent.config import BUILTIN_DEMO_MODEL, Config
+from agent.config import BUILTIN_DEMO_MODEL, NO_MODEL, Config
 from agent.errors import EdgeAgentError, ModelError
 from agent.model.active import ActiveModel
 from agent.model.runtime import load_model
@@ -29,6 +29,8 @@ def demo_model_bytes() -> bytes:
 def read_model_source(path: str) -> bytes:
     if path == BUILTIN_DEMO_MODEL:
         return demo_model_bytes()
+    if path == NO_MODEL:
+        raise ModelError(f"model.path = {NO_MODEL!r}: no model is configured (it comes over OTA)")
     if path.startswith("builtin:"):
         raise ModelError(f"unknown builtin model {path!r} (only {BUILTIN_DEMO_MODEL!r})")
     try:

@@ -22,7 +22,13 @@ from agent.release.manifest import Manifest
 def check_compatible(
     manifest: Manifest, cfg: Config, agent_version: str = agent.__version__
 ) -> None:
-    """Raise ``UpdateError`` unless ``manifest`` fits the pipeline configured by ``cfg``."""
+    """Raise ``UpdateError`` unless ``manifest`` fits the pipeline configured by ``cfg``.
+
+    A device awaiting its first model (``model.path = "none"``) has no pipeline yet: the
+    package decides, as for a package named by ``model.path``."""
+    if cfg.awaiting_model:
+        resolve_installed(cfg, manifest)
+        return
     try:
         shared.check_compatible(manifest, cfg, agent_version)
     except IncompatibleModel as exc:

@@ -4,6 +4,7 @@ start-up fails with the same problems (issue 11)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _config(draw: st.DrawFn, files: dict[str, Path], state: Path) -> dict[str, Any]:
+def _config(
+    draw: Callable[[st.SearchStrategy[Any]], Any], files: dict[str, Path], state: Path
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {"agent": {"state_dir": str(state)}, "mqtt": {"port": 1}}
     model = draw(st.sampled_from(["builtin:demo", "pkg_standard", "pkg_plain", "missing"]))
     cfg["model"] = {
