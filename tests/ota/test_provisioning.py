@@ -41,7 +41,7 @@ def metrics(msgs: list[Received]) -> list[dict[str, Any]]:
 
 
 def test_no_model_needs_ota() -> None:
-    with pytest.raises(ConfigError, match="needs ota.enabled"):
+    with pytest.raises(ConfigError, match=r"needs ota\.enabled"):
         parse_config({"model": {"path": "none"}})
 
 
