@@ -83,8 +83,10 @@ def test_an_agent_without_a_model_installs_its_first_release_and_predicts(
         AgentProcess(conf, tmp_path / "agent.log") as agent,
     ):
         col.wait_for(
-            lambda m: any(s.state == "awaiting_model" for s in states(m))
-            and any(x["model"]["version"] == "none" for x in metrics(m)),
+            lambda m: (
+                any(s.state == "awaiting_model" for s in states(m))
+                and any(x["model"]["version"] == "none" for x in metrics(m))
+            ),
             60,
         )
         assert predictions(col.messages) == []
@@ -92,10 +94,13 @@ def test_an_agent_without_a_model_installs_its_first_release_and_predicts(
         assert (awaiting.model, awaiting.running) == ("m", "none")
         publish_package(pkg, settings)
         msgs = col.wait_for(
-            lambda m: any(
-                (s.state, s.version, s.health) == ("active", "1.0.0", "passed") for s in states(m)
-            )
-            and len(predictions(m)) >= 10,
+            lambda m: (
+                any(
+                    (s.state, s.version, s.health) == ("active", "1.0.0", "passed")
+                    for s in states(m)
+                )
+                and len(predictions(m)) >= 10
+            ),
             90,
         )
         code, _ = agent.terminate()
