@@ -2,6 +2,7 @@
 
     edge-agent run [--config config.toml]       run the daemon (no --config: embedded defaults)
     edge-agent check-config [--config ...]      validate, print the effective config
+    edge-agent doctor [--config ...]            broker, runtime, state dir, keys, clock: a table
     edge-agent inspect MODEL                    tensors, quantisation, ops, size of a .tflite/.eapkg
     edge-agent predict MODEL --input FILE       one-shot inference, JSON out
     edge-agent demo                             local broker, agent on defaults, prints predictions
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config and print the effective values")
     _add_config(p)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check the environment beyond the config (broker, runtime, state dir, keys, "
+        "clock, credentials); exit 1 when something fails",
+    )
+    _add_config(p)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per broker step")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("inspect", help="describe a .tflite model or .eapkg package")
     p.add_argument("model", type=Path, help="model file")
@@ -132,6 +142,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.app.doctor import diagnose, format_rows
+    from agent.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    rows = diagnose(cfg, dict(os.environ), timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps([{"check": r.check, "ok": r.ok, "detail": r.detail} for r in rows]))
+    else:
+        print(format_rows(rows))
+    return 1 if any(r.ok is False for r in rows) else 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from agent.model.modelinfo import describe_model, format_description
 
@@ -183,6 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
+    "doctor": cmd_doctor,
     "inspect": cmd_inspect,
     "predict": cmd_predict,
     "demo": cmd_demo,
