@@ -22,9 +22,23 @@ Prepare = Callable[[TensorInfo, Array], Array]
 
 
 def package_inputs(m: Manifest) -> Prepare | None:
-    """``prepare(tensor, array)`` for ``predict_file``: normalise, then lay each example out
-    the way the model's input takes it; None when the manifest declares no preprocessing."""
+    """``prepare(tensor, array)`` for ``predict_file``: data laid out as the source model took
+    it is mapped to the .tflite's layout (``Manifest.layout``); raw windows are normalised and
+    laid out the way the model's input takes them. None when the manifest asks for neither."""
+    layouts = {lay.input: lay for lay in m.layout or []}
     spec = m.preprocess
+    if layouts:
+
+        def relayout(t: TensorInfo, arr: Array) -> Array:
+            lay = layouts.get(t.name)
+            if lay is None:
+                return arr
+            try:
+                return lay.to_model(np.asarray(arr, np.float32), list(t.shape))
+            except ValueError as exc:
+                raise ShapeMismatch(f"{m.name} {m.version}: {exc}") from exc
+
+        return relayout
     if spec is None:
         return None
     stats = spec.mean or spec.min
