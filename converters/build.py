@@ -88,9 +88,7 @@ def convert_and_verify(source: Path | Any, settings: BuildSettings) -> Converted
                 src_inputs = [s.as_input_shape() for s in runner.inputs]
                 src_data = fit_to_inputs(raw_validation, src_inputs, settings.labels)
                 src_data = src_data.take(settings.validation_samples)
-                validation = to_model_layout(
-                    src_data, layout, [t.shape for t in cand_model.inputs]
-                )
+                validation = to_model_layout(src_data, layout, [t.shape for t in cand_model.inputs])
             validation = validation.take(settings.validation_samples)
             report = compare(
                 ref_model,

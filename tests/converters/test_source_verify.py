@@ -1,0 +1,184 @@
+"""Verification against the source (issue 11, finding 5): every converted variant is compared
+with the source model run by its own framework, on data in the source's layout.
+
+ONNX: a small model built here with ``onnx.helper`` takes ``[1, 16, 96]`` (channels first) and
+runs in onnxruntime. onnx2tf is not installed in this environment (it pins an older TensorFlow
+and NumPy; it gets an environment of its own), so its step is stood in for by the SavedModel
+onnx2tf makes of such a model: the same weights, input moved channels-last ``[1, 96, 16]``.
+Everything after that step is the real build: conversion, calibration, verification against
+onnxruntime, the layout recorded in the package, ``edge-agent predict`` applying it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.release.package import read_package, write_package
+from converters import convert as convert_mod
+from converters.build import build_package, convert_and_verify
+from converters.settings import BuildSettings
+from converters.verify import VerificationFailed
+from tests.agentproc import REPO
+from tests.converters.conftest import Trained
+
+pytestmark = pytest.mark.slow
+
+C, T, K = 16, 96, 4
+RNG = np.random.default_rng(11)
+W = RNG.normal(0, 0.3, (C, K)).astype(np.float32)
+
+
+def onnx_model(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["xt", "w"], ["h"]),
+            helper.make_node("ReduceMean", ["h"], ["y"], axes=[1], keepdims=0),
+        ],
+        "channels_first",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, T])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, K])],
+        initializer=[numpy_helper.from_array(W, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@functools.cache
+def onnx2tf_output(directory: str) -> Path:
+    """What onnx2tf makes of ``onnx_model``: a SavedModel taking ``x`` as [1, 96, 16]."""
+    import tensorflow as tf
+
+    w = tf.constant(W)
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, T, C], tf.float32, name="x")])
+        def serve(self, x: Any) -> Any:
+            return {"output_0": tf.reduce_mean(tf.matmul(x, w), axis=1)}
+
+    m = M()
+    out = Path(directory) / "saved_model"
+    tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve})
+    return out
+
+
+def source_data(n: int, seed: int) -> np.ndarray:
+    """Channels-first windows: per-channel offsets, a per-sample scale."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, C, T)) + (np.arange(C) - C / 2)[None, :, None]
+    return (x * rng.uniform(0.5, 2.0, (n, 1, 1))).astype(np.float32)
+
+
+@pytest.fixture
+def onnx_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = onnx_model(tmp_path / "cf.onnx")
+    saved = onnx2tf_output(str(tmp_path))
+
+    def from_onnx(p: Path) -> convert_mod.SourceModel:
+        return convert_mod.SourceModel(
+            "onnx", p, saved_model_dir=saved, sha256=convert_mod.sha256_of_file(p)
+        )
+
+    monkeypatch.setattr(convert_mod, "_from_onnx", from_onnx)
+    np.save(tmp_path / "cal.npy", source_data(64, 1))
+    np.save(tmp_path / "val.npy", source_data(48, 2))
+    return path
+
+
+def test_onnx_float32_matches_onnxruntime_and_records_the_layout(
+    onnx_source: Path, tmp_path: Path
+) -> None:
+    settings = BuildSettings(name="cf", mode="float32", validation=tmp_path / "val.npy")
+    built = build_package(onnx_source, settings, version="1.0.0")
+    m = built.package.manifest
+    assert m.layout is not None and m.layout[0].permutation == [0, 2, 1]
+    assert m.layout[0].source_shape == [1, C, T] and m.inputs[0].shape == [1, T, C]
+    report = m.verification
+    assert report is not None and report.passed and report.source
+    (cmp,) = report.source
+    assert cmp.framework.startswith("onnxruntime") and cmp.relative_error < 1e-4
+    # predict takes data laid out as the ONNX model takes it, and agrees with onnxruntime
+    import onnxruntime as ort
+
+    pkg = write_package(tmp_path / "cf.eapkg", built.package)
+    x = source_data(3, 9)
+    np.save(tmp_path / "x.npy", x)
+    res = subprocess.run(
+        [sys.executable, "-m", "agent", "predict", str(pkg), "--input", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    got = np.asarray(next(iter(json.loads(res.stdout)["outputs"].values()))["values"])
+    sess = ort.InferenceSession(str(onnx_source), providers=["CPUExecutionProvider"])
+    want = np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(3)])
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_int8_calibrated_in_the_source_layout_passes(
+    onnx_source: Path, tmp_path: Path
+) -> None:
+    settings = BuildSettings(
+        name="cf", mode="int8", calibration=tmp_path / "cal.npy", validation=tmp_path / "val.npy"
+    )
+    conv = convert_and_verify(onnx_source, settings)
+    assert conv.report is not None and conv.report.passed, conv.report
+    assert conv.report.source is not None
+    assert {c.variant for c in conv.report.source} == {"reference", "candidate"}
+
+
+def test_a_mis_laid_out_calibration_set_is_caught(onnx_source: Path, tmp_path: Path) -> None:
+    # already moved to the .tflite layout and reshaped back to fit the ONNX shape: the
+    # shapes fit, the values are in the wrong places
+    wrong = np.load(tmp_path / "cal.npy").transpose(0, 2, 1).reshape(-1, C, T)
+    np.save(tmp_path / "wrong.npy", np.ascontiguousarray(wrong))
+    settings = BuildSettings(
+        name="cf", mode="int8", calibration=tmp_path / "wrong.npy", validation=tmp_path / "val.npy"
+    )
+    with pytest.raises(VerificationFailed) as err:
+        convert_and_verify(onnx_source, settings)
+    report = err.value.report
+    assert report.source is not None
+    failed = [c for c in report.source if not c.passed]
+    assert [c.variant for c in failed] == ["candidate"]
+    assert any("onnxruntime" in f and "calibration" in f for f in report.failures)
+
+
+def test_keras_variants_are_compared_with_keras(trained: Trained, tmp_path: Path) -> None:
+    settings = BuildSettings(
+        name="c", mode="int8", calibration=trained.calibration, validation=trained.validation
+    )
+    conv = convert_and_verify(trained.keras_path, settings)
+    assert conv.report is not None and conv.report.passed
+    assert conv.report.source is not None and len(conv.report.source) == 2
+    ref = next(c for c in conv.report.source if c.variant == "reference")
+    assert ref.framework.startswith("tensorflow") and ref.relative_error < 1e-3
+    assert conv.layout is not None and conv.layout[0].permutation is None
+
+
+def test_a_keras_package_records_no_layout_and_the_source_comparison(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """No layout change: no ``layout`` key (it is left out while null)."""
+    settings = BuildSettings(name="c", mode="float32", validation=trained.validation)
+    built = build_package(trained.keras_path, settings, version="1.0.0")
+    raw = json.loads(built.package.manifest_bytes)
+    assert "layout" not in raw
+    assert raw["verification"]["source"]  # the report carries the source comparison
+    read_package(built.package.to_bytes())
