@@ -65,14 +65,14 @@ def onnx2tf_output(directory: str) -> Path:
 
     w = tf.constant(W)
 
-    class M(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([1, T, C], tf.float32, name="x")])
-        def serve(self, x: Any) -> Any:
-            return {"output_0": tf.reduce_mean(tf.matmul(x, w), axis=1)}
+    def serve(x: Any) -> Any:
+        return {"output_0": tf.reduce_mean(tf.matmul(x, w), axis=1)}
 
-    m = M()
+    fn = tf.function(serve, input_signature=[tf.TensorSpec([1, T, C], tf.float32, name="x")])
+    module = tf.Module()
+    module.serve = fn
     out = Path(directory) / "saved_model"
-    tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve})
+    tf.saved_model.save(module, str(out), signatures={"serving_default": fn})
     return out
 
 
