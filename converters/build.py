@@ -64,7 +64,7 @@ def convert_and_verify(source: Path | Any, settings: BuildSettings) -> Converted
     """
     thresholds = Thresholds(settings.max_accuracy_drop, settings.min_agreement)
     raw_validation = _read_validation(settings, thresholds)  # fail fast, before converting
-    with load_source(source) as src:
+    with load_source(source, onnx2tf_args=settings.onnx2tf_args) as src:
         runner = source_runner(src.kind, src.path, src.saved_model_dir)
         reference, candidate, mode = _convert(src, settings, runner)
         kind = src.kind

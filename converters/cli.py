@@ -129,6 +129,14 @@ def _add_build_args(p: argparse.ArgumentParser, *, package: bool) -> None:
     p.add_argument("--min-agreement", type=float, help="fail below this top-1 agreement")
     p.add_argument("--runtime", choices=("auto", "litert", "tflite-runtime", "tensorflow"))
     p.add_argument("--report", type=Path, help="write the verification report (JSON) here")
+    p.add_argument(
+        "--onnx2tf-arg",
+        action="append",
+        dest="onnx2tf_args",
+        metavar="ARG",
+        help="ONNX sources: one onnx2tf argument, repeatable in order "
+        "(--onnx2tf-arg=-kat --onnx2tf-arg=x --onnx2tf-arg=-b --onnx2tf-arg=1)",
+    )
     if not package:
         p.add_argument("-o", "--output", type=Path, help="output .tflite")
         return
@@ -166,6 +174,7 @@ _BUILD_KEYS = (
     "private_key",
     "min_agent_version",
     "golden_samples",
+    "onnx2tf_args",
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.errors import ConversionError
 from agent.release.package import read_package, write_package
 from converters import convert as convert_mod
 from converters.build import build_package, convert_and_verify
@@ -88,7 +89,7 @@ def onnx_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = onnx_model(tmp_path / "cf.onnx")
     saved = onnx2tf_output(str(tmp_path))
 
-    def from_onnx(p: Path) -> convert_mod.SourceModel:
+    def from_onnx(p: Path, args: object = ()) -> convert_mod.SourceModel:
         return convert_mod.SourceModel(
             "onnx", p, saved_model_dir=saved, sha256=convert_mod.sha256_of_file(p)
         )
@@ -182,3 +183,34 @@ def test_a_keras_package_records_no_layout_and_the_source_comparison(
     assert "layout" not in raw
     assert raw["verification"]["source"]  # the report carries the source comparison
     read_package(built.package.to_bytes())
+
+
+FAKE_ONNX2TF = """
+import json, sys
+def main():
+    print("argv:", json.dumps(sys.argv[1:]), file=sys.stderr)
+    def lookup():
+        return {}["/Constant_output_0"]
+    lookup()
+"""
+
+
+def test_onnx2tf_options_are_passed_and_its_errors_shown_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in onnx2tf (its command line, failing the way the real one did)."""
+    fake = tmp_path / "fake"
+    (fake / "onnx2tf").mkdir(parents=True)
+    (fake / "onnx2tf" / "__init__.py").write_text(FAKE_ONNX2TF)
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setenv("PYTHONPATH", f"{fake}:{REPO}")
+    model = onnx_model(tmp_path / "cf.onnx")
+    args = ["-kat", "x", "-ois", "x:1,16,96", "-b", "1"]
+    settings = BuildSettings(name="cf", mode="float32", onnx2tf_args=args)
+    with pytest.raises(ConversionError) as err:
+        convert_and_verify(model, settings)
+    text = str(err.value)
+    assert "KeyError: '/Constant_output_0'" in text and "in lookup" in text  # the traceback
+    line = next(ln for ln in text.splitlines() if ln.startswith("argv: "))
+    got = json.loads(line.removeprefix("argv: "))
+    assert got[:2] == ["-i", str(model)] and got[-6:] == args  # onnx2tf received them
