@@ -68,12 +68,17 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
         manifest = pkg.manifest
     elif path == BUILTIN_DEMO_MODEL and not labels:
         labels = DEMO_LABELS
+    window = (cfg.window.length, cfg.channels)
+    spec = manifest.preprocess if manifest is not None else None
+    if spec is not None:  # the package decides the window (agent.model.compat.resolve)
+        window = (spec.window, spec.channels or cfg.channels)
     model = load_model(
         data,
         runtime=cfg.model.runtime,
         num_threads=cfg.model.num_threads,
         reference_kernels=cfg.model.reference_kernels,
         signature=cfg.model.signature,
+        window=window,
     )
     return ActiveModel(
         model=model,

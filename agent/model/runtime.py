@@ -313,8 +313,12 @@ class Model:
         signature: str | None,
         quantize_in_graph: bool,
         label: str,
+        window: tuple[int, int] | None = None,
     ) -> None:
         self.size = len(content)
+        self._window = window
+        self._resize_to: dict[int, tuple[int, ...]] = {}
+        """Input tensor index -> shape, for inputs with dynamic dimensions (``window``)."""
         self.sha256 = hashlib.sha256(content).hexdigest()
         self.runtime_name = backend.name
         self.num_threads = num_threads
@@ -366,10 +370,39 @@ class Model:
             return content, {}
 
     def _new_interpreter(self, content: bytes, reference_kernels: bool) -> Any:
-        return _interpreter(self._backend, content, self.num_threads, reference_kernels, self.label)
+        interp = _interpreter(
+            self._backend, content, self.num_threads, reference_kernels, self.label
+        )
+        if self._resize_to:
+            for index, shape in self._resize_to.items():
+                interp.resize_tensor_input(index, list(shape), strict=False)
+            interp.allocate_tensors()
+        return interp
+
+    def _plan_resize(self, ins: list[tuple[str, Mapping[str, Any]]]) -> None:
+        """Inputs with dynamic dimensions other than the batch are allocated as 1 by the
+        runtime; with a ``window`` they are resized to take one window (``dynamic_shape``)."""
+        if self._window is None:
+            return
+        for name, d in ins:
+            sig = d.get("shape_signature")
+            if sig is None or all(int(v) > 0 for v in list(sig)[1:]):
+                continue
+            shape = dynamic_shape(tuple(int(v) for v in sig), *self._window)
+            if shape is None:
+                raise ShapeMismatch(
+                    f"{self.label}: input {name!r} has dynamic shape {list(sig)}, which no "
+                    f"layout of a {self._window[0]} x {self._window[1]} window fills"
+                )
+            log.info("%s: input %r %s resized to %s", self.label, name, list(sig), shape)
+            self._resize_to[int(d["index"])] = shape
 
     def _build(self, wanted: str | None, wrapped: Mapping[int, WrappedTensor]) -> None:
         interp = self._new_interpreter(self._engine_content, self.reference_kernels)
+        if self._window is not None:
+            self._plan_resize([(d["name"], d) for d in interp.get_input_details()])
+            if self._resize_to:
+                interp = self._new_interpreter(self._engine_content, self.reference_kernels)
         sigs: dict[str, Any] = interp._get_full_signature_list() or {}
         if sigs:
             if wanted is None:
@@ -714,6 +747,26 @@ def _plain(t: TensorInfo) -> bool:
     return not t.quantized and t.dtype not in ("float16", "float64")
 
 
+def dynamic_shape(signature: tuple[int, ...], length: int, channels: int) -> tuple[int, ...] | None:
+    """The shape a window of ``length`` x ``channels`` fills in an input whose ``signature``
+    has dynamic (-1) dimensions: the first of the layouts the pipeline feeds ((1, L, C),
+    (1, L, C, 1), (1, L, 1, C), (1, L*C), (L, C), (L*C,)) of the same rank that agrees with
+    every fixed dimension; None when none does."""
+    for cand in (
+        (1, length, channels),
+        (1, length, channels, 1),
+        (1, length, 1, channels),
+        (1, length * channels),
+        (length, channels),
+        (length * channels,),
+    ):
+        if len(cand) == len(signature) and all(
+            s <= 0 or s == c for s, c in zip(signature, cand, strict=True)
+        ):
+            return cand
+    return None
+
+
 def _public(t: TensorInfo, wrapped: Mapping[int, WrappedTensor]) -> TensorInfo:
     q = wrapped.get(t.index)
     if q is None:
@@ -739,8 +792,12 @@ def load_model(
     signature: str | None = None,
     quantize_in_graph: bool = False,
     label: str = "model",
+    window: tuple[int, int] | None = None,
 ) -> Model:
     """Load a .tflite model from its bytes.
+
+    ``window`` (length, channels): an input with dynamic dimensions other than the batch
+    (``[-1, -1]``, ``[1, -1, 3]``: allocated as 1 by the runtime) is resized to take one window.
 
     ``runtime``: ``auto`` or a key of ``RUNTIMES``. ``reference_kernels`` selects the builtin
     kernels without the default XNNPACK delegate (bit-exact with TFLite's C library).
@@ -768,6 +825,7 @@ def load_model(
             signature=signature,
             quantize_in_graph=quantize_in_graph,
             label=label,
+            window=window,
         ),
     )
     log.info(
