@@ -1,11 +1,12 @@
 """One validation: every check the agent runs before it starts, shared with ``check-config``.
 
 ``preflight(cfg, load)`` loads the model, lets its package decide (``agent.model.compat``),
-validates the pipeline stages against the real tensors, reads the replay files the way the
-replay source will, and checks TLS files, the MQTT password, trusted keys and the HTTP token.
-It collects *every* problem as ``(key path, reason)``. ``Agent.build`` runs it first, and
-``edge-agent check-config`` runs the same function, so both say the same words and a config
-that ``check-config`` accepts does not make ``run`` exit 2 or 78.
+validates the pipeline stages against the real tensors, builds the sources the way the
+pipeline will (replay files read and shaped, command programs found), and checks TLS files,
+the MQTT password, trusted keys and the HTTP token. It collects *every* problem as
+``(key path, reason)``. ``Agent.build`` runs it first, and ``edge-agent check-config`` runs the
+same function, so both say the same words and a config that ``check-config`` accepts does not
+make ``run`` exit 2 or 78.
 
 Problems the configuration must fix (a package conflict, a missing TLS or key file, a runtime
 that cannot work here) make ``PreflightError.config`` true: ``run`` exits 78 (EX_CONFIG, not
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.config import Config, ReplaySource, read_password
+from agent.config import Config, MqttSource, ReplaySource, read_password
 from agent.delivery.mqtt import tls_problems
 from agent.errors import (
     ConfigError,
@@ -26,7 +27,8 @@ from agent.errors import (
     PackageConflict,
     RuntimeUnavailable,
 )
-from agent.ingest.sources.recording import load_recording
+from agent.ingest.sources import SourceContext, build_source
+from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.compat import check_compatible, resolve
 from agent.model.loading import load_active_model
@@ -100,21 +102,19 @@ def _model(cfg: Config, load: Loader) -> tuple[Config, ActiveModel | None, list[
     return eff, active, []
 
 
-def _replay_files(cfg: Config) -> list[Problem]:
+def _sources(cfg: Config) -> list[Problem]:
+    """Build every source the way the pipeline does (a replay file read and shaped, a command's
+    program found), without starting it; MQTT sources need the link and are checked by it."""
     problems = []
+    ctx = SourceContext(metrics=Metrics())
     for i, src in enumerate(cfg.sources):
-        if not isinstance(src, ReplaySource):
+        if isinstance(src, MqttSource):
             continue
+        key = f"sources[{i}].path" if isinstance(src, ReplaySource) else f"sources[{i}]"
         try:
-            load_recording(
-                src.path,
-                src.channels,
-                src.timestamp_column,
-                want_ts=src.rate == "recorded",
-                reject=lambda err: None,
-            )
+            build_source(src, ctx)
         except EdgeAgentError as exc:
-            problems.append(Problem(f"sources[{i}].path", str(exc), False))
+            problems.append(Problem(key, str(exc), False))
     return problems
 
 
@@ -149,12 +149,12 @@ def check(
 ) -> tuple[Config, ActiveModel | None, list[Problem]]:
     """Run every start-up check; the decided configuration, the model and every problem.
 
-    ``replay = False`` leaves the replay files to the sources (start-up reads them once, with
-    the same function, when the pipeline is built).
+    ``replay = False`` leaves the sources to the pipeline (it builds them with the same
+    function when it is built).
     """
     eff, active, problems = _model(cfg, load)
     if replay:
-        problems += _replay_files(eff)
+        problems += _sources(eff)
     problems += _files(eff)
     return eff, active, problems
 

@@ -142,6 +142,7 @@ def _replay(tmp: Path, shape: tuple[int, ...]) -> dict[str, Any]:
         ("window_does_not_fit", "model.path"),
         ("replay_wrong_shape", "sources[0].path"),
         ("missing_ca_file", "mqtt.tls.ca_file"),
+        ("missing_program", "sources[0]"),
     ],
 )
 def test_check_config_refuses_what_run_refuses(tmp_path: Path, case: str, key: str) -> None:
@@ -152,6 +153,8 @@ def test_check_config_refuses_what_run_refuses(tmp_path: Path, case: str, key: s
         tables["window"] = {"length": 16, "hop": 8}
     elif case == "replay_wrong_shape":
         tables["sources"] = [_replay(tmp_path, (100, 5))]
+    elif case == "missing_program":
+        tables["sources"] = [{"type": "command", "name": "c", "argv": ["no-such-program-x"]}]
     else:
         tables["mqtt"] = {"tls": {"enabled": True, "ca_file": str(tmp_path / "ca.pem")}}
     path = config(tmp_path, free_port(), **tables)
