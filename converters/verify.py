@@ -252,12 +252,27 @@ def format_report(report: VerificationReport) -> str:
             f"{_fmt(o.accuracy):>7} {_fmt(o.accuracy_drop):>7} {o.max_abs_error:>9.4g} "
             f"{o.mean_abs_error:>9.4g}"
         )
+    if report.source:
+        lines += [
+            "",
+            f"against the source ({report.source[0].framework}):",
+            f"{'variant':<10} {'mode':<8} {'output':<24} {'max|err|':>9} {'of range':>9} "
+            f"{'allowed':>8} {'agree':>7}",
+        ]
+        for c in report.source:
+            lines.append(
+                f"{c.variant:<10} {c.mode:<8} {c.output[:24]:<24} {c.max_abs_error:>9.4g} "
+                f"{c.relative_error:>9.2%} {c.max_relative_error:>8.1%} "
+                f"{_fmt(c.top1_agreement):>7}{'' if c.passed else '  FAIL'}"
+            )
     lines.append("")
     gates = []
     if report.max_accuracy_drop is not None:
         gates.append(f"max_accuracy_drop={report.max_accuracy_drop:g}")
     if report.min_agreement is not None:
         gates.append(f"min_agreement={report.min_agreement:g}")
+    if report.source:
+        gates.append("error against the source within the allowed share of its range")
     verdict = "PASSED" if report.passed else "FAILED"
     lines.append(f"{verdict} ({', '.join(gates) if gates else 'no thresholds set'})")
     lines += [f"  - {f}" for f in report.failures]
