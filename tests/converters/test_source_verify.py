@@ -214,3 +214,43 @@ def test_onnx2tf_options_are_passed_and_its_errors_shown_in_full(
     line = next(ln for ln in text.splitlines() if ln.startswith("argv: "))
     got = json.loads(line.removeprefix("argv: "))
     assert got[:2] == ["-i", str(model)] and got[-6:] == args  # onnx2tf received them
+
+
+def test_a_keras_int8_build_calibrated_on_transposed_data_is_caught(tmp_path: Path) -> None:
+    """Keras: a square (16, 16) input, so transposed calibration data fits the shape; the model
+    reads only channel 0, which carries the signal. Calibrated on the right layout the int8
+    build stays within 25 % of the source's output range; on the transposed one it does not."""
+    import tensorflow as tf
+
+    keras = tf.keras
+    s = 16
+    w = np.zeros((s * s, 2), np.float32)
+    w[np.arange(s) * s, 0], w[np.arange(s) * s, 1] = 1.0, -1.0
+    inp = keras.Input((s, s), name="window")
+    dense = keras.layers.Dense(2, use_bias=False)
+    model = keras.Model(inp, dense(keras.layers.Flatten()(inp)))
+    dense.set_weights([w])
+    model.save(tmp_path / "m.keras")
+
+    def data(n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(0, 0.1, (n, s, s))
+        x[:, :, 0] = rng.normal(0, 1, (n, s)) * rng.uniform(0.5, 3, (n, 1))
+        return x.astype(np.float32)
+
+    np.save(tmp_path / "cal.npy", data(64, 1))
+    np.save(tmp_path / "wrong.npy", np.ascontiguousarray(data(64, 1).transpose(0, 2, 1)))
+    np.save(tmp_path / "val.npy", data(48, 2))
+
+    def settings(cal: str) -> BuildSettings:
+        return BuildSettings(
+            name="k", mode="int8", calibration=tmp_path / cal, validation=tmp_path / "val.npy"
+        )
+
+    good = convert_and_verify(tmp_path / "m.keras", settings("cal.npy"))
+    assert good.report is not None and good.report.passed
+    with pytest.raises(VerificationFailed) as err:
+        convert_and_verify(tmp_path / "m.keras", settings("wrong.npy"))
+    source = err.value.report.source
+    assert source is not None
+    assert {c.variant: c.passed for c in source} == {"reference": True, "candidate": False}
