@@ -10,6 +10,9 @@
   work here is a configuration error (exit 78: systemd does not restart it).
 - When the model comes from a package, its manifest decides (``agent.model.compat.resolve``):
   the pipeline, the OTA updater and the reports run with the configuration it decided.
+- Batch evaluation (a replay source with ``exit_when_done = true``): once every source has
+  finished and every prediction has been acknowledged by the broker (the spool is empty), shut
+  down as on SIGTERM and exit 0 (1 if a source failed: a partial evaluation is no result).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ if TYPE_CHECKING:  # imported when OTA is enabled: cryptography and the manifest
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_STARTUP = 2
 EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus (retrying cannot help)
 
@@ -260,8 +264,16 @@ class Agent:
             return exit_code(exc)
         self.start(r)
         while True:
-            while not self._wake.wait(1.0):
-                pass
+            while not self._wake.wait(0.2 if self.cfg.exit_when_done else 1.0):
+                if self.cfg.exit_when_done and self._all_done(r):
+                    failed = sum(self.metrics.counters_by_reason("source_failures").values())
+                    log.info(
+                        "every source finished and every prediction was delivered: exiting "
+                        "(exit_when_done)%s",
+                        f"; {failed} source(s) failed" if failed else "",
+                    )
+                    self.shutdown(r, final_status=True)
+                    return EXIT_FAILED if failed else EXIT_OK
             self._wake.clear()
             if self._stop.is_set():
                 self.shutdown(r, final_status=True)
@@ -280,6 +292,12 @@ class Agent:
             else:
                 cfg = self.cfg = new_cfg
             self.start(r)
+
+    @staticmethod
+    def _all_done(r: Running) -> bool:
+        """Batch evaluation is over: the sources finished, their windows ran, and the spool
+        holds nothing unacknowledged."""
+        return r.pipeline.finished.is_set() and r.publisher.drained()
 
     def _reread(self) -> Config | None:
         try:

@@ -39,6 +39,7 @@ from agent.config import (
     AnomalyPost,
     ClassificationPost,
     Config,
+    DetectionPost,
     PostprocessConfig,
     RawPost,
     RegressionPost,
@@ -58,6 +59,11 @@ OPERATOR_KEYS = (
     "postprocess.output",
     "postprocess.score",
     "postprocess.names",
+    "postprocess.thresholds",
+    "postprocess.average_windows",
+    "postprocess.ignore",
+    "postprocess.refractory_windows",
+    "postprocess.heartbeat_windows",
 )
 """Keys the config keeps deciding when the model comes from a package."""
 
@@ -184,6 +190,8 @@ def _postprocess_for(manifest: Manifest) -> PostprocessConfig | None:
         return RegressionPost()
     if spec.type == "raw":
         return RawPost()
+    if spec.type == "detection":
+        return DetectionPost()
     if spec.threshold is None:
         return None
     return AnomalyPost(threshold=spec.threshold)
@@ -231,7 +239,7 @@ def resolve(cfg: Config, manifest: Manifest) -> Config:
         update["postprocess"] = post = post.model_copy(
             update={"threshold": manifest.postprocess.threshold}
         )
-    if isinstance(post, ClassificationPost) and manifest.labels and post.labels:
+    if isinstance(post, ClassificationPost | DetectionPost) and manifest.labels and post.labels:
         decide(
             "postprocess.labels", post, "labels", list(post.labels), list(manifest.labels),
             "incompatible_output",
@@ -348,7 +356,7 @@ def check_output(manifest: Manifest, cfg: Config) -> None:
         )
     post = cfg.postprocess
     if (
-        isinstance(post, ClassificationPost)
+        isinstance(post, ClassificationPost | DetectionPost)
         and post.labels
         and manifest.labels
         and list(post.labels) != list(manifest.labels)
