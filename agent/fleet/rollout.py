@@ -30,6 +30,7 @@ has is refused unless ``force``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -272,6 +273,7 @@ class RolloutReport:
     failure_fraction: float
     previous_version: str | None
     restored: bool = False
+    abort_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -287,6 +289,7 @@ class RolloutReport:
             "failure_fraction": round(self.failure_fraction, 4),
             "previous_version": self.previous_version,
             "restored": self.restored,
+            "abort_reason": self.abort_reason,
         }
 
 
@@ -310,8 +313,14 @@ def run_rollout(
     follow: bool = True,
     force: bool = False,
     on_event: Callable[[str], None] = lambda line: None,
+    on_progress: Callable[[RolloutTracker], None] = lambda tracker: None,
+    cancel: threading.Event | None = None,
 ) -> RolloutReport:
-    """Announce ``ann`` and (with ``follow``) watch it until it completes, aborts or times out."""
+    """Announce ``ann`` and (with ``follow``) watch it until it completes, aborts or times out.
+
+    ``on_progress`` sees the tracker after every update (the dashboard draws it); setting
+    ``cancel`` aborts the rollout as too many failures would: the previous announcement is
+    restored."""
     model, version = manifest_version(ann)
     topic = ota_topic(settings.topic_prefix, ann.channel, model)
     previous = current_announcements(settings, password, model, [ann.channel])[ann.channel]
@@ -324,14 +333,24 @@ def run_rollout(
         announce(settings, password, model, ann)
         on_event(f"announced {model} {version} on {ann.channel} ({_targets_text(ann.targets)})")
         outcome = Outcome.ANNOUNCED
+        reason: str | None = None
         if follow:
             deadline = time.monotonic() + policy.timeout_s
             while True:
                 for line in tracker.update(view.devices()):
                     on_event(line)
+                on_progress(tracker)
+                if cancel is not None and cancel.is_set():
+                    outcome, reason = Outcome.ABORTED, "aborted by the operator"
+                    break
                 decided = tracker.decision()
                 if decided is not None:
                     outcome = decided
+                    if decided is Outcome.ABORTED:
+                        reason = (
+                            f"{len(tracker.failed)} of {len(tracker.involved)} device(s) failed "
+                            f"(> {policy.max_failure_fraction:.0%})"
+                        )
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -350,15 +369,13 @@ def run_rollout(
         pending=sorted(tracker.pending),
         failure_fraction=tracker.failure_fraction,
         previous_version=prev_version,
+        abort_reason=reason,
     )
     if outcome is Outcome.ABORTED:
         _restore(settings, password, topic, previous)
         report.restored = True
         back = f"re-announced {prev_version}" if prev_version else "cleared the channel"
-        on_event(
-            f"ABORTED: {len(tracker.failed)} of {len(tracker.involved)} device(s) failed "
-            f"(> {policy.max_failure_fraction:.0%}); {back}"
-        )
+        on_event(f"ABORTED: {reason}; {back}")
         log.warning("rollout of %s %s on %s aborted", model, version, ann.channel)
     return report
 
