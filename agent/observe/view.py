@@ -13,6 +13,7 @@ the agent unready: predictions are queued, and on-demand inference works offline
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,6 +68,19 @@ def _version() -> str:
     from agent import __version__
 
     return __version__
+
+
+def recent_predictions(payloads: list[bytes], keep: int = 5) -> list[dict[str, Any]]:
+    """The newest ``keep`` predictions (newest first) from spooled payloads (single or batch)."""
+    out: list[dict[str, Any]] = []
+    for raw in payloads:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        items = obj.get("batch") if isinstance(obj, dict) and "batch" in obj else [obj]
+        out.extend(p for p in items if isinstance(p, dict))
+    return out[::-1][:keep]
 
 
 class RunningAgentView:
@@ -152,6 +166,7 @@ class RunningAgentView:
                 "last_error": r.link.last_error,
             },
             "metrics": self.collect().model_dump(mode="json"),
+            "recent_predictions": recent_predictions(r.publisher.recent()),
         }
 
     # ---------------------------------------------------------------- inference
