@@ -79,7 +79,8 @@ def recent_predictions(payloads: list[bytes], keep: int = 5) -> list[dict[str, A
         except ValueError:
             continue
         items = obj.get("batch") if isinstance(obj, dict) and "batch" in obj else [obj]
-        out.extend(p for p in items if isinstance(p, dict))
+        if isinstance(items, list):
+            out.extend(p for p in items if isinstance(p, dict))
     return out[::-1][:keep]
 
 

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import anyio
 import anyio.to_thread
@@ -110,7 +110,18 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
-def _float(form: Any, key: str, default: float) -> float:
+MAX_FORM_BYTES = 64 * 1024
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body (the pages' forms), first value per key."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise EdgeAgentError("form too large")
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _float(form: dict[str, str], key: str, default: float) -> float:
     raw = form.get(key)
     if raw in (None, ""):
         return default
@@ -315,8 +326,8 @@ class DashboardApp:
     async def start_rollout(self, request: Request) -> Response:
         if self.rollouts is None:
             return PlainTextResponse("rollouts are not enabled\n", status_code=404)
-        form = await request.form()
         try:
+            form = await _form(request)
             package = str(form.get("package") or "").strip()
             groups = [g.strip() for g in str(form.get("groups") or "").split(",") if g.strip()]
             req = RolloutRequest(
@@ -371,7 +382,10 @@ class DashboardApp:
     async def promote(self, request: Request) -> Response:
         if self.rollouts is None:
             return PlainTextResponse("rollouts are not enabled\n", status_code=404)
-        form = await request.form()
+        try:
+            form = await _form(request)
+        except EdgeAgentError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=413)
         model = str(form.get("model") or "").strip()
         source = str(form.get("source") or "canary").strip()
         dest = str(form.get("dest") or "stable").strip()
