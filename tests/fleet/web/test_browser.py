@@ -3,7 +3,7 @@
 ``edge-fleet serve`` runs as its own process; the devices are ``SimulatedDevice``s (plain
 paho clients with a last will, retained status, metrics and an OTA answer). Every check waits
 on the DOM (the live regions arrive over server-sent events, no reloads) and saves a
-screenshot under ``<tmp>/screenshots``.
+screenshot under ``test-artifacts/screenshots/<test>/``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from agent.config import MqttSection
 from agent.delivery.mqtt import OutgoingMessage, publish_once
 from tests.broker import Broker
+from tests.browser import artefacts_dir, chromium, screenshot, wait_for
 from tests.fleet.support import SimulatedDevice, make_announcement, retained_announcement
-from tests.fleet.web.browser import chromium, screenshot, wait_for
 from tests.fleet.web.dashboard import DashboardProcess
 
 pytestmark = pytest.mark.slow
@@ -43,9 +43,9 @@ def _rows(driver: WebDriver) -> dict[str, tuple[str, str]]:
 
 
 def test_devices_page_lists_devices_and_shows_one_going_offline(
-    broker: Broker, browser: WebDriver, tmp_path: Path
+    broker: Broker, browser: WebDriver, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    shots = tmp_path / "screenshots"
+    shots = artefacts_dir(request.node.name)
     fleet = {
         "dev-a": (["lab"], "1.0.0"),
         "dev-b": (["lab"], "1.1.0"),
@@ -91,11 +91,11 @@ def test_devices_page_lists_devices_and_shows_one_going_offline(
 
 
 def test_rollout_started_from_the_page_aborts_on_refusals(
-    broker: Broker, browser: WebDriver, tmp_path: Path
+    broker: Broker, browser: WebDriver, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Two lab devices refuse the new version (bad signature): more than the allowed share
     failed, so the rollout aborts and the canary channel is cleared again."""
-    shots = tmp_path / "screenshots"
+    shots = artefacts_dir(request.node.name)
     staging = make_announcement("demo", "1.1.0", "staging")
     publish_once(
         MqttSection(host=broker.host, port=broker.port),

@@ -2,12 +2,15 @@
 ``chromedriver`` by Selenium (scripts/test installs both; nothing is downloaded at run time).
 
 Tests wait on DOM conditions (``wait_for``), never on fixed sleeps, and save a screenshot of
-every page they check under ``<pytest tmp dir>/screenshots`` (kept by pytest's basetemp
-retention: the artefacts of the last runs).
+every page they check under ``test-artifacts/screenshots/<test>/`` in the checkout
+(gitignored; ``EDGE_TEST_ARTIFACTS`` moves it): the artefacts of the last run, which CI can
+keep. Not pytest's tmp dir: its retention removes it when other runs follow.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,6 +79,18 @@ def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T | None], what
     )
     assert result is not None
     return result
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def artefacts_dir(test: str) -> Path:
+    """``test-artifacts/screenshots/<test>`` (emptied first: the last run's pictures)."""
+    root = Path(os.environ.get("EDGE_TEST_ARTIFACTS") or ARTIFACTS)
+    folder = root / "screenshots" / re.sub(r"[^A-Za-z0-9_.-]+", "_", test)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def screenshot(driver: WebDriver, folder: Path, name: str) -> Path:
