@@ -290,7 +290,7 @@ def _make_client(settings: MqttSection, client_id: str, password: str | None) ->
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise PublishError(f"TLS setup failed: {exc}") from exc
+            raise PublishError(PublishError.TLS, f"TLS setup failed: {exc}") from exc
         if tls.insecure:
             client.tls_insecure_set(True)
     return client
@@ -571,7 +571,9 @@ def _start_short_lived(client: paho.Client, settings: MqttSection) -> str:
     try:
         _connect(client, settings)
     except (OSError, ssl.SSLError, ValueError) as exc:
-        raise PublishError(f"cannot connect to MQTT broker {where}: {exc}") from exc
+        raise PublishError(
+            PublishError.CONNECT, f"cannot connect to MQTT broker {where}: {exc}"
+        ) from exc
     client.loop_start()
     return where
 
@@ -599,7 +601,10 @@ def publish_once(
     where = _start_short_lived(client, settings)
     try:
         if not connected.wait(timeout_s) or refused:
-            raise PublishError(f"MQTT broker {where} did not accept us: {refused or 'timeout'}")
+            raise PublishError(
+                PublishError.REFUSED,
+                f"MQTT broker {where} did not accept us: {refused or 'timeout'}",
+            )
         deadline = time.monotonic() + timeout_s
         infos = [
             (m, client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)) for m in messages
@@ -607,10 +612,16 @@ def publish_once(
         for m, info in infos:
             remaining = max(0.0, deadline - time.monotonic())
             if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise PublishError(f"publish to {m.topic} failed: {paho.error_string(info.rc)}")
+                raise PublishError(
+                    PublishError.PUBLISH,
+                    f"publish to {m.topic} failed: {paho.error_string(info.rc)}",
+                )
             info.wait_for_publish(remaining)
             if not info.is_published():
-                raise PublishError(f"publish to {m.topic} was not acknowledged in {timeout_s}s")
+                raise PublishError(
+                    PublishError.PUBLISH,
+                    f"publish to {m.topic} was not acknowledged in {timeout_s}s",
+                )
     finally:
         client.disconnect()
         client.loop_stop()
@@ -656,7 +667,9 @@ def collect_retained(
     where = _start_short_lived(client, settings)
     try:
         if not subscribed.wait(timeout_s):
-            raise PublishError(f"could not subscribe on {where} within {timeout_s}s")
+            raise PublishError(
+                PublishError.SUBSCRIBE, f"could not subscribe on {where} within {timeout_s}s"
+            )
         quiet = threading.Event()
         while not quiet.wait(settle_s / 5):
             with lock:

@@ -344,7 +344,7 @@ class Pipeline:
                     latency = clock() - t0
                     result = post(outs, x if window is None else window(x), stream)
                 except InferenceError as exc:
-                    self.metrics.inc("inference_errors", reason=_reason(exc))
+                    self.metrics.inc("inference_errors", reason=exc.reason)
                     self._warn.warning("infer", "inference failed on %s: %s", stream, exc)
                     continue
                 latencies.append(latency)
@@ -373,10 +373,3 @@ class Pipeline:
             self.metrics.observe_many("invoke", latencies)
         if out:
             submit(out, inline=inline)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).lower()
-    if "finite" in text or "nan" in text:
-        return "non_finite"
-    return "error"

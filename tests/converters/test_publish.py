@@ -80,6 +80,11 @@ def test_version_rules(tmp_path: Path, broker: Broker, keys: Keys) -> None:
     # same version, same hash: idempotent re-announce, nothing uploaded
     again = publish_package(_pkg(keys, "1.1.0"), settings)
     assert not again.uploaded and again.topic
+    # the stored model corrupted: re-hashed before announcing, and replaced (issue 14 finding 5)
+    stored = store / "fake" / "1.1.0" / "model.tflite"
+    stored.write_bytes(b"X" + MODEL[1:])
+    repaired = publish_package(_pkg(keys, "1.1.0"), settings)
+    assert repaired.uploaded and stored.read_bytes() == MODEL
     # same version, different model: refused, force or not
     for force in (False, True):
         with pytest.raises(ConversionError, match="different model"):

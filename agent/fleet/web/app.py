@@ -48,10 +48,10 @@ from starlette.types import ASGIApp
 
 from agent.config import check_topic_id
 from agent.errors import EdgeAgentError
-from agent.fleet.view import FAILED
+from agent.fleet.view import summary
 from agent.fleet.web.auth import AuthMiddleware, Credentials
 from agent.fleet.web.rollouts import RolloutRequest, Rollouts
-from agent.fleet.web.state import STATES, Dashboard, device_state, last_outcome
+from agent.fleet.web.state import STATES, Dashboard, device_state
 from agent.fleet.web.svg import line_chart
 from agent.release.report import REPORT_CSS, manifest_report
 
@@ -86,9 +86,6 @@ def _environment() -> Environment:
         "age": _age,
         "when": _when,
         "state_of": device_state,
-        "last_outcome": last_outcome,
-        "FAILED": FAILED,
-        "REFUSED": frozenset({"refused"}),
         "STATES": STATES,
     }
     return env
@@ -191,7 +188,9 @@ class DashboardApp:
             "q": q.get("q") or "",
         }
         per_page = _int(q.get("per_page"), PER_PAGE)
+        devices = self.dash.view.devices()
         page = self.dash.query(
+            devices=devices,
             group=filters["group"] or None,
             version=filters["version"] or None,
             state=filters["state"] or None,
@@ -206,14 +205,14 @@ class DashboardApp:
         def page_url(n: int) -> str:
             return "/devices?" + urlencode({**base, "page": n})
 
-        groups, versions = self.dash.facets()
+        groups, versions = self.dash.facets(devices)
         return {
             "page": page,
             "filters": filters,
             "groups": groups,
             "versions": versions,
             "page_url": page_url,
-            "online": sum(1 for d in self.dash.view.devices() if d.online),
+            "summary": summary(devices),
         }
 
     async def devices(self, request: Request) -> Response:

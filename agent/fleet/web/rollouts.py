@@ -2,10 +2,12 @@
 
 A ``RolloutJob`` builds the same ``Announcement`` ``edge-fleet rollout`` would (from a
 package file and the store's base URL, or from what another channel announces) and runs
-``agent.fleet.rollout.run_rollout`` with it: the same discovery, abort threshold, restore of
-the previous announcement. The dashboard keeps the tracker's progress and the event lines;
-*abort* sets the rollout's ``cancel`` event, which aborts and restores like the threshold
-does.
+``agent.fleet.rollout.run_rollout`` with it: the same discovery, exact-build tracking, abort
+threshold and restore of the previous announcement, and the same ``RolloutStore`` on disk
+(so ``edge-fleet rollout --resume`` / ``--abort`` work on a rollout started here). The
+dashboard takes the tracker's progress each time the rollout saves its state (on the
+rollout's thread, so the snapshot is consistent) and the event lines; *abort* sets the
+rollout's ``cancel`` event, which aborts and restores like the threshold does.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pathlib import Path
 from agent.config import MqttSection
 from agent.errors import EdgeAgentError
 from agent.fleet.rollout import (
+    Rollout,
     RolloutPolicy,
     RolloutReport,
+    RolloutStore,
     RolloutTracker,
     announcement_from_package,
     current_announcements,
@@ -82,7 +86,32 @@ class RolloutJob:
 
     @property
     def abort_reason(self) -> str | None:
-        return self.report.abort_reason if self.report is not None else None
+        """Why it was aborted, and what that did to the channel (None: not aborted)."""
+        r = self.report
+        if r is None or r.outcome.value != "aborted":
+            return None
+        if self.cancel.is_set():
+            why = "aborted by the operator"
+        else:
+            reasons = ", ".join(f"{k} x{n}" for k, n in r.failure_reasons().items())
+            involved = len(set(r.targeted) | set(r.succeeded) | set(r.failed))
+            why = (
+                f"{len(r.failed)} of {involved} device(s) failed "
+                f"(> {self.request.max_failure_fraction:.0%}): {reasons}"
+            )
+        return f"{why}; {r.restored_text}" if r.restored_text else why
+
+
+class _JobStore(RolloutStore):
+    """The CLI's rollout store, telling the job each time the rollout saves its progress."""
+
+    def __init__(self, directory: Path, on_save: Callable[[Rollout], None]) -> None:
+        super().__init__(directory)
+        self._on_save = on_save
+
+    def save(self, r: Rollout) -> Path:
+        self._on_save(r)
+        return super().save(r)
 
 
 def build_announcement(
@@ -109,11 +138,16 @@ class Rollouts:
     """Every rollout started from this dashboard, newest first."""
 
     def __init__(
-        self, settings: MqttSection, password: str | None, on_change: Callable[[], None]
+        self,
+        settings: MqttSection,
+        password: str | None,
+        on_change: Callable[[], None],
+        state_dir: Path | None = None,
     ) -> None:
         self._settings = settings
         self._password = password
         self._on_change = on_change
+        self._state_dir = state_dir or RolloutStore.default_dir()
         self._jobs: dict[int, RolloutJob] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -185,6 +219,7 @@ class Rollouts:
             if req.model and req.model != job.model:
                 raise EdgeAgentError(f"the package is model {job.model!r}, not {req.model!r}")
             policy = RolloutPolicy(req.max_failure_fraction, req.timeout_s, req.discover_s)
+            store = _JobStore(self._state_dir, lambda r: self._progress(job, r.tracker))
             report = run_rollout(
                 self._settings,
                 self._password,
@@ -192,7 +227,7 @@ class Rollouts:
                 policy,
                 force=req.force,
                 on_event=lambda line: self._event(job, line),
-                on_progress=lambda t: self._progress(job, t),
+                store=store,
                 cancel=job.cancel,
             )
         except EdgeAgentError as exc:

@@ -29,6 +29,8 @@ class ServeOptions:
     basic_auth_file: Path | None = None
     actions: bool = True
     """Allow starting, aborting and promoting rollouts from the page."""
+    state_dir: Path | None = None
+    """The rollout store's folder (None: the CLI's default)."""
 
 
 def connect(settings: MqttSection, password: str | None, dash: Dashboard) -> MqttLink:
@@ -52,7 +54,7 @@ def serve(settings: MqttSection, password: str | None, opts: ServeOptions) -> No
 
     creds = load_credentials(opts.host, opts.token_file, opts.basic_auth_file)
     dash = Dashboard(settings.topic_prefix)
-    rollouts = Rollouts(settings, password, dash.touch) if opts.actions else None
+    rollouts = Rollouts(settings, password, dash.touch, opts.state_dir) if opts.actions else None
     link = connect(settings, password, dash)
     try:
         app = create_app(dash, rollouts, creds)

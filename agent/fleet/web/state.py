@@ -99,12 +99,6 @@ def device_state(d: DeviceState) -> str:
     return {True: "online", False: "offline", None: "unknown"}[d.online]
 
 
-def last_outcome(d: DeviceState, states: frozenset[str]) -> OtaReport | None:
-    """The most recent remembered outcome whose state is in ``states``."""
-    found = [r for r in d.outcomes.values() if r.state in states]
-    return max(found, key=lambda r: r.ts or 0.0) if found else None
-
-
 class Dashboard:
     """Thread-safe state behind every page; fed by ``handle``."""
 
@@ -237,11 +231,12 @@ class Dashboard:
         search: str | None = None,
         page: int = 1,
         per_page: int = 50,
+        devices: list[DeviceState] | None = None,
     ) -> Page:
-        """Filtered and paged devices (sorted by id)."""
+        """Filtered and paged devices (sorted by id; of ``devices``, default all)."""
         found = [
             d
-            for d in self.view.devices()
+            for d in (self.view.devices() if devices is None else devices)
             if (not group or group in d.groups)
             and (not version or d.version == version)
             and (not state or device_state(d) == state)
@@ -253,11 +248,11 @@ class Dashboard:
         start = (page - 1) * per_page
         return Page(found[start : start + per_page], len(found), page, per_page)
 
-    def facets(self) -> tuple[list[str], list[str]]:
-        """Every group and every model version seen (for the filter menus)."""
+    def facets(self, devices: list[DeviceState]) -> tuple[list[str], list[str]]:
+        """Every group and every model version among ``devices`` (for the filter menus)."""
         groups: set[str] = set()
         versions: set[str] = set()
-        for d in self.view.devices():
+        for d in devices:
             groups.update(d.groups)
             if d.version:
                 versions.add(d.version)

@@ -33,6 +33,8 @@ class DashboardProcess:
             str(broker.port),
             "--http-port",
             str(self.port),
+            "--state-dir",
+            str(workdir / "rollouts"),
             *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None

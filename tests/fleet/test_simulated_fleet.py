@@ -1,0 +1,118 @@
+"""End to end with the fleet simulator: 200 real MQTT clients, a canary rollout that aborts on
+refusals and restores the previous announcement, and a status view that sees everyone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agent.config import MqttSection
+from agent.delivery.mqtt import OutgoingMessage, publish_once
+from agent.fleet.cli import EXIT_OK, main
+from agent.fleet.rollout import Outcome, RolloutPolicy, RolloutStore, run_rollout
+from agent.fleet.simulator import Behaviour, Script, SimSpec, Simulator
+from agent.fleet.view import watch_fleet
+from agent.release.manifest import Targets
+from tests.broker import Broker
+from tests.fleet.support import make_announcement, retained_announcement
+
+N = 200
+INITIAL_SHA = hashlib.sha256(b"TFL3-not-a-model").hexdigest()  # make_manifest's content
+
+
+def test_simulated_fleet_rollout_aborts_on_refusals_and_restores(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = SimSpec(
+        devices=N,
+        sha256=INITIAL_SHA,
+        metrics_interval_s=2.0,
+        prediction_rate=0.2,
+        install_s=0.2,
+        health_s=1.0,
+        scripts=(
+            Script(Behaviour.REFUSE, 0.15, "bad_signature"),
+            Script(Behaviour.OFFLINE, 0.02, "1"),
+        ),
+    )
+    settings = MqttSection(host=broker.host, port=broker.port)
+    topic = "edge/ota/canary/demo"
+    previous = make_announcement("demo", "1.0.0", "canary")
+    publish_once(settings, "seed", [OutgoingMessage(topic, previous.to_bytes(), 1, True)])
+    sim = Simulator(spec, broker.host, broker.port)
+    sim.start()
+    try:
+        assert sim.wait_online(N, 120), f"{sim.online} of {N} online"
+        gone = sum(1 for d in sim.devices if d.behaviour is Behaviour.OFFLINE)
+        assert gone > 0
+        with watch_fleet(settings) as view:
+            assert view.wait_for(
+                lambda ds: sum(1 for d in ds if d.online is False) == gone and len(ds) == N, 60
+            )
+
+        # the status view: every device, the offline ones marked and without live rates
+        assert (
+            main(
+                [
+                    "status",
+                    "--json",
+                    "--wait",
+                    "30",
+                    "--host",
+                    broker.host,
+                    "--port",
+                    str(broker.port),
+                ]
+            )
+            == EXIT_OK
+        )
+        status = json.loads(capsys.readouterr().out)
+        assert status["summary"]["devices"] == N
+        assert status["summary"]["offline"] == gone
+        assert status["summary"]["versions"] == {"demo 1.0.0": N}
+        offline = [d for d in status["devices"] if d["online"] is False]
+        assert offline and all(d["prediction_rate"] is None for d in offline)
+
+        # a canary to half the fleet; 15 % of the devices refuse: abort above 5 %
+        ann = make_announcement("demo", "1.1.0", "canary", Targets(percent=50.0))
+        store = RolloutStore(tmp_path / "rollouts")
+        lines: list[str] = []
+        report = run_rollout(
+            settings,
+            None,
+            ann,
+            RolloutPolicy(max_failure_fraction=0.05, timeout_s=120.0, discover_s=30.0),
+            on_event=lines.append,
+            store=store,
+        )
+        assert report.outcome is Outcome.ABORTED, "\n".join(lines[-20:])
+        assert report.restored and report.restored_text == "re-announced 1.0.0"
+        assert report.failure_reasons() and set(report.failure_reasons()) == {
+            "refused (bad_signature)"
+        }
+        refusing = {d.device for d in sim.devices if d.behaviour is Behaviour.REFUSE}
+        assert set(report.failed) <= refusing
+        assert report.failure_fraction > 0.05
+        assert any(line.startswith("ABORTED") for line in lines)
+        back = retained_announcement(broker, topic)
+        assert back is not None and json.loads(back.manifest)["version"] == "1.0.0"
+        kept = store.load("canary", "demo")
+        assert kept.outcome is Outcome.ABORTED and kept.restored_text == "re-announced 1.0.0"
+
+        # the refusals are visible per device in the status view
+        with watch_fleet(settings) as view:
+            assert view.wait_for(
+                lambda ds: {d.device for d in ds if d.last_refusal} >= set(report.failed), 60
+            )
+            reasons = Counter(
+                d.last_refusal.reason for d in view.devices() if d.last_refusal is not None
+            )
+        assert reasons["bad_signature"] >= len(report.failed)
+    finally:
+        sim.stop(clear=True)
+    assert time.time()  # the simulator stopped cleanly
