@@ -18,6 +18,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from agent.config import MqttSection
 from agent.delivery.mqtt import OutgoingMessage, publish_once
+from agent.fleet.simulator import Behaviour, Script, SimSpec, Simulator
 from tests.broker import Broker
 from tests.browser import artefacts_dir, chromium, screenshot, wait_for
 from tests.fleet.support import SimulatedDevice, make_announcement, retained_announcement
@@ -32,14 +33,28 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         yield driver
 
 
+_ROWS_JS = """
+return Array.from(document.querySelectorAll('#devices tr[data-device]')).map(tr => [
+  tr.getAttribute('data-device'),
+  tr.querySelector('td.state').textContent.trim(),
+  tr.querySelector('td.version').textContent.trim()]);
+"""
+
+
 def _rows(driver: WebDriver) -> dict[str, tuple[str, str]]:
-    """Device -> (state cell text, version cell text) of the devices table as shown."""
-    out = {}
-    for tr in driver.find_elements(By.CSS_SELECTOR, "#devices tr[data-device]"):
-        state = tr.find_element(By.CSS_SELECTOR, "td.state").text
-        version = tr.find_element(By.CSS_SELECTOR, "td.version").text
-        out[tr.get_attribute("data-device") or ""] = (state, version)
-    return out
+    """Device -> (state cell text, version cell text) of the devices table as shown, read in
+    one script call (the live region may be swapped between two WebDriver calls)."""
+    rows = driver.execute_script(_ROWS_JS)
+    return {str(d): (str(state), str(version)) for d, state, version in rows}
+
+
+def _text(driver: WebDriver, element_id: str) -> str:
+    """An element's text in one script call ('' when it is not there)."""
+    got = driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.textContent : '';",
+        element_id,
+    )
+    return " ".join(str(got).split())
 
 
 def test_devices_page_lists_devices_and_shows_one_going_offline(
@@ -84,8 +99,11 @@ def test_devices_page_lists_devices_and_shows_one_going_offline(
 
         # the device page: its facts, the chart and the OTA history section
         browser.get(dash.url + "/devices/dev-a")
-        wait_for(browser, lambda d: d.find_element(By.ID, "state").text == "online", "dev-a")
-        assert browser.find_element(By.ID, "model").text == "demo 1.0.0"
+        wait_for(
+            browser,
+            lambda d: _text(d, "state") == "online" and _text(d, "model") == "demo 1.0.0",
+            "dev-a",
+        )
         assert browser.find_elements(By.CSS_SELECTOR, "svg.chart")
         screenshot(browser, shots, "device")
 
@@ -125,16 +143,13 @@ def test_rollout_started_from_the_page_aborts_on_refusals(
         browser.find_element(By.ID, "r-start").click()
 
         wait_for(browser, lambda d: "/rollouts/1" in d.current_url, "the rollout's page")
-        wait_for(
-            browser,
-            lambda d: d.find_element(By.ID, "rollout-state").text == "aborted",
-            "the rollout aborted",
-        )
-        reason = browser.find_element(By.ID, "abort-reason").text
-        assert "failed" in reason and "cleared the channel" in reason, reason
-        failures = browser.find_element(By.ID, "failures").text
+        wait_for(browser, lambda d: _text(d, "rollout-state") == "aborted", "the rollout aborted")
+        reason = _text(browser, "abort-reason")
+        assert reason.startswith("2 of 2 device(s) failed (> 20%)"), reason
+        assert reason.endswith("cleared the channel"), reason
+        failures = _text(browser, "failures")
         assert "bad_signature" in failures and "dev-a" in failures, failures
-        events = browser.find_element(By.ID, "events").text
+        events = _text(browser, "events")
         assert "announced demo 1.1.0 on canary" in events, events
         assert "dev-c" not in failures  # not in the lab group: not targeted
         screenshot(browser, shots, "rollout-aborted")
@@ -149,3 +164,99 @@ def test_rollout_started_from_the_page_aborts_on_refusals(
             "the rollouts list",
         )
     assert retained_announcement(broker, "edge/ota/canary/demo") is None
+
+
+def _summary(driver: WebDriver) -> str:
+    return _text(driver, "summary")
+
+
+def test_simulated_fleet_paging_offline_and_an_operator_abort(
+    broker: Broker, browser: WebDriver, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """120 simulated devices (agent.fleet.simulator) on two versions, a few of which drop off
+    the network: server-side paging and filters show the right devices, the offline ones
+    turn offline on the page, and a rollout whose devices are still installing is aborted
+    with the page's button (the channel is cleared again)."""
+    shots = artefacts_dir(request.node.name)
+    old = SimSpec(devices=100, id_prefix="a-", groups=("lab", "field"), install_s=600.0)
+    new = SimSpec(
+        devices=20,
+        id_prefix="b-",
+        version="1.1.0",
+        groups=("lab",),
+        scripts=(Script(Behaviour.OFFLINE, 0.2, "2"),),
+    )
+    sims = [Simulator(spec, broker.host, broker.port) for spec in (old, new)]
+    gone = {d.device for d in sims[1].devices if d.behaviour is Behaviour.OFFLINE}
+    assert gone
+    try:
+        for sim in sims:
+            sim.start()
+        with DashboardProcess(broker, tmp_path / "dash") as dash:
+            browser.get(dash.url + "/devices")
+            wait_for(browser, lambda d: "120 device(s) match, page 1 of 3" in _summary(d), "120")
+            wait_for(browser, lambda d: len(_rows(d)) == 50, "50 rows a page")
+            screenshot(browser, shots, "devices-page-1")
+            browser.get(browser.find_element(By.ID, "next").get_attribute("href") or "")
+            wait_for(
+                browser,
+                lambda d: "page 2 of 3" in _summary(d) and min(_rows(d)) == "a-00050",
+                "page 2",
+            )
+
+            browser.get(dash.url + "/devices?version=1.1.0")
+            wait_for(
+                browser,
+                lambda d: len(_rows(d)) == 20 and {v for _, v in _rows(d).values()} == {"1.1.0"},
+                "the 20 devices on 1.1.0",
+            )
+
+            browser.get(dash.url + "/devices?state=offline&per_page=100")
+            wait_for(browser, lambda d: set(_rows(d)) == gone, f"offline: {sorted(gone)}")
+            screenshot(browser, shots, "devices-offline")
+
+            # a rollout to the lab group whose devices take minutes to install: abort it
+            publish_once(
+                MqttSection(host=broker.host, port=broker.port),
+                "seed",
+                [
+                    OutgoingMessage(
+                        "edge/ota/staging/demo",
+                        make_announcement("demo", "1.2.0", "staging").to_bytes(),
+                        1,
+                        True,
+                    )
+                ],
+            )
+            browser.get(dash.url + "/rollouts")
+            for field, value in (
+                ("r-model", "demo"),
+                ("r-from", "staging"),
+                ("r-groups", "lab"),
+                ("r-discover", "2"),
+            ):
+                browser.find_element(By.ID, field).send_keys(value)
+            browser.find_element(By.ID, "r-start").click()
+            wait_for(
+                browser,
+                lambda d: (
+                    "pending of" in d.find_element(By.ID, "progress").text
+                    and d.find_element(By.ID, "rollout-state").text == "running"
+                ),
+                "the rollout running",
+            )
+            screenshot(browser, shots, "rollout-running")
+            wait_for(browser, lambda d: d.find_element(By.ID, "abort"), "the abort button").click()
+            wait_for(
+                browser,
+                lambda d: (
+                    _text(d, "abort-reason") == "aborted by the operator; cleared the channel"
+                ),
+                "aborted by the operator",
+            )
+            assert _text(browser, "rollout-state") == "aborted"
+            screenshot(browser, shots, "rollout-aborted")
+        assert retained_announcement(broker, "edge/ota/canary/demo") is None
+    finally:
+        for sim in sims:
+            sim.stop(clear=True)
