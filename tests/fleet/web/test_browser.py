@@ -166,6 +166,15 @@ def test_rollout_started_from_the_page_aborts_on_refusals(
     assert retained_announcement(broker, "edge/ota/canary/demo") is None
 
 
+def _seqs(driver: WebDriver) -> list[int]:
+    """Sequence numbers of the live predictions shown (newest first)."""
+    got = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#predictions tr[data-seq]'))"
+        ".map(tr => Number(tr.getAttribute('data-seq')));"
+    )
+    return [int(x) for x in got]
+
+
 def _summary(driver: WebDriver) -> str:
     return _text(driver, "summary")
 
@@ -185,6 +194,8 @@ def test_simulated_fleet_paging_offline_and_an_operator_abort(
         version="1.1.0",
         groups=("lab",),
         scripts=(Script(Behaviour.OFFLINE, 0.2, "2"),),
+        prediction_rate=2.0,
+        metrics_interval_s=1.0,
     )
     sims = [Simulator(spec, broker.host, broker.port) for spec in (old, new)]
     gone = {d.device for d in sims[1].devices if d.behaviour is Behaviour.OFFLINE}
@@ -214,6 +225,20 @@ def test_simulated_fleet_paging_offline_and_an_operator_abort(
             browser.get(dash.url + "/devices?state=offline&per_page=100")
             wait_for(browser, lambda d: set(_rows(d)) == gone, f"offline: {sorted(gone)}")
             screenshot(browser, shots, "devices-offline")
+
+            # a device's page: its predictions as they arrive, its rate over time as a chart
+            live = min({d.device for d in sims[1].devices} - gone)
+            browser.get(f"{dash.url}/devices/{live}")
+            first = wait_for(browser, lambda d: _seqs(d) or None, "live predictions")
+            wait_for(browser, lambda d: _seqs(d) and _seqs(d)[0] > first[0], "a newer one")
+            wait_for(
+                browser,
+                lambda d: d.execute_script(
+                    "return document.querySelectorAll('svg.chart polyline').length"
+                ),
+                "the rate chart drawn",
+            )
+            screenshot(browser, shots, "device-live")
 
             # a rollout to the lab group whose devices take minutes to install: abort it
             publish_once(
