@@ -240,9 +240,13 @@ class DashboardApp:
 
     # ---------------------------------------------------------------- one device
 
-    def _device_id(self, request: Request) -> str:
+    def _device_id(self, request: Request) -> str | None:
+        """The path's device id; None when it is not a valid topic part (never subscribed)."""
         device = str(request.path_params["device"])
-        check_topic_id(device, "device")
+        try:
+            check_topic_id(device, "device")
+        except ValueError:
+            return None
         return device
 
     def _device_ctx(self, device: str) -> dict[str, Any]:
@@ -278,9 +282,8 @@ class DashboardApp:
         }
 
     async def device(self, request: Request) -> Response:
-        try:
-            device = self._device_id(request)
-        except EdgeAgentError:
+        device = self._device_id(request)
+        if device is None:
             return PlainTextResponse("not a device id\n", status_code=404)
         self.dash.watch_predictions(device)
         ctx = await anyio.to_thread.run_sync(self._device_ctx, device)
@@ -291,9 +294,8 @@ class DashboardApp:
         )
 
     async def device_events(self, request: Request) -> Response:
-        try:
-            device = self._device_id(request)
-        except EdgeAgentError:
+        device = self._device_id(request)
+        if device is None:
             return PlainTextResponse("not a device id\n", status_code=404)
         self.dash.watch_predictions(device)
         return self._stream(
