@@ -26,6 +26,7 @@ SMOKE_ROWS = (
     "7 enqueue, broker down",
     "7 drain after reconnect",
     "8 hot swap at 200/s",
+    "19 dashboard devices page 1",
 )
 
 
