@@ -5,6 +5,8 @@ asks for it and then shows the same."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,12 +16,25 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from agent.observe.devicepage import page
-from tests.agentproc import AgentProcess, write_config
+from tests.agentproc import REPO, AgentProcess, write_config
 from tests.broker import Broker, free_port, wait_for_port
 from tests.browser import artefacts_dir, chromium, screenshot, wait_for
 from tests.fleet.support import agent_config
 
-pytestmark = pytest.mark.slow
+
+def test_the_page_is_not_loaded_at_start() -> None:
+    """Starting the HTTP API imports nothing of the page (RSS and start-up stay as they were);
+    the first request reads it, later ones get the same bytes."""
+    code = (
+        "import sys, agent.observe.wiring, agent.observe.httpapi; "
+        "print('agent.observe.devicepage' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+    assert page() is page() and page().startswith(b"<!doctype html>")
+    assert b"REFRESH_MS" not in page() and b'fetch("/status"' in page()
 
 
 def _seqs(driver: WebDriver) -> list[int]:
@@ -27,6 +42,7 @@ def _seqs(driver: WebDriver) -> list[int]:
     return [int(r.find_elements(By.TAG_NAME, "td")[0].text) for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", [None, "s3cret-token"])
 def test_device_page_in_a_browser(
     broker: Broker, tmp_path: Path, token: str | None, request: pytest.FixtureRequest

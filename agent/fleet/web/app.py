@@ -149,15 +149,25 @@ class DashboardApp:
         body = self._render(name, title=title, live=_ours(region), events=events, **ctx)
         return HTMLResponse(body, headers={"Cache-Control": "no-store"})
 
-    def _stream(self, request: Request, render: Callable[[], str]) -> StreamingResponse:
+    def _now(self, render: Callable[[], str]) -> Callable[[], tuple[str, int]]:
+        """A render of state that is read live (not from the snapshot): the count before it."""
+
+        def counted() -> tuple[str, int]:
+            seen = self.dash.changes
+            return render(), seen
+
+        return counted
+
+    def _stream(self, request: Request, render: Callable[[], tuple[str, int]]) -> StreamingResponse:
+        """Server-sent events: ``render()`` (the live region and the change count it shows)
+        again after every change."""
         dash = self.dash
 
         async def events() -> AsyncIterator[str]:
             last: str | None = None
             yield "retry: 2000\n\n"
             while True:
-                seen = dash.changes
-                html = await anyio.to_thread.run_sync(render)
+                html, seen = await anyio.to_thread.run_sync(render)
                 if html != last:
                     last = html
                     data = "\n".join(f"data: {line}" for line in html.split("\n"))
@@ -188,7 +198,7 @@ class DashboardApp:
             "q": q.get("q") or "",
         }
         per_page = _int(q.get("per_page"), PER_PAGE)
-        devices = self.dash.view.devices()
+        devices, changes = self.dash.snapshot()
         page = self.dash.query(
             devices=devices,
             group=filters["group"] or None,
@@ -213,6 +223,7 @@ class DashboardApp:
             "versions": versions,
             "page_url": page_url,
             "summary": summary(devices),
+            "changes": changes,
         }
 
     async def devices(self, request: Request) -> Response:
@@ -221,9 +232,11 @@ class DashboardApp:
         return self._page("devices.html", "devices_live.html", events, "devices", **ctx)
 
     async def devices_events(self, request: Request) -> Response:
-        return self._stream(
-            request, lambda: self._render("devices_live.html", **self._devices_ctx(request))
-        )
+        def render() -> tuple[str, int]:
+            ctx = self._devices_ctx(request)
+            return self._render("devices_live.html", **ctx), ctx["changes"]
+
+        return self._stream(request, render)
 
     async def api_devices(self, request: Request) -> Response:
         ctx = await anyio.to_thread.run_sync(self._devices_ctx, request)
@@ -250,6 +263,7 @@ class DashboardApp:
         return device
 
     def _device_ctx(self, device: str) -> dict[str, Any]:
+        d, changes = self.dash.device(device)
         now = time.time()
         hist = self.dash.history(device)
         start = now - 3600.0
@@ -273,7 +287,8 @@ class DashboardApp:
         predictions = list(reversed(self.dash.predictions(device)))
         return {
             "device_id": device,
-            "d": self.dash.device(device),
+            "d": d,
+            "changes": changes,
             "rate_chart": _ours(rate),
             "latency_chart": _ours(latency),
             "predictions": predictions,
@@ -298,9 +313,12 @@ class DashboardApp:
         if device is None:
             return PlainTextResponse("not a device id\n", status_code=404)
         self.dash.watch_predictions(device)
-        return self._stream(
-            request, lambda: self._render("device_live.html", **self._device_ctx(device))
-        )
+
+        def render() -> tuple[str, int]:
+            ctx = self._device_ctx(device)
+            return self._render("device_live.html", **ctx), ctx["changes"]
+
+        return self._stream(request, render)
 
     # ---------------------------------------------------------------- rollouts
 
@@ -321,7 +339,7 @@ class DashboardApp:
 
     async def rollouts_events(self, request: Request) -> Response:
         return self._stream(
-            request, lambda: self._render("rollouts_live.html", **self._rollouts_ctx())
+            request, self._now(lambda: self._render("rollouts_live.html", **self._rollouts_ctx()))
         )
 
     async def start_rollout(self, request: Request) -> Response:
@@ -371,7 +389,8 @@ class DashboardApp:
     async def rollout_events(self, request: Request) -> Response:
         job_id = _int(str(request.path_params["job"]), 0)
         return self._stream(
-            request, lambda: self._render("rollout_live.html", **self._rollout_ctx(job_id))
+            request,
+            self._now(lambda: self._render("rollout_live.html", **self._rollout_ctx(job_id))),
         )
 
     async def abort_rollout(self, request: Request) -> Response:
@@ -411,7 +430,8 @@ class DashboardApp:
 
     async def releases_events(self, request: Request) -> Response:
         return self._stream(
-            request, lambda: self._render("releases_live.html", releases=self.dash.releases())
+            request,
+            self._now(lambda: self._render("releases_live.html", releases=self.dash.releases())),
         )
 
     def _release_ctx(self, channel: str, model: str) -> dict[str, Any]:
@@ -437,7 +457,10 @@ class DashboardApp:
     async def release_events(self, request: Request) -> Response:
         channel, model = str(request.path_params["channel"]), str(request.path_params["model"])
         return self._stream(
-            request, lambda: self._render("release_live.html", **self._release_ctx(channel, model))
+            request,
+            self._now(
+                lambda: self._render("release_live.html", **self._release_ctx(channel, model))
+            ),
         )
 
     # ---------------------------------------------------------------- misc
