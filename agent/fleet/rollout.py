@@ -6,21 +6,30 @@ As Greengrass deployments and hawkBit rollouts do, a rollout has an abort thresh
    version to go back to;
 2. start watching the fleet (``FleetView``), wait up to ``discover_s`` for every online
    device's metrics (groups, channels), then publish the new ``Announcement`` retained;
-3. follow the devices' OTA reports for *this* version (``agent.fleet.view``: success is
-   ``active`` through the health window; failure is ``failed``, ``rolled_back`` or a refusal
-   such as ``bad_signature``; reports from devices the targets leave out are ignored).
-   ``targeted`` are the devices that should take it: online, running this model, following
-   this channel (``MetricsV1.ota_channels``) and inside ``Targets`` (groups and percent);
-   devices that report for the version count too;
+3. follow the devices' OTA reports (``OtaStateV1``) for *this exact build*: the version and
+   the artifact sha256 of the announced manifest. Success is that build ``active`` through
+   the health window (or already running when the rollout starts: counted at once);
+   failure is ``failed``, ``rolled_back`` or a refusal such as ``bad_signature`` or
+   ``version_reused`` (a re-built version with other bytes), each with its reason; reports
+   from devices the targets leave out are ignored. ``targeted`` are the devices that should
+   take it: online, running this model, following this channel
+   (``MetricsV1.ota_channels``) and inside ``Targets`` (groups and percent); devices that
+   report for the build count too;
 4. abort when ``failed / (targeted + reporting) > max_failure_fraction``: re-announce the
    previous announcement (with a fresh ``published_at``) or, when there was none, clear the
-   channel;
+   channel, and say which;
 5. complete when every targeted device has finished; give up following after ``timeout_s``
    (the announcement stays: a device that was offline takes it when it comes back).
 
 A finished report counts when it is at most ``STALE_S`` older than the rollout (by its ``ts``,
 else by when it arrived), so a failure left over from an old attempt at the same version
 aborts a new rollout only when it is recent.
+
+The rollout (announcement, the one it replaced, policy, progress) is kept on disk by a
+``RolloutStore`` after every change, so ``resume_rollout`` continues it from another process
+and ``abort_rollout`` stops it from anywhere. ``start_rollout`` / ``follow_rollout`` /
+``abort_rollout`` / ``resume_rollout`` / ``promote`` are the functions every front end uses
+(the CLI, a dashboard).
 
 ``promote`` re-announces the *same* signed manifest from one channel on another (canary ->
 stable). Versions only go up within a channel: announcing an older version than the channel
@@ -47,6 +56,7 @@ from pydantic import ValidationError
 
 from agent.config import MqttSection
 from agent.delivery.mqtt import OutgoingMessage, collect_retained, publish_once
+from agent.durable import atomic_write
 from agent.errors import PackageError, UpdateError
 from agent.fleet.view import (
     IN_PROGRESS,
@@ -67,6 +77,9 @@ from agent.release.package import read_package
 from agent.wire.topics import ota_topic
 
 log = logging.getLogger(__name__)
+
+FOLLOW_EVERY_S = 0.25
+"""Shortest time between two passes of the tracker over the fleet."""
 
 STALE_S = 60.0
 """Finished reports older than this before the rollout started do not count."""
@@ -462,7 +475,7 @@ class Rollout:
 
 
 class RolloutStore:
-    """Rollouts on disk, one JSON file per channel and model (write temp, fsync, rename)."""
+    """Rollouts on disk, one JSON file per channel and model (``agent.durable``)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -476,19 +489,11 @@ class RolloutStore:
         return self.directory / f"{channel}-{model}.json"
 
     def save(self, r: Rollout) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(r.tracker.channel, r.tracker.model)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(r.to_json(), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        fd = os.open(self.directory, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            atomic_write(path, json.dumps(r.to_json(), indent=1).encode())
+        except OSError as exc:
+            raise UpdateError("storage", f"cannot keep the rollout in {path}: {exc}") from exc
         return path
 
     def load(self, channel: str, model: str) -> Rollout:
@@ -607,7 +612,13 @@ def follow_rollout(
         left = deadline - time.monotonic()
         if left <= 0:
             return Outcome.TIMED_OUT
+        checked = time.monotonic()
         view.wait_change(min(left, 1.0))
+        # at most FOLLOW_EVERY_S between two passes over the fleet: thousands of devices
+        # report many times a second, and each pass reads every device
+        rest = checked + FOLLOW_EVERY_S - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
 
 
 def run_rollout(

@@ -4,7 +4,8 @@
 
     <prefix>/+/status    retained "online" / "offline" (the agents' last will)
     <prefix>/+/ota       retained OTA state (JSON, written by the agents' updater)
-    <prefix>/+/metrics   periodic ``MetricsV1`` (not retained: seen as the agents report)
+    <prefix>/+/metrics   retained periodic ``MetricsV1`` (an offline device's are history:
+                         its rates are not shown as live)
 
 and keeps one ``DeviceState`` per device, updated from paho's network thread (the handler only
 parses and stores; waiting is done with a condition variable).
@@ -15,11 +16,12 @@ device does not send is shown as unknown instead of hiding the device.
 OTA state: the updater's retained ``OtaStateV1`` (agent/ota/report.py): ``state`` (idle,
 downloading, verifying, staged, active, rolled_back, failed), the ``version`` it is about,
 ``running``, ``health`` (watching/passed while active), ``reason`` and the last ``refusal``.
-A version *succeeded* on a device when it is ``active`` and through its health window; it
-*failed* when the device reports ``failed`` or ``rolled_back`` for it, or refused it for a
-reason other than "not for me" (``not_targeted``, ``up_to_date``, ``wrong_model``,
-``wrong_channel``). Every finished outcome is remembered per version
-(``DeviceState.outcomes``), so a rollout still sees a failure after the device moved on.
+A build (version + artifact sha256) *succeeded* on a device when it is ``active`` and through
+its health window; it *failed* when the device reports ``failed`` or ``rolled_back`` for it,
+or refused it for a reason other than "not for me" (``not_targeted``, ``up_to_date``,
+``wrong_model``, ``wrong_channel``). Every finished outcome is remembered per build
+(``DeviceState.outcomes``), the latest refusal and rollback per device too, so a rollout
+still sees a failure after the device moved on.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 FAILED = frozenset({"failed", "rolled_back"})
 IN_PROGRESS = frozenset({"downloading", "verifying", "staged"})
+SYNC_EVERY_S = 0.5
+"""How often the view sends its sync marker until one comes back (``watch_fleet``)."""
+
 NOT_A_FAILURE = frozenset({"not_targeted", "up_to_date", "wrong_model", "wrong_channel"})
 """Refusal reasons that say "not for me", not "this package is bad"."""
 
@@ -308,6 +313,8 @@ class FleetView:
         self._update(device, fn)
 
     def _metrics(self, device: str, payload: bytes) -> None:
+        if not payload.strip():
+            return  # a cleared retained message
         obj = json.loads(payload)
         if not isinstance(obj, dict):
             return
@@ -359,16 +366,19 @@ class FleetView:
         timeout: float,
         min_interval: float = 0.05,
     ) -> bool:
-        """Block until ``predicate(devices())`` holds, re-checked after changes but at most
+        """Block until ``predicate(devices)`` holds (it must only read them: it gets the live
+        states, under the view's lock), re-checked after changes but at most
         every ``min_interval`` seconds (a fleet of thousands changes thousands of times a
         second while retained messages arrive; checking each would be quadratic)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
                 seen = self._changes
-            checked = time.monotonic()
-            if predicate(self.devices()):
-                return True
+                checked = time.monotonic()
+                # the live states, not copies (10,000 copies per check would dominate): a
+                # predicate only reads them
+                if predicate(list(self._devices.values())):
+                    return True
             with self._cond:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -399,14 +409,32 @@ def watch_fleet(
     password: str | None = None,
     connect_timeout_s: float = 10.0,
 ) -> Iterator[FleetView]:
-    """A ``FleetView`` fed by a live subscription for the duration of the ``with`` block."""
+    """A ``FleetView`` fed by a live subscription for the duration of the ``with`` block.
+
+    The state topics are subscribed at QoS 0: each is retained and the newest wins, and a
+    broker sends the retained set of a QoS 0 subscription without its per-client queue limit
+    (Mosquitto's ``max_queued_messages``, 1000 by default, drops most of a 10,000-device
+    fleet's retained messages for a QoS 1 subscriber). Knowing when the retained set is
+    complete: a marker published to ``view.sync_topic`` after the subscriptions comes back
+    after every retained message queued before it (one client's messages stay in order). A
+    broker with a full queue for us drops the marker too, so it is sent again every
+    ``SYNC_EVERY_S`` until one arrives.
+    """
     view = FleetView(settings.topic_prefix)
-    marker = OutgoingMessage(view.sync_topic, b"sync", qos=1)
-    link = MqttLink(
-        settings, f"edge-fleet-{uuid.uuid4().hex[:10]}", password=password, birth=[marker]
-    )
-    for f in [*view.filters(), view.sync_topic]:
-        link.subscribe(f, 1, view.handle)
+    link = MqttLink(settings, f"edge-fleet-{uuid.uuid4().hex[:10]}", password=password)
+    for f in view.filters():
+        link.subscribe(f, 0, view.handle)
+    link.subscribe(view.sync_topic, 0, view.handle)
+    stop = threading.Event()
+
+    def marker() -> None:
+        while not (view.synced.is_set() or stop.is_set()):
+            # connected means subscribed: the link subscribes before it says so
+            if link.wait_connected(SYNC_EVERY_S):
+                link.publish(OutgoingMessage(view.sync_topic, b"sync", qos=0))
+                stop.wait(SYNC_EVERY_S)
+
+    threading.Thread(target=marker, name="fleet-sync", daemon=True).start()
     link.start()
     try:
         deadline = time.monotonic() + connect_timeout_s
@@ -420,6 +448,7 @@ def watch_fleet(
                 )
         yield view
     finally:
+        stop.set()
         link.stop()
 
 

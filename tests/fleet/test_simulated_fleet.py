@@ -116,3 +116,80 @@ def test_simulated_fleet_rollout_aborts_on_refusals_and_restores(
     finally:
         sim.stop(clear=True)
     assert time.time()  # the simulator stopped cleanly
+
+
+def _fleet(n: int, **kw: object) -> SimSpec:
+    return SimSpec(
+        devices=n,
+        sha256=INITIAL_SHA,
+        metrics_interval_s=2.0,
+        prediction_rate=0.0,
+        install_s=0.2,
+        health_s=0.5,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_rollout_to_devices_already_on_the_build_completes_at_once(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 3: every target already runs the announced build."""
+    sim = Simulator(_fleet(20), broker.host, broker.port)
+    sim.start()
+    try:
+        assert sim.wait_online(20, 60)
+        settings = MqttSection(host=broker.host, port=broker.port)
+        ann = make_announcement("demo", "1.0.0", "staging")  # the build they all run
+        publish_once(
+            settings, "seed", [OutgoingMessage("edge/ota/staging/demo", ann.to_bytes(), 1, True)]
+        )
+        t0 = time.monotonic()
+        code = main(
+            [
+                "rollout", "--host", broker.host, "--port", str(broker.port),
+                "--model", "demo", "--from-channel", "staging", "--channel", "canary",
+                "--discover", "30", "--timeout", "120", "--json",
+                "--state-dir", str(tmp_path),
+            ]
+        )  # fmt: skip
+        took = time.monotonic() - t0
+        report = json.loads(capsys.readouterr().out)
+        assert code == EXIT_OK, report
+        assert report["outcome"] == "completed"
+        assert len(report["already"]) == 20 and report["pending"] == []
+        assert took < 60  # not the --timeout of 120
+    finally:
+        sim.stop(clear=True)
+
+
+def test_a_rollout_resumes_from_its_state_on_disk(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator's machine restarts: --no-follow stands in for the lost process, then
+    --resume follows the kept rollout to its end."""
+    sim = Simulator(_fleet(20), broker.host, broker.port)
+    sim.start()
+    try:
+        assert sim.wait_online(20, 60)
+        settings = MqttSection(host=broker.host, port=broker.port)
+        ann = make_announcement("demo", "1.1.0", "staging")
+        publish_once(
+            settings, "seed", [OutgoingMessage("edge/ota/staging/demo", ann.to_bytes(), 1, True)]
+        )
+        common = ["--host", broker.host, "--port", str(broker.port), "--model", "demo",
+                  "--channel", "canary", "--state-dir", str(tmp_path), "--json"]  # fmt: skip
+        code = main(["rollout", *common, "--from-channel", "staging", "--no-follow"])
+        assert code == EXIT_OK
+        assert json.loads(capsys.readouterr().out)["outcome"] == "announced"
+        assert (tmp_path / "canary-demo.json").exists()
+        code = main(["rollout", *common, "--resume", "--timeout", "120"])
+        report = json.loads(capsys.readouterr().out)
+        assert code == EXIT_OK, report
+        assert report["outcome"] == "completed" and len(report["succeeded"]) == 20
+        kept = RolloutStore(tmp_path).load("canary", "demo")
+        assert kept.outcome is Outcome.COMPLETED
+        # a finished rollout is not resumed again
+        assert main(["rollout", *common, "--resume"]) == EXIT_OK
+        assert json.loads(capsys.readouterr().out)["outcome"] == "completed"
+    finally:
+        sim.stop(clear=True)
