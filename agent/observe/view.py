@@ -65,9 +65,18 @@ def is_live(checks: dict[str, bool]) -> bool:
     return checks["inference"] and checks["publisher"] and checks["mqtt_link"]
 
 
+class OtaStateSource(Protocol):
+    """What the view reads of the OTA updater (``agent.ota.Updater`` fits)."""
+
+    def ota_state(self) -> dict[str, Any] | None: ...
+
+
 class Running(Protocol):
     """The live components of one configuration that the view reads
     (``agent.app.service.Running`` fits)."""
+
+    @property
+    def updater(self) -> OtaStateSource | None: ...
 
     cfg: Config
     topics: Topics
@@ -181,6 +190,7 @@ class RunningAgentView:
                 "last_error": r.link.last_error,
             },
             "metrics": self.collect().model_dump(mode="json"),
+            "ota": None if r.updater is None else r.updater.ota_state(),
             "recent_predictions": recent_predictions(r.publisher.recent()),
         }
 

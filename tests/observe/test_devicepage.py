@@ -16,6 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from agent.observe.devicepage import page
+from agent.release.signing import generate_keypair
 from tests.agentproc import REPO, AgentProcess, write_config
 from tests.broker import Broker, free_port, wait_for_port
 from tests.browser import artefacts_dir, chromium, screenshot, wait_for
@@ -52,7 +53,16 @@ def test_device_page_in_a_browser(
     if token:
         (tmp_path / "token").write_text(token)
         http["token_file"] = str(tmp_path / "token")
-    cfg = agent_config(tmp_path, broker, "dev-page", groups=["lab"], http=http)
+    tables: dict[str, object] = {"http": http}
+    if not token:  # with OTA on, the page shows the updater's state
+        _, pub = generate_keypair()
+        (tmp_path / "trusted.pem").write_bytes(pub)
+        tables["ota"] = {
+            "enabled": True,
+            "channels": ["canary"],
+            "trusted_keys": [str(tmp_path / "trusted.pem")],
+        }
+    cfg = agent_config(tmp_path, broker, "dev-page", groups=["lab"], **tables)
     config = write_config(tmp_path / "agent.toml", cfg)
     with AgentProcess(config, tmp_path / "agent.log") as agent, chromium(tmp_path) as driver:
         wait_for_port(port, timeout=60)
@@ -74,6 +84,15 @@ def test_device_page_in_a_browser(
         assert driver.find_element(By.ID, "version").text == "1.0.0"
         assert driver.find_element(By.ID, "groups").text == "lab"
         wait_for(driver, lambda d: d.find_element(By.ID, "health").text == "ok", "healthy")
+        if token:
+            assert driver.find_element(By.ID, "ota").text == "off"
+        else:
+            wait_for(
+                driver,
+                lambda d: d.find_element(By.ID, "ota-state").text.startswith("idle 1.0.0"),
+                "the OTA state",
+            )
+            assert driver.find_element(By.ID, "ota").text == "canary"
         first = wait_for(driver, lambda d: _seqs(d) or None, "predictions shown")
         wait_for(driver, lambda d: _seqs(d) and _seqs(d)[0] > first[0], "a later prediction")
         assert _seqs(driver) == sorted(_seqs(driver), reverse=True)  # newest first
