@@ -240,7 +240,8 @@ def cmd_package(args: argparse.Namespace) -> int:
     except VerificationFailed as exc:
         print(format_report(exc.report))
         _save_report(args.report, exc.report)
-        failed = args.html_report or Path.cwd() / f"{settings.name}-{settings.version}.report.html"
+        intended: Path = args.output or Path.cwd() / f"{settings.name}-{settings.version}.eapkg"
+        failed = args.html_report or intended.with_name(intended.name + ".report.html")
         _save_html(
             failed, exc.report, f"{settings.name} {settings.version} (FAILED)", settings.labels
         )
