@@ -34,8 +34,7 @@ import time
 import uuid
 
 from agent.config import MqttSection
-from agent.delivery.mqtt import OutgoingMessage, collect_retained, publish_once
-from agent.delivery.swarm import raise_fd_limit
+from agent.delivery.mqtt import OutgoingMessage, collect_retained, publish_once, raise_fd_limit
 from agent.fleet.rollout import manifest_build
 from bench.context import Context
 from bench.procs import PYTHON, REPO, cpu_seconds, rss_mb

@@ -7,5 +7,5 @@
     cli.py         the ``edge-fleet`` command (status, rollout, promote, simulate)
 
 Everything goes through ``agent.delivery.mqtt`` (``MqttLink``, ``collect_retained``,
-``publish_once``); the simulator through ``agent.delivery.swarm``.
+``publish_once``); the simulator through ``agent.delivery.mqtt.Swarm``.
 """

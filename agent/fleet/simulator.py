@@ -1,6 +1,6 @@
 """A fleet simulator: thousands of devices in one process, each a real MQTT client.
 
-Every simulated device has its own client id and connection (``agent.delivery.swarm``: one
+Every simulated device has its own client id and connection (``agent.delivery.mqtt.swarm``: one
 network thread and one selector for all of them) and speaks the agent's wire format with the
 agent's own models, imported, not copied:
 
@@ -44,7 +44,7 @@ from enum import StrEnum
 
 from pydantic import ValidationError
 
-from agent.delivery.swarm import Swarm, SwarmClient, Will, raise_fd_limit
+from agent.delivery.mqtt import Swarm, SwarmClient, Will, raise_fd_limit
 from agent.errors import ConfigError, PackageError
 from agent.release.manifest import Announcement, Version, parse_manifest
 from agent.wire.metrics import MetricsV1, MqttStats, QueueStats, Rates

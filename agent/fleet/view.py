@@ -121,6 +121,8 @@ class DeviceState:
     queue_depth: int | None = None
     agent_version: str | None = None
     has_metrics: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Fields other features keep per device (``FleetView.add_kind``); merged into ``to_json``."""
 
     @property
     def running_sha256(self) -> str | None:
@@ -165,7 +167,7 @@ class DeviceState:
             "last_seen_age_s": None if age is None else round(age, 1),
             "prediction_rate": self.prediction_rate if self.live else None,
             "queue_depth": self.queue_depth if self.live else None,
-        }
+        } | self.extra
 
 
 def _str(v: object) -> str | None:
@@ -239,9 +241,15 @@ class FleetView:
         """Set when ``sync_topic``'s marker came back: every retained message the broker had
         when we subscribed has been delivered before it (one client's messages stay in order)."""
         self.sync_topic = f"{prefix}/fleet-sync/{uuid.uuid4().hex[:12]}"
+        self._kinds: dict[str, Callable[[DeviceState, bytes], None]] = {}
 
     def filters(self) -> list[str]:
-        return self.topics.filters
+        return self.topics.filters + [f"{self.prefix}/+/{kind}" for kind in self._kinds]
+
+    def add_kind(self, kind: str, parse: Callable[[DeviceState, bytes], None]) -> None:
+        """Follow ``<prefix>/+/<kind>`` too (before the view is subscribed): ``parse`` updates
+        the device's state (e.g. ``extra``) from each message, under the view's lock."""
+        self._kinds[kind] = parse
 
     # ---------------------------------------------------------------- input
 
@@ -264,6 +272,9 @@ class FleetView:
                 self._ota(device, payload)
             elif kind == "metrics":
                 self._metrics(device, payload)
+            elif kind in self._kinds:
+                parse = self._kinds[kind]
+                self._update(device, lambda st: parse(st, payload))
         except Exception:  # a malformed message must not kill the network thread
             log.exception("cannot read %s", topic)
 
@@ -355,6 +366,7 @@ class FleetView:
                     st,
                     groups=list(st.groups),
                     outcomes=dict(st.outcomes),
+                    extra=dict(st.extra),
                     ota_channels=None if st.ota_channels is None else list(st.ota_channels),
                 )
                 for _, st in sorted(self._devices.items())
@@ -408,6 +420,7 @@ def watch_fleet(
     settings: MqttSection,
     password: str | None = None,
     connect_timeout_s: float = 10.0,
+    view: FleetView | None = None,
 ) -> Iterator[FleetView]:
     """A ``FleetView`` fed by a live subscription for the duration of the ``with`` block.
 
@@ -420,7 +433,7 @@ def watch_fleet(
     broker with a full queue for us drops the marker too, so it is sent again every
     ``SYNC_EVERY_S`` until one arrives.
     """
-    view = FleetView(settings.topic_prefix)
+    view = view or FleetView(settings.topic_prefix)
     link = MqttLink(settings, f"edge-fleet-{uuid.uuid4().hex[:10]}", password=password)
     for f in view.filters():
         link.subscribe(f, 0, view.handle)

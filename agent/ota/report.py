@@ -70,11 +70,15 @@ class Reporter:
         record: Record,
         running: str,
         progress: tuple[int, int] | None = None,
+        awaiting: bool = False,
         running_sha256: str | None = None,
     ) -> OtaStateV1:
         """Publish the state of ``record`` (``running``: the version serving now, and the
-        sha256 of its artifact when known)."""
-        phase = _PHASE[record.state]
+        sha256 of its artifact when known; ``awaiting``: no model yet: ``idle`` is shown as
+        ``awaiting_model``)."""
+        phase: Phase = _PHASE[record.state]
+        if awaiting and record.state is State.IDLE:
+            phase = "awaiting_model"
         idle = record.state is State.IDLE
         version = running if idle else record.version
         sha256 = running_sha256 if idle else record.sha256

@@ -84,6 +84,11 @@ class SwappablePipeline(Protocol):
     def swap_model(self, active: ActiveModel) -> None: ...
 
 
+def _awaiting(pipeline: SwappablePipeline) -> bool:
+    """No model runs yet (``agent.app.provisioning.AwaitingModel``): provisioning over OTA."""
+    return bool(getattr(pipeline, "awaiting", False))
+
+
 def _claimed(offer: Offer | None) -> tuple[str | None, str | None]:
     """The version and artifact sha256 an offer claims (unverified: for the refusal report)."""
     if offer is None:
@@ -231,7 +236,13 @@ class Updater:
 
     def _report(self, progress: tuple[int, int] | None = None) -> None:
         active = self.pipeline.active
-        msg = self._reporter.state(self._sm.record, active.version, progress, active.sha256)
+        msg = self._reporter.state(
+            self._sm.record,
+            active.version,
+            progress,
+            awaiting=_awaiting(self.pipeline),
+            running_sha256=active.sha256,
+        )
         self.metrics.set("ota_state", msg.state)
 
     def _check_stop(self) -> None:
@@ -290,7 +301,8 @@ class Updater:
         }
         try:
             content = self._obtain(acc, fields)
-            smoke = smoke_test(content, m, self.cfg.model, self.pipeline.active.model)
+            running = None if _awaiting(self.pipeline) else self.pipeline.active.model
+            smoke = smoke_test(content, m, self.cfg.model, running)
             signature = None
             if acc.signer is not None and acc.offer.signature is not None:
                 signature = SignatureFile(
@@ -361,6 +373,7 @@ class Updater:
             version=m.version,
             labels=list(m.labels) or self.cfg.postprocess_labels(),
             sha256=acc.sha256,
+            manifest=m,
         )
         try:
             self.pipeline.swap_model(new)

@@ -193,3 +193,43 @@ def test_a_rollout_resumes_from_its_state_on_disk(
         assert json.loads(capsys.readouterr().out)["outcome"] == "completed"
     finally:
         sim.stop(clear=True)
+
+
+def test_scripted_health_failures_and_flapping_devices(broker: Broker, tmp_path: Path) -> None:
+    """fail_health devices roll back (a failure with its reason, counted, no abort under the
+    threshold); flapping devices drop without DISCONNECT (last will) and come back, and still
+    take the release from the retained announcement."""
+    spec = _fleet(
+        30,
+        scripts=(
+            Script(Behaviour.FAIL_HEALTH, 0.2),
+            Script(Behaviour.FLAP, 0.2, "2"),
+        ),
+    )
+    sim = Simulator(spec, broker.host, broker.port)
+    sim.start()
+    try:
+        assert sim.wait_online(30, 60)
+        settings = MqttSection(host=broker.host, port=broker.port)
+        with watch_fleet(settings) as view:
+            # a flapping device's last will says offline; it comes back online
+            assert view.wait_for(lambda ds: any(d.online is False for d in ds), 30)
+        ann = make_announcement("demo", "1.1.0", "canary")
+        report = run_rollout(
+            settings,
+            None,
+            ann,
+            RolloutPolicy(max_failure_fraction=0.5, timeout_s=90.0, discover_s=20.0),
+            store=RolloutStore(tmp_path),
+        )
+        failing = {d.device for d in sim.devices if d.behaviour is Behaviour.FAIL_HEALTH}
+        assert failing & set(report.targeted)
+        assert failing & set(report.targeted) <= set(report.failed) <= failing
+        assert set(report.failure_reasons()) == {"rolled_back (error_rate)"}
+        assert report.outcome in (Outcome.COMPLETED, Outcome.TIMED_OUT)
+        assert not report.restored
+        accepting = {d.device for d in sim.devices if d.behaviour is Behaviour.ACCEPT}
+        assert accepting & set(report.targeted) <= set(report.succeeded)
+        assert sim.counts["dropped"] > 0
+    finally:
+        sim.stop(clear=True)

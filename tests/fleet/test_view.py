@@ -22,7 +22,14 @@ from agent.fleet.rollout import (
     RolloutTracker,
     manifest_build,
 )
-from agent.fleet.view import FleetView, format_table, parse_ota_state, summary
+from agent.fleet.view import (
+    COLUMNS,
+    Column,
+    FleetView,
+    format_table,
+    parse_ota_state,
+    summary,
+)
 from agent.release.manifest import Targets
 from agent.wire.ota import OtaStateV1, Refusal
 from tests.agentproc import write_config
@@ -361,3 +368,15 @@ def test_rollout_state_round_trips_through_the_store(tmp_path: Path) -> None:
     assert back.tracker.targeted == {"a", "b"} and back.tracker.failed == t.failed
     assert back.previous is not None and manifest_build(back.previous)[1] == "1.0.0"
     assert back.tracker.sha256 == sha and back.outcome is Outcome.RUNNING
+
+
+def test_other_features_extend_the_view_with_their_own_topics_and_columns() -> None:
+    v = FleetView("edge")
+    v.add_kind("shadow", lambda st, p: st.extra.update(shadow_agreement=float(p)))
+    assert "edge/+/shadow" in v.filters()
+    v.handle("edge/a/status", b"online")
+    v.handle("edge/a/shadow", b"0.97")
+    (a,) = v.devices()
+    assert a.to_json()["shadow_agreement"] == 0.97
+    column = Column("SHADOW", lambda d, now: f"{d.extra.get('shadow_agreement', '-')}")
+    assert "0.97" in format_table([a], columns=[*COLUMNS, column]).splitlines()[1]

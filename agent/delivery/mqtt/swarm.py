@@ -9,8 +9,7 @@ and ``loop_misc`` once a second for keep-alives. Timed work (``call_at``) runs o
 thread, so the simulator's device logic never races paho: everything one client does happens
 on this thread.
 
-This module is the second (and last) one importing paho, beside ``agent.delivery.mqtt``; both
-live in the MQTT seam package.
+It lives in the MQTT seam package (``agent.delivery.mqtt``, the only one importing paho).
 """
 
 from __future__ import annotations
