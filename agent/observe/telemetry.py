@@ -380,7 +380,11 @@ class MetricsReporter:
         link.add_connect_listener(self._wake.set)  # network thread: only sets an event
 
     def start(self) -> None:
+        """Start reporting: a snapshot at once when connected already (else at the connect),
+        then every ``interval_s``. The two triggers share one event: one snapshot."""
         if self._thread is None:
+            if self._link.connected:
+                self._wake.set()
             self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
             self._thread.start()
 
@@ -403,7 +407,7 @@ class MetricsReporter:
         return ok
 
     def _run(self) -> None:
-        next_at = time.monotonic()
+        next_at = time.monotonic() + self._interval
         while not self._stop.is_set():
             woke = self._wake.wait(max(0.0, next_at - time.monotonic()))
             if self._stop.is_set():

@@ -62,6 +62,10 @@ class AgentLike(Protocol):
     @property
     def running(self) -> Running | None: ...
 
+    def request_reload(self) -> None:
+        """Re-read the config and rebuild (SIGHUP; the restart button). Only sets events."""
+        ...
+
 
 def _version() -> str:
     from agent import __version__
@@ -96,7 +100,7 @@ class RunningAgentView:
             model_name=active.name,
             model_version=active.version,
             link=r.link,
-            queue_depth=r.spool.depth,
+            queue_depth=r.publisher.queue_depth,
             rates=self._rates,
             process=self._process,
         )
