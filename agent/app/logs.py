@@ -7,9 +7,9 @@
 - ``json``: one JSON object per line, for log shippers; under systemd with the same prefix
   (journald stores the bare JSON).
 
-The handler writes to a *copy* of file descriptor 2 taken here, so the runtime's C++ lines,
-which ``agent.model.native_stderr`` catches by pointing fd 2 at a pipe for a moment, come back
-through logging instead of looping into it.
+The handler writes to ``agent.terminal.console()``, a copy of file descriptor 2, so the
+runtime's C++ lines, which ``agent.model.native_stderr`` catches by pointing fd 2 at a pipe
+for a moment, come back through logging instead of looping into it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import TextIO
+
+from agent.terminal import console
 
 # syslog priorities (sd-daemon(3)): what journald reads from a "<N>" line prefix
 SYSLOG_PRIORITY = {
@@ -87,20 +89,11 @@ class PriorityFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in self._inner.format(record).split("\n"))
 
 
-def _own_stderr() -> TextIO:
-    """A line-buffered text stream on a copy of fd 2 (see the module doc)."""
-    try:
-        fd = os.dup(sys.stderr.fileno())
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return sys.stderr  # no real fd 2 (embedded, captured by a test harness)
-    return os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
-
-
 def setup_logging(
     level: str = "info", fmt: str = "text", environ: Mapping[str, str] | None = None
 ) -> None:
     journal = under_journal(environ)
-    handler = logging.StreamHandler(_own_stderr())
+    handler = logging.StreamHandler(console())
     formatter: logging.Formatter
     if fmt == "json":
         formatter = JsonFormatter()
@@ -111,13 +104,5 @@ def setup_logging(
         formatter.converter = time.gmtime
     handler.setFormatter(PriorityFormatter(formatter) if journal else formatter)
     root = logging.getLogger()
-    for old in root.handlers:
-        if old in _OURS and isinstance(old, logging.StreamHandler):
-            old.stream.close()  # our copy of fd 2 from a previous set-up
-    _OURS.clear()
-    _OURS.add(handler)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-_OURS: set[logging.Handler] = set()

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-fleet", description="Fleet status and model rollouts over MQTT."
     )
+    parser.add_argument("--version", action="version", version=f"edge-fleet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("status", help="devices: online, model, OTA state, rate, queue")
@@ -208,6 +209,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"status": cmd_status, "rollout": cmd_rollout, "promote": cmd_promote}
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 
@@ -32,19 +33,33 @@ _LEVELS = {
     b"VERBOSE": logging.DEBUG,
 }
 
+# absl / glog (TensorFlow's C++): "W0000 00:00:1712.5  123 file.cc:45] text" or
+# "2024-01-02 03:04:05.678: W tensorflow/core/file.cc:45] text"
+_GLOG = re.compile(rb"^(?:\d{4}-\d\d-\d\d [\d:.]+: )?([IWEF])(?:\d{4} [\d:.]+\s+\d+)? [^\]]*\] ")
+_GLOG_LEVELS = {
+    b"I": logging.INFO,
+    b"W": logging.WARNING,
+    b"E": logging.ERROR,
+    b"F": logging.CRITICAL,
+}
 
-def _emit(line: bytes) -> None:
+
+def parse_line(line: bytes) -> tuple[int, str] | None:
+    """(level, text) of one line a native library wrote; None for a blank one."""
     text = line.rstrip(b"\r\n")
     if not text.strip():
-        return
+        return None
+    m = _GLOG.match(text)
+    if m:
+        return _GLOG_LEVELS[m.group(1)], text[m.end() :].decode("utf-8", "backslashreplace")
     head, sep, rest = text.partition(b": ")
     level = _LEVELS.get(head.strip()) if sep else None
     if level is None:
         level, rest = logging.WARNING, text
-    log.log(level, "%s", rest.decode("utf-8", "backslashreplace"))
+    return level, rest.decode("utf-8", "backslashreplace")
 
 
-def _pump(fd: int) -> None:
+def _pump(fd: int, logger: logging.Logger) -> None:
     buf = b""
     while True:
         try:
@@ -56,15 +71,23 @@ def _pump(fd: int) -> None:
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for line in lines:
-            _emit(line)
+            _emit(logger, line)
     if buf:
-        _emit(buf)
+        _emit(logger, buf)
+
+
+def _emit(logger: logging.Logger, line: bytes) -> None:
+    parsed = parse_line(line)
+    if parsed is not None:
+        logger.log(parsed[0], "%s", parsed[1])
 
 
 @contextlib.contextmanager
-def native_stderr_to_logging(enabled: bool = True) -> Iterator[None]:
-    """While inside, fd 2 goes to logging (see the module doc). Does nothing when not
-    ``enabled`` or when fd 2 cannot be redirected."""
+def native_stderr_to_logging(
+    enabled: bool = True, logger: logging.Logger | None = None
+) -> Iterator[None]:
+    """While inside, fd 2 goes to ``logger`` (default ``litert``; see the module doc). Does
+    nothing when not ``enabled`` or when fd 2 cannot be redirected."""
     if not enabled:
         yield
         return
@@ -75,7 +98,9 @@ def native_stderr_to_logging(enabled: bool = True) -> Iterator[None]:
             yield
             return
         r, w = os.pipe()
-        reader = threading.Thread(target=_pump, args=(r,), name="native-stderr", daemon=True)
+        reader = threading.Thread(
+            target=_pump, args=(r, logger or log), name="native-stderr", daemon=True
+        )
         reader.start()
         try:
             os.dup2(w, 2)
