@@ -219,11 +219,12 @@ UPDATE_STATE_TEMPLATE = guarded(
     "'update_percentage': ((100 * value_json.progress.bytes / value_json.progress.total) "
     "| round(0) | int) if value_json.progress and value_json.progress.total else None, "
     "'release_summary': ('Last attempt failed: ' ~ value_json.reason) "
-    "if value_json.state == 'failed' else None"
+    "if value_json.state == 'failed' else ''"
     "} | tojson",
     otherwise="",
 )
-"""The OTA state as HA's update JSON (an empty render is ignored by HA)."""
+"""The OTA state as HA's update JSON (an empty render is ignored by HA). HA checks it against
+a schema of its own: strings must be strings (``release_summary`` is ``''``, never null)."""
 
 _PREDICTED = "value_json.predictions_out is defined and value_json.predictions_out > 0"
 

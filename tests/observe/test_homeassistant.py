@@ -69,6 +69,8 @@ def _check_type(where: str, kind: str, v: Any) -> None:
         assert "\0" not in v, where
         if kind == "publish_topic":
             assert "+" not in v and "#" not in v, f"{where}: wildcard in a publish topic {v!r}"
+    elif kind == "percentage_or_null":
+        assert v is None or (isinstance(v, int | float) and 0 <= v <= 100), f"{where}: {v!r}"
     elif kind == "boolean":
         assert isinstance(v, bool), f"{where}: {v!r} is not a boolean"
     elif kind == "positive_int":
@@ -311,6 +313,7 @@ def test_update_entity_only_with_ota_and_from_the_ota_state() -> None:
 
     def ha(state: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(render(update.value_template, state))
+        _check_object("update state", SCHEMA["update_state_json"], out)  # HA's own schema
         return out
 
     assert ha(ota_state("idle", "1.2.0")) == {
@@ -318,7 +321,7 @@ def test_update_entity_only_with_ota_and_from_the_ota_state() -> None:
         "latest_version": "1.2.0",
         "in_progress": False,
         "update_percentage": None,
-        "release_summary": None,
+        "release_summary": "",
     }
     dl = ha(ota_state("downloading", progress={"bytes": 512, "total": 2048}))
     assert (dl["installed_version"], dl["latest_version"]) == ("1.2.0", "1.3.0")

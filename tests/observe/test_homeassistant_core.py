@@ -4,7 +4,8 @@ Home Assistant Core needs Python 3.13; the suite runs on 3.11. Point
 ``EDGE_AGENT_HA_PYTHON`` at a Python 3.13 that has it installed, e.g.::
 
     python3.13 -m venv /opt/ha && /opt/ha/bin/pip install 'homeassistant==2025.4.*' \\
-        paho-mqtt==2.1.0 SQLAlchemy fnv-hash-fast psutil-home-assistant
+        'home-assistant-frontend==20250411.0' paho-mqtt==2.1.0 SQLAlchemy fnv-hash-fast \
+        psutil-home-assistant
     EDGE_AGENT_HA_PYTHON=/opt/ha/bin/python pytest tests/observe/test_homeassistant_core.py
 
 Home Assistant starts on a fresh config folder whose only integrations are MQTT (a config
@@ -171,6 +172,9 @@ def test_real_home_assistant(broker: Broker, tmp_path: Path) -> None:
         labels = [m.json()["outputs"]["label"] for m in received]
         changes = sum(1 for a, b in itertools.pairwise(labels) if a != b)
         rows = len(states[pred_entity]) - rows0
+        print(
+            f"HA recorder: {rows} row(s) for {len(received)} predictions, {changes} label change(s)"
+        )
         assert len(received) >= 30, len(received)
         # one row per change of state (plus the commit boundary), not one per prediction
         assert rows <= changes + 2, (rows, changes, len(received))
