@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import agent
+from agent.durable import atomic_write
 from agent.errors import ConfigError, EdgeAgentError, PackageError
 from agent.release.manifest import VerificationReport
-from agent.release.package import atomic_write, check_package, read_package, write_package
+from agent.release.package import check_package, read_package, write_package
 from agent.release.signing import load_trusted_keys, write_keypair
 from agent.terminal import console, is_terminal
 from converters.convert import MODES
@@ -112,7 +113,9 @@ def _add_build_args(p: argparse.ArgumentParser, *, package: bool) -> None:
     p.add_argument("--normalize", choices=("none", "standard", "minmax"))
     for stat in ("mean", "std", "min", "max"):
         p.add_argument(f"--{stat}", type=_floats, help=f"preprocess: per-channel {stat}")
-    p.add_argument("--postprocess", choices=("classification", "regression", "anomaly", "raw"))
+    p.add_argument(
+        "--postprocess", choices=("classification", "regression", "anomaly", "raw", "detection")
+    )
     p.add_argument("--anomaly-threshold", type=float, help="postprocess threshold (anomaly)")
     p.add_argument("-o", "--output", type=Path, help="output .eapkg (default NAME-VERSION.eapkg)")
 

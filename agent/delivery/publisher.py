@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from agent.config import BatchSection
-from agent.delivery.mqtt import Message, OutgoingMessage
+from agent.delivery.mqtt import Message
 from agent.delivery.spool import Spool, SpooledMessage
 from agent.errors import SpoolError
 from agent.metrics import Metrics
@@ -57,8 +57,9 @@ AckCallback = Callable[[], None]
 class Link(Protocol):
     """The part of ``agent.delivery.mqtt.MqttLink`` the publisher uses.
 
-    A link may also offer ``publish_many(items) -> int`` (a burst, see ``MqttLink``); the
-    publisher uses it when present.
+    ``publish_many`` sends a burst in order and returns how many went out (a prefix; 0 when
+    there is no connection). ``on_ack`` callbacks run on the link's network thread, once per
+    acknowledged message of the connection (``generation``) it was sent on.
     """
 
     @property
@@ -67,7 +68,7 @@ class Link(Protocol):
     @property
     def generation(self) -> int: ...
 
-    def publish(self, msg: OutgoingMessage, on_ack: AckCallback | None = None) -> bool: ...
+    def publish_many(self, items: Sequence[tuple[Message, AckCallback | None]]) -> int: ...
 
     def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
 
@@ -84,6 +85,7 @@ class PredictionRecord(NamedTuple):
     outputs: dict[str, Any]
     latency_ms: float
     t_in: float  # perf_counter when the window's last sample entered the agent
+    sample: int = 0  # the window's first sample in its stream
 
 
 _STOP = object()
@@ -128,9 +130,7 @@ class Publisher:
         self._throttled = False
         self._room = threading.Event()
         self._room.set()
-        many = getattr(link, "publish_many", None)
-        self._publish_many: Callable[[Sequence[tuple[Message, AckCallback | None]]], int]
-        self._publish_many = many if callable(many) else self._publish_each
+        self._publish_many = link.publish_many
         self.delivered = 0
         # Inline hand-over: a producer finding the publisher idle does its work itself,
         # holding _state (which the thread holds for each of its rounds). _queued counts the
@@ -201,6 +201,14 @@ class Publisher:
         taken with the next prediction, and the spool alone would report the last message
         as queued until then."""
         return max(0, self._spool.depth - len(self._acks))
+
+    def drained(self) -> bool:
+        """Everything submitted so far is spooled, published and acknowledged (nothing
+        queued for the thread, no open batch, an empty spool). For batch evaluation: once the
+        producers have finished, this stays true."""
+        with self._queued_lock:
+            queued = self._queued
+        return queued == 0 and not self._pending_batch and self._spool.depth == 0
 
     # ---------------------------------------------------------------- the thread
 
@@ -391,13 +399,6 @@ class Publisher:
             if sent < len(batch):
                 return
 
-    def _publish_each(self, items: Sequence[tuple[Message, AckCallback | None]]) -> int:
-        """``publish_many`` for a link that has only ``publish``."""
-        for n, (m, on_ack) in enumerate(items):
-            if not self._link.publish(OutgoingMessage(m.topic, m.payload, m.qos, m.retain), on_ack):
-                return n
-        return len(items)
-
     def _ack_callback(self, msg_id: int) -> AckCallback:
         """Runs on the network thread: queue the id, and wake the publisher once for all the
         acks that arrive before it gets round to them (not once per ack), and only when it
@@ -444,7 +445,7 @@ class PayloadEncoder:
     def __call__(self, seq: int, rec: PredictionRecord) -> bytes:
         return (
             f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},{self._head(rec)}{self._number(rec.ts)},'
-            f'"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}}}'
+            f'"sample":{rec.sample:d},"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}}}'
         ).encode()
 
     def batch(self, payloads: list[bytes]) -> bytes:

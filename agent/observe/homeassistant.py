@@ -10,6 +10,9 @@ on ``<discovery_prefix>/status`` = ``online`` (its birth message):
   attribute is the model version. Nothing that changes with every message is an attribute:
   each change of state *or* attributes is a row in HA's recorder;
 - ``binary_sensor`` *<model> anomaly* for ``postprocess.type = "anomaly"``;
+- ``event`` *<model> detection* instead of the prediction sensor for ``postprocess.type =
+  "detection"``: each detection event fires it once (``event_type`` = the label, with its
+  mean, peak and stream); heartbeats are ignored;
 - ``update`` *<model> model*, only with OTA on: everything from the retained OTA state
   (``OtaStateV1``): installed = ``running``; latest = the version being installed, or the one
   that failed in a way another try may fix; ``in_progress`` and ``update_percentage`` while
@@ -46,6 +49,7 @@ from agent.config import (
     AnomalyPost,
     ClassificationPost,
     Config,
+    DetectionPost,
     PostprocessConfig,
     RegressionPost,
 )
@@ -138,6 +142,13 @@ class HaUpdateConfig(_Entity):
     device_class: Literal["firmware"] | None = None
 
 
+class HaEventConfig(_Entity):
+    state_topic: str
+    value_template: str
+    event_types: list[str] = Field(min_length=1)
+    device_class: Literal["button", "doorbell", "motion"] | None = None
+
+
 class HaButtonConfig(_Entity):
     command_topic: str
     payload_press: str
@@ -150,12 +161,13 @@ class _Common(TypedDict):
     origin: HaOrigin
 
 
-HaConfig = HaSensorConfig | HaBinarySensorConfig | HaUpdateConfig | HaButtonConfig
+HaConfig = HaSensorConfig | HaBinarySensorConfig | HaUpdateConfig | HaButtonConfig | HaEventConfig
 COMPONENTS: dict[type[_Entity], str] = {
     HaSensorConfig: "sensor",
     HaBinarySensorConfig: "binary_sensor",
     HaUpdateConfig: "update",
     HaButtonConfig: "button",
+    HaEventConfig: "event",
 }
 
 
@@ -193,6 +205,8 @@ def prediction_state_template(post: PostprocessConfig) -> str:
         value = f"p.outputs['values']{key}"
     elif isinstance(post, AnomalyPost):
         value = "p.outputs.score"
+    elif isinstance(post, DetectionPost):  # events (and heartbeats): the label that rose
+        value = "p.outputs.label if p.outputs.type == 'event' else 'none'"
     else:
         value = "p.outputs.tensors | tojson | truncate(250)"
     return guarded(value, pick_last=True)
@@ -202,6 +216,12 @@ PREDICTION_ATTRIBUTES_TEMPLATE = guarded(
     "{'model_version': p.model.version} | tojson", pick_last=True, otherwise=""
 )
 ANOMALY_TEMPLATE = guarded("'ON' if p.outputs.anomaly else 'OFF'", pick_last=True)
+DETECTION_EVENT_TEMPLATE = guarded(
+    "({'event_type': p.outputs.label, 'mean': p.outputs.mean, 'peak': p.outputs.peak, "
+    "'stream': p.stream} | tojson) if p.outputs.type == 'event' else 'None'",
+    pick_last=True,
+)
+"""A detection event as HA's event JSON; a heartbeat renders ``None``, which HA ignores."""
 
 _INSTALLING = "['downloading', 'verifying', 'staged']"
 _RETRYABLE = (
@@ -279,9 +299,10 @@ def discovery_configs(
     board: str,
     *,
     cpu_temp: bool = True,
+    labels: Sequence[str] = (),
 ) -> list[tuple[str, HaConfig]]:
     """``(discovery topic, config)`` for every entity of this device (``cpu_temp``: the board
-    reports a CPU temperature)."""
+    reports a CPU temperature; ``labels``: the running model's, for detection events)."""
     dev = cfg.agent.device_id
     node = safe_id(dev)
     model = safe_id(model_name)
@@ -296,22 +317,40 @@ def discovery_configs(
     def add(obj: str, conf: HaConfig) -> None:
         out.append((f"{prefix}/{COMPONENTS[type(conf)]}/{node}/{obj}/config", conf))
 
-    add(
-        f"{model}_prediction",
-        HaSensorConfig(
-            name=f"{model_name} prediction",
-            unique_id=f"{node}_{model}_prediction",
-            state_topic=pred_topic,
-            value_template=prediction_state_template(cfg.postprocess),
-            json_attributes_topic=pred_topic,
-            json_attributes_template=PREDICTION_ATTRIBUTES_TEMPLATE,
-            icon="mdi:brain",
-            state_class="measurement"
-            if isinstance(cfg.postprocess, AnomalyPost | RegressionPost)
-            else None,
-            **common,
-        ),
-    )
+    post = cfg.postprocess
+    if isinstance(post, DetectionPost):
+        # events, not states: HA's event entity (each detection fires it once)
+        types = [x for x in (post.labels or labels) if x not in post.ignore]
+        if types:
+            add(
+                f"{model}_detection",
+                HaEventConfig(
+                    name=f"{model_name} detection",
+                    unique_id=f"{node}_{model}_detection",
+                    state_topic=pred_topic,
+                    value_template=DETECTION_EVENT_TEMPLATE,
+                    event_types=types,
+                    icon="mdi:bell-ring-outline",
+                    **common,
+                ),
+            )
+    else:
+        add(
+            f"{model}_prediction",
+            HaSensorConfig(
+                name=f"{model_name} prediction",
+                unique_id=f"{node}_{model}_prediction",
+                state_topic=pred_topic,
+                value_template=prediction_state_template(cfg.postprocess),
+                json_attributes_topic=pred_topic,
+                json_attributes_template=PREDICTION_ATTRIBUTES_TEMPLATE,
+                icon="mdi:brain",
+                state_class="measurement"
+                if isinstance(cfg.postprocess, AnomalyPost | RegressionPost)
+                else None,
+                **common,
+            ),
+        )
     if isinstance(cfg.postprocess, AnomalyPost):
         add(
             f"{model}_anomaly",
@@ -382,9 +421,12 @@ def discovery_messages(
     board: str,
     *,
     cpu_temp: bool = True,
+    labels: Sequence[str] = (),
 ) -> list[OutgoingMessage]:
     """The retained QoS 1 config messages, ``None`` fields left out."""
-    configs = discovery_configs(cfg, topics, model_name, agent_version, board, cpu_temp=cpu_temp)
+    configs = discovery_configs(
+        cfg, topics, model_name, agent_version, board, cpu_temp=cpu_temp, labels=labels
+    )
     return [
         OutgoingMessage(topic, conf.model_dump_json(exclude_none=True).encode(), 1, True)
         for topic, conf in configs

@@ -74,6 +74,7 @@ class Observability:
                     __version__,
                     board,
                     cpu_temp=has_temp,
+                    labels=r.pipeline.active.labels,
                 )
 
             prefix = cfg.homeassistant.discovery_prefix

@@ -23,6 +23,12 @@ encode for. Each queued item carries the stages it was encoded for and runs on t
 the switch falls between two windows of every stream: no sample is dropped or processed twice,
 windows already queued finish on the old model, and every prediction names the version that
 made it.
+
+State per stream: a stateful (streaming) model gets one interpreter per stream
+(``agent.pipeline.streams``), chosen once per queued item (an item holds one stream's windows);
+a stateless model runs every stream on the one interpreter, with no per-window cost added.
+Every prediction carries its stream and the index of its window's first sample
+(``(windows.first + i) * hop``).
 """
 
 from __future__ import annotations
@@ -40,13 +46,14 @@ from agent.delivery.publisher import PredictionRecord, Publisher
 from agent.errors import InferenceError, SampleError, ShapeMismatch
 from agent.ingest.preprocess import Encoder, Preprocessor, check_model_input
 from agent.ingest.samples import RateLimitedLog, SampleBlock
-from agent.ingest.sources import Source, SourceContext, build_source
+from agent.ingest.sources import PushSource, Source, SourceContext, build_source
 from agent.ingest.window import StreamWindowers, Windows
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.postprocess import AnomalyPostprocessor, Postprocessor, build_postprocessor
-from agent.model.runtime import Array
+from agent.model.runtime import Array, Model
 from agent.pipeline.ondemand import OnDemandRunner
+from agent.pipeline.streams import PerStream, stream_models
 from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,10 @@ class _Stages:
     window: Callable[[Array], Array] | None
     """Turns an encoded window back into the normalised float one, for a postprocessor that
     reads the input (``score = 'mse'``); None when it is not needed (or already float)."""
+    models: PerStream[Model] | None = None
+    """A stateful model's interpreter per stream; None: every stream runs on ``active.model``."""
+    hop: int = 1
+    """Samples between window starts: window k of a stream starts at sample k * hop."""
 
 
 _Item = tuple[_Stages, Windows, str]
@@ -99,7 +110,10 @@ def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
         model.outputs,
         active.labels or None,
         input_size=cfg.window.length * cfg.channels,
+        max_streams=cfg.window.max_streams,
+        window_length=cfg.window.length,
     )
+    models = stream_models(model, cfg.window.max_streams, cfg.model.stream_state_limit_mb)
     encoder = Encoder(Preprocessor(cfg.preprocess, cfg.channels), model.feed)
     reads_input = isinstance(post, AnomalyPostprocessor) and post.mse
     return _Stages(
@@ -109,6 +123,8 @@ def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
         topic=topics.prediction(active.name),
         encoder=encoder,
         window=encoder.decode if reads_input and encoder.quantized else None,
+        models=models,
+        hop=cfg.window.hop,
     )
 
 
@@ -133,6 +149,7 @@ class Pipeline:
         )
         self._stop_sources = threading.Event()
         self._sources: list[tuple[Source, threading.Thread]] = []
+        self._emits: list[Callable[[SampleBlock], None]] = []
         self._ctx = ctx
         self._warn = RateLimitedLog(log)
         self._infer_thread: threading.Thread | None = None
@@ -151,6 +168,7 @@ class Pipeline:
                 target=self._run_source, args=(src, emit), name=f"source-{src.name}", daemon=True
             )
             self._sources.append((src, t))
+            self._emits.append(emit)
 
     # ---------------------------------------------------------------- public
 
@@ -165,6 +183,9 @@ class Pipeline:
         )
         self._infer_thread.start()
         self._live_sources = len(self._sources)
+        for (src, _), emit in zip(self._sources, self._emits, strict=True):
+            if isinstance(src, PushSource):  # subscribed before the MQTT link connects
+                src.attach(emit, self._stop_sources)
         for _, t in self._sources:
             t.start()
 
@@ -212,7 +233,9 @@ class Pipeline:
         """The ``emit`` a source calls with each block, in its own thread: window and encode
         the block, then run the windows it completed or queue them."""
         cfg = self.cfg
-        windowers = StreamWindowers(cfg.window.length, cfg.window.hop, cfg.channels)
+        windowers = StreamWindowers(
+            cfg.window.length, cfg.window.hop, cfg.channels, max_streams=cfg.window.max_streams
+        )
         metrics = self.metrics
         clock = time.perf_counter
         idle_from = 0.0  # when this source's previous emit returned
@@ -328,7 +351,17 @@ class Pipeline:
         n = len(windows)
         self.metrics.inc("windows_run", n)
         x_all, ts_all, t_in = windows.data, windows.ts.tolist(), windows.t_in
-        run = st.active.model.run_native
+        hop = st.hop
+        s0 = windows.first * hop
+        if st.models is None:
+            run = st.active.model.run_native
+        else:
+            try:
+                run = st.models.get(stream).run_native  # this stream's own state
+            except SampleError as exc:
+                self.metrics.inc("windows_dropped", n, reason=exc.reason)
+                self._warn.warning("streams", "dropped windows of %s: %s", stream, exc.detail)
+                return
         post, shape, window = st.postprocessor, st.input_shape, st.window
         topic, name, version = st.topic, st.active.name, st.active.version
         clock, submit, record = time.perf_counter, self._publisher.submit_many, PredictionRecord
@@ -338,13 +371,14 @@ class Pipeline:
         try:
             for i in range(n):
                 x = x_all[i].reshape(shape)
+                sample = s0 + i * hop  # the window's first sample in its stream
                 t0 = clock()
                 try:
                     outs = run(x)
                     latency = clock() - t0
-                    result = post(outs, x if window is None else window(x), stream)
+                    result = post(outs, x if window is None else window(x), stream, sample)
                 except InferenceError as exc:
-                    self.metrics.inc("inference_errors", reason=_reason(exc))
+                    self.metrics.inc("inference_errors", reason=exc.reason)
                     self._warn.warning("infer", "inference failed on %s: %s", stream, exc)
                     continue
                 latencies.append(latency)
@@ -364,6 +398,7 @@ class Pipeline:
                         result,
                         round(latency * 1000, 4),
                         t_in,
+                        sample,
                     )
                 )
                 if t0 + latency >= out_due:
@@ -373,10 +408,3 @@ class Pipeline:
             self.metrics.observe_many("invoke", latencies)
         if out:
             submit(out, inline=inline)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).lower()
-    if "finite" in text or "nan" in text:
-        return "non_finite"
-    return "error"

@@ -26,6 +26,7 @@ from agent.observe.homeassistant import (
     COMPONENTS,
     HaBinarySensorConfig,
     HaButtonConfig,
+    HaEventConfig,
     HaSensorConfig,
     HaUpdateConfig,
     HomeAssistantDiscovery,
@@ -35,6 +36,7 @@ from agent.observe.homeassistant import (
     node_filter,
     safe_id,
 )
+from agent.wire.detection import DetectionEventV1, DetectionHeartbeatV1
 from agent.wire.metrics import MetricsV1
 from agent.wire.ota import MARKED_BAD_REASONS, OtaStateV1
 from agent.wire.predictions import PredictionBatchV1, PredictionV1, prediction_dict
@@ -51,7 +53,8 @@ SCHEMA: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "ha_mqtt_schema.json").read_text(encoding="utf-8")
 )
 HA_TOPIC = re.compile(
-    r"^homeassistant/(sensor|binary_sensor|update|button)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$"
+    r"^homeassistant/(sensor|binary_sensor|update|button|event)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+"
+    r"/config$"
 )
 _ICON = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+$")
 
@@ -126,6 +129,7 @@ def check_ha_config(topic: str, payload: bytes, device_id: str) -> dict[str, Any
         "binary_sensor": HaBinarySensorConfig,
         "update": HaUpdateConfig,
         "button": HaButtonConfig,
+        "event": HaEventConfig,
     }
     models[component].model_validate(conf)  # our schema
     return dict(conf)
@@ -278,6 +282,41 @@ def test_discovery_configs_fit_ha_and_real_payloads(case: str, batched: bool) ->
         "raw": json.dumps({"out0": [[1.0, 2.0]]}),
     }[case]
     assert got == expected
+
+
+def test_detection_is_an_event_entity() -> None:
+    """``type = "detection"``: an HA event entity fired once per detection event (the label
+    as ``event_type``); heartbeats and empty payloads are ignored (``None``)."""
+    cfg = ha_config(
+        postprocess={
+            "type": "detection",
+            "labels": ["background", "hey_pi"],
+            "ignore": ["background"],
+        }
+    )
+    topics = Topics("edge", "pi.kitchen-1")
+    msgs = discovery_messages(cfg, topics, "kws", "0.1.0", "x", cpu_temp=False)
+    confs = {m.topic: check_ha_config(m.topic, m.payload, "pi.kitchen-1") for m in msgs}
+    events = [c for t, c in confs.items() if "/event/" in t]
+    assert len(events) == 1 and not any(t.endswith("kws_prediction/config") for t in confs)
+    ev = events[0]
+    assert ev["event_types"] == ["hey_pi"] and ev["state_topic"] == topics.prediction("kws")
+    event = DetectionEventV1(
+        label="hey_pi", mean=0.95, peak=0.99, threshold=0.9, start_sample=38, end_sample=46,
+        windows=3,
+    ).model_dump(mode="json")  # fmt: skip
+    beat = DetectionHeartbeatV1(means={"hey_pi": 0.01}, start_sample=8, end_sample=16)
+    fired = json.loads(render(ev["value_template"], prediction(event)))
+    assert fired == {"event_type": "hey_pi", "mean": 0.95, "peak": 0.99, "stream": "accel"}
+    batch = {"v": 1, "device": "pi.kitchen-1", "batch": [prediction(event, 6), prediction(event)]}
+    assert json.loads(render(ev["value_template"], batch))["event_type"] == "hey_pi"
+    assert render(ev["value_template"], prediction(beat.model_dump(mode="json"))) == "None"
+    assert render(ev["value_template"], b"") == "None"
+    # labels from the model's package when the config names none
+    cfg2 = ha_config(postprocess={"type": "detection", "ignore": ["_silence"]})
+    confs2 = discovery_configs(cfg2, topics, "kws", "0", "x", labels=["_silence", "yes", "no"])
+    ev2 = next(c for _, c in confs2 if isinstance(c, HaEventConfig))
+    assert ev2.event_types == ["yes", "no"]
 
 
 def test_prediction_attributes_hold_nothing_volatile() -> None:
