@@ -476,6 +476,7 @@ class HomeAssistantDiscovery:
         self._on_restart = on_restart
         self._lock = threading.Lock()
         self._current: frozenset[str] = frozenset()
+        self._stale: set[str] = set()  # configs to remove (empty retained) when connected
         self.published = 0
         self.removed: list[str] = []
         self._stopped = False
@@ -496,19 +497,33 @@ class HomeAssistantDiscovery:
             self.publish()
 
     def _on_config(self, topic: str, payload: bytes) -> None:
-        """A config under our node (retained ones arrive at each subscribe): one we do not
-        publish now is removed with an empty retained message."""
-        if self._stopped or not payload:
+        """A config under our node (retained ones arrive at each subscribe, possibly before
+        the connection counts as up): one we do not publish now is removed with an empty
+        retained message, now or at the next ``publish``."""
+        if self._stopped:
             return
         with self._lock:
+            if not payload:
+                self._stale.discard(topic)  # removed (our own removal, echoed back)
+                return
             current = self._current
         if not current:
             current = frozenset(m.topic for m in self._messages())
         if topic in current:
             return
-        log.info("Home Assistant: removing %s (no longer published)", topic)
-        if self._link.publish(OutgoingMessage(topic, b"", 1, True)):
-            self.removed.append(topic)
+        with self._lock:
+            self._stale.add(topic)
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        with self._lock:
+            stale = sorted(self._stale)
+        for topic in stale:
+            if self._link.publish(OutgoingMessage(topic, b"", 1, True)):
+                log.info("Home Assistant: removed %s (no longer published)", topic)
+                with self._lock:
+                    self._stale.discard(topic)
+                    self.removed.append(topic)
 
     def _on_command(self, topic: str, payload: bytes) -> None:
         if self._stopped or self._on_restart is None:
@@ -527,4 +542,5 @@ class HomeAssistantDiscovery:
             self._current = frozenset(m.topic for m in msgs)
         sent = sum(1 for m in msgs if self._link.publish(m))
         self.published += sent
+        self._remove_stale()
         log.debug("Home Assistant discovery: %d of %d config(s) sent", sent, len(msgs))

@@ -435,16 +435,18 @@ def test_fake_link_and_process_shapes() -> None:
 
 
 class _Link:
-    """The discovery's link seam: records publishes and subscriptions."""
+    """The discovery's link seam: records publishes and subscriptions; ``up`` = connected."""
 
     def __init__(self) -> None:
         self.sent: list[OutgoingMessage] = []
         self.subs: dict[str, Any] = {}
         self.listeners: list[Any] = []
+        self.up = True
 
     def publish(self, msg: OutgoingMessage, on_ack: Any = None) -> bool:
-        self.sent.append(msg)
-        return True
+        if self.up:
+            self.sent.append(msg)
+        return self.up
 
     def add_connect_listener(self, fn: Any) -> None:
         self.listeners.append(fn)
@@ -467,16 +469,24 @@ def test_stale_configs_are_removed_and_restart_is_taken() -> None:
     )
     d.start()
     assert set(link.subs) == {"ha/status", "ha/+/n/+/config", "edge/n/set"}
-    # retained configs arrive before our first publish: judged against what we would publish
-    link.subs["ha/+/n/+/config"]("ha/update/n/demo_model/config", b"{...}")
-    link.subs["ha/+/n/+/config"]("ha/sensor/n/a/config", b"{}")
-    link.subs["ha/+/n/+/config"]("ha/sensor/n/gone/config", b"")  # a removal echoed back
+    on_config = link.subs["ha/+/n/+/config"]
+    # retained configs arrive with the SUBACKs, before the link counts as connected: the
+    # removal waits for the connect
+    link.up = False
+    on_config("ha/update/n/demo_model/config", b"{...}")
+    on_config("ha/sensor/n/a/config", b"{}")  # one we publish: kept
+    assert link.sent == [] and d.removed == []
+    link.up = True
+    link.listeners[0]()  # the connect: configs published, then the stale one removed
     assert [(m.topic, m.payload, m.retain) for m in link.sent] == [
-        ("ha/update/n/demo_model/config", b"", True)
+        ("ha/sensor/n/a/config", b"{}", True),
+        ("ha/update/n/demo_model/config", b"", True),
     ]
-    assert d.removed == ["ha/update/n/demo_model/config"]
-    link.listeners[0]()  # a connect
-    assert link.sent[-1].topic == "ha/sensor/n/a/config" and d.published == 1
+    assert d.removed == ["ha/update/n/demo_model/config"] and d.published == 1
+    on_config("ha/update/n/demo_model/config", b"")  # our removal echoed back: nothing
+    on_config("ha/button/n/old/config", b"{}")  # while connected: removed at once
+    assert link.sent[-1].topic == "ha/button/n/old/config" and link.sent[-1].payload == b""
+    assert len(link.sent) == 3
     link.subs["edge/n/set"]("edge/n/set", b"something")
     assert restarts == []
     link.subs["edge/n/set"]("edge/n/set", b"restart")
