@@ -34,8 +34,9 @@ from agent.model.active import ActiveModel
 from agent.model.loading import load_active_model
 from agent.model.runtime import Model
 from agent.ota.boot import load_installed, recover
-from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, VersionFloor
+from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running
 from agent.ota.download import DownloadSettings, Fetcher, HttpFetcher
+from agent.ota.floor import VersionFloor
 from agent.ota.health import CHECK_INTERVAL_S, HealthWatch
 from agent.ota.intake import Intake, Job
 from agent.ota.layout import OtaPaths
@@ -43,7 +44,7 @@ from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
-from agent.release.package import SignatureFile, check_artifact
+from agent.release.package import SignatureFile, check_artifact, read_model_entry
 from agent.release.signing import load_trusted_keys
 from agent.wire.topics import Topics
 
@@ -93,6 +94,12 @@ def _claimed_version(offer: Offer | None) -> str | None:
     except (ValueError, AttributeError):
         return None
     return v if isinstance(v, str) else None
+
+
+def _close(offer: Offer | None) -> None:
+    """Close a dropped-in package file the offer holds open."""
+    if offer is not None and offer.package is not None:
+        offer.package.close()
 
 
 def _probe(model: Model) -> Callable[[], float] | None:
@@ -215,7 +222,19 @@ class Updater:
                     reason=r.reason or "interrupted",
                     detail=r.detail or "the trial version is not the one running",
                 )
+        elif r.state is State.ACTIVE and self._store.current() == r.version:
+            self._commit_floor()  # a kill between the commit and the floor write
         self._report()
+
+    def _commit_floor(self) -> None:
+        """Raise the floor to the committed version (the only place it rises; idempotent)."""
+        r = self._sm.record
+        if r.state is not State.ACTIVE or r.version is None or r.sha256 is None:
+            return
+        try:
+            self._decider.commit(self.cfg.model.name, r.version, r.sha256)
+        except UpdateError as exc:
+            log.error("cannot raise the version floor to %s: %s", r.version, exc)
 
     def _running(self) -> Running:
         a = self.pipeline.active
@@ -250,6 +269,7 @@ class Updater:
             self._refused(None, UpdateError("unreadable", f"{job.key}: {exc}"), job.source)
             return
         except UpdateError as exc:
+            _close(offer)
             if exc.reason in NOT_A_REFUSAL:
                 log.info("offer from %s: %s", job.source, exc.detail)
             elif exc.reason == "malformed" and self._intake.settle(job):
@@ -258,8 +278,11 @@ class Updater:
                 self._refused(_claimed_version(offer), exc, job.source)
             self._intake.done(job, exc.reason)
             return
-        self._decider.accept(accepted)
-        self._intake.done(job, self._apply(accepted))
+        try:
+            outcome = self._apply(accepted)
+        finally:
+            _close(offer)
+        self._intake.done(job, outcome)
 
     def _refused(self, version: str | None, exc: UpdateError, source: str) -> None:
         log.warning("refused %s from %s: %s", version or "an offer", source, exc)
@@ -301,6 +324,12 @@ class Updater:
     def _obtain(self, acc: Accepted, fields: dict[str, Any]) -> bytes:
         """The verified model bytes: carried by the offer, already staged, or downloaded."""
         m = acc.manifest
+        if acc.offer.package is not None:  # the signature verified: now inflate, capped
+            self._transition(State.VERIFYING, **fields)
+            try:
+                return read_model_entry(acc.offer.package, m)
+            except PackageError as exc:
+                raise UpdateError(exc.reason, exc.detail) from exc
         if acc.offer.content is not None:
             self._transition(State.VERIFYING, **fields)
             try:
@@ -391,6 +420,7 @@ class Updater:
         self._watch = None
         if verdict.status == "passed":
             self._sm.transition(State.ACTIVE, boots=0, detail=verdict.detail)
+            self._commit_floor()
             self._previous_active = None
             self._store.prune(self.cfg.ota.keep_versions)
             self.metrics.inc("ota_updates")
