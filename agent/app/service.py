@@ -125,6 +125,8 @@ class Agent:
             password=password,
         )
         spool = Spool(cfg.spool_path(), cfg.queue.max_messages)
+        if spool.damage is not None:  # quarantined or lost at open: the fleet must see it
+            self.metrics.inc("spool_damaged", reason=spool.damage.kind)
         publisher = Publisher(
             link,
             spool,

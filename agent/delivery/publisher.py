@@ -119,7 +119,8 @@ class Publisher:
         self._floor = 0  # newest spool id when the current connection came up
         self._inflight = 0
         self._seq = spool.next_seq  # next sequence number (a still-open batch holds some)
-        self._encode = PayloadEncoder(device_id)
+        self._encode = PayloadEncoder(device_id, spool.boot)
+        self._drops = DropLog()
         self._pending_batch: list[bytes] = []
         self._batch_topic = ""
         self._batch_deadline = 0.0
@@ -269,6 +270,7 @@ class Publisher:
 
     def _idle(self) -> None:
         """Nothing to do for a while: remove acknowledged rows from the spool file now."""
+        self._drops.flush()
         try:
             self._spool.flush()
         except SpoolError:
@@ -336,7 +338,7 @@ class Publisher:
         msgs, dropped = self._spool.append(rows, self._seq)
         if dropped:
             self._metrics.inc("queue_dropped", dropped)
-            log.warning("spool full: dropped the %d oldest message(s)", dropped)
+            self._drops.add(dropped, self._spool.dropped_total)
         mem = self._mem
         for m in msgs:
             mem[m.id] = m
@@ -405,13 +407,56 @@ class Publisher:
         return acked
 
 
+DROP_LOG_EVERY_S = 60.0
+
+
+class DropLog:
+    """One WARNING per ``DROP_LOG_EVERY_S`` for messages the spool cap dropped, with counts.
+
+    During a long partition with a full spool every new prediction pushes out the oldest: one
+    log line each would flood the journal. The first drop is logged at once; later ones are
+    summed and logged as one summary line per interval (and a last one when the publisher
+    flushes, ``flush``).
+    """
+
+    def __init__(self, every_s: float = DROP_LOG_EVERY_S) -> None:
+        self._every = every_s
+        self._pending = 0
+        self._next = 0.0
+        self._total = 0
+
+    def add(self, n: int, total: int, now: float | None = None) -> bool:
+        """Count ``n`` dropped messages; True if a line was logged."""
+        self._pending += n
+        self._total = total
+        t = time.monotonic() if now is None else now
+        if t < self._next:
+            return False
+        self.flush(t)
+        return True
+
+    def flush(self, now: float | None = None) -> None:
+        if not self._pending:
+            return
+        log.warning(
+            "spool full: dropped the %d oldest message(s) in the last %gs (%d in total); "
+            "the newest are kept",
+            self._pending,
+            self._every,
+            self._total,
+        )
+        self._pending = 0
+        self._next = (time.monotonic() if now is None else now) + self._every
+
+
 class PayloadEncoder:
     """Prediction JSON, byte for byte what ``json.dumps(prediction_dict(...),
     separators=(",", ":"), allow_nan=False)`` gives, without building the dict: the part
     that only depends on (model, version, stream) is formatted once and cached."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, boot: int = 0) -> None:
         self._device = json.dumps(device)
+        self._boot = int(boot)
         self._heads: dict[tuple[str, str, str], str] = {}
         self._dumps = _compact_dumps()
 
@@ -435,7 +480,8 @@ class PayloadEncoder:
 
     def __call__(self, seq: int, rec: PredictionRecord) -> bytes:
         return (
-            f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},{self._head(rec)}{self._number(rec.ts)},'
+            f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},"boot":{self._boot:d},{self._head(rec)}'
+            f"{self._number(rec.ts)},"
             f'"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}}}'
         ).encode()
 

@@ -69,6 +69,22 @@ def _version() -> str:
     return __version__
 
 
+def _spool_status(spool: Spool) -> dict[str, Any]:
+    """The queue's file, boot counter and any damage found at start (quarantined, lost)."""
+    d = spool.damage
+    return {
+        "path": str(spool.path),
+        "boot": spool.boot,
+        "damage": None
+        if d is None
+        else {
+            "kind": d.kind,
+            "detail": d.detail,
+            "moved_to": str(d.moved_to) if d.moved_to else None,
+        },
+    }
+
+
 class RunningAgentView:
     def __init__(self, agent: AgentLike, process: ProcessStats | None = None) -> None:
         self._agent = agent
@@ -151,6 +167,7 @@ class RunningAgentView:
                 "reconnects": r.link.reconnects,
                 "last_error": r.link.last_error,
             },
+            "spool": _spool_status(r.spool),
             "metrics": self.collect().model_dump(mode="json"),
         }
 
