@@ -22,6 +22,7 @@ import pytest
 
 from agent.release.manifest import Artifact
 from agent.release.package import MANIFEST_NAME, Package
+from agent.wire.ota import OtaStateV1
 from tests.agentproc import AgentProcess
 from tests.broker import Broker
 from tests.mqttclient import Collector, publish
@@ -86,6 +87,10 @@ class Rig:
         return pkgs.build(content, version, self.keys.release), self.http.add(
             f"m/{version}.tflite", content
         )
+
+
+def in_trial(version: str) -> Callable[[OtaStateV1], bool]:
+    return lambda s: (s.state, s.health, s.version) == ("active", "watching", version)
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -193,7 +198,7 @@ def garbage_state_during_trial(r: Rig) -> str:
     pkg, url = r.good("2.0.0")
     m = r.mark()
     announce(r.broker, pkg, url)
-    wait_state(r.col, m, lambda s: (s.state, s.health, s.version) == ("active", "watching", "2.0.0"))
+    wait_state(r.col, m, in_trial("2.0.0"))
 
     def damage() -> None:
         publish(r.broker.host, r.broker.port, ANNOUNCE, b"", retain=True)  # no re-offer

@@ -18,11 +18,11 @@ from agent.ota.decide import (
     Decider,
     Offer,
     Running,
-    VersionFloor,
     offer_from_announcement,
     offer_from_file,
     offer_from_package,
 )
+from agent.ota.floor import VersionFloor
 from agent.ota.store import ModelStore
 from agent.release.manifest import (
     Artifact,
@@ -364,13 +364,13 @@ def test_a_file_offer_reads_no_model_before_the_signature(tmp_path: Path, keys: 
     class Counting(io.FileIO):
         read_bytes = 0
 
-        def read(self, n: int = -1, /) -> bytes:
+        def read(self, n: int | None = -1, /) -> bytes:
             data = super().read(n)
             Counting.read_bytes += len(data)
             return data
 
     with Counting(path, "r") as fh:
-        o = offer_from_file(path.name, fh)  # type: ignore[arg-type]
+        o = offer_from_file(path.name, fh)
         assert o.content is None and o.package is fh
         assert refusal(decider(tmp_path, keys), o) == "unsigned"
     assert Counting.read_bytes < 32 * 1024, f"read {Counting.read_bytes} of {size} bytes"
