@@ -27,13 +27,15 @@ malformed image) is **quarantined**: renamed to ``<spool>.damaged-<epoch s>`` wi
 (kept for forensics), logged, reported (``damage``: the agent's metrics and status) and a new
 one is started. A database that comes up empty although the high-water mark says numbers were
 used (truncated to 0 bytes, deleted) is reported the same way; numbering continues above the
-mark. Cost: rows are inserted and deleted with one multi-row statement per chunk, not one
-statement per row (``executemany``): the sqlite3 module releases the GIL around every statement
-step, and with a busy inference thread each re-acquisition can wait a whole switch interval.
-Acknowledged rows leave ``depth`` at once but are removed from the file in groups, inside an
-append's transaction (or by ``flush``, which the publisher calls when idle): one commit per
-prediction instead of two, one DELETE per group. A crash in between resends them (at most a few
-hundred): at least once, and duplicates keep their seq.
+mark.
+
+Cost: rows are inserted and deleted with one multi-row statement per chunk, not one statement
+per row (``executemany``): the sqlite3 module releases the GIL around every statement step, and
+with a busy inference thread each re-acquisition can wait a whole switch interval. Acknowledged rows
+leave ``depth`` at once but are removed from the file in groups, inside an append's transaction
+(or by ``flush``, which the publisher calls when idle): one commit per prediction instead of
+two, one DELETE per group. A crash in between resends them (at most a few hundred): at least
+once, and duplicates keep their seq.
 """
 
 from __future__ import annotations
