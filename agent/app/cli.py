@@ -118,6 +118,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
         return 2
     print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    warning = cfg.http.exposure_warning()
+    if warning is not None:
+        print(f"warning: http.host: {warning}", file=sys.stderr)
     print(f"{args.config or 'embedded defaults'}: OK", file=sys.stderr)
     return 0
 

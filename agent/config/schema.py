@@ -14,6 +14,7 @@ Secrets never live inline: the MQTT password comes from ``password_file`` (syste
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -495,6 +496,24 @@ class HttpSection(_Table):
     port: int = Field(8787, ge=0, le=65535, description="Port (0 = any free port).")
     token_file: Path | None = Field(None, description="File holding a bearer token to require.")
     max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies are refused.")
+
+    def exposure_warning(self) -> str | None:
+        """A warning when the API is reachable from other machines without a token."""
+        if not self.enabled or self.token_file is not None or _is_loopback(self.host):
+            return None
+        return (
+            f"the HTTP API binds {self.host!r} (reachable from other machines) without "
+            "http.token_file: anyone on the network can read status and run predictions"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class HomeAssistantSection(_Table):
