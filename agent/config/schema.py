@@ -471,6 +471,25 @@ class OtaSection(_Table):
     incoming_dir: Path | None = Field(
         None, description="Watched folder for dropped-in packages (default: state_dir/incoming)."
     )
+    tuf_url: str | None = Field(
+        None,
+        description="Base URL of the store's TUF metadata (e.g. https://store/tuf). Set, the "
+        "channel is TUF's and MQTT announcements are only hints to refresh.",
+    )
+    tuf_targets_url: str | None = Field(
+        None, description="Base URL of the TUF targets (default: the parent of tuf_url)."
+    )
+    tuf_root: Path | None = Field(
+        None, description="The first trusted TUF root.json, delivered with the install."
+    )
+    tuf_root_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Or: pin the first root by hash (1.root.json fetched from tuf_url).",
+    )
+    tuf_refresh_s: float = Field(
+        3600.0, gt=0, description="Refresh the TUF metadata this often (and on every hint)."
+    )
 
     @model_validator(mode="after")
     def _channels(self) -> OtaSection:
@@ -478,6 +497,10 @@ class OtaSection(_Table):
             check_topic_id(c, "channel")
         if self.enabled and not self.trusted_keys and not self.allow_unsigned:
             raise ValueError("OTA needs trusted_keys (or allow_unsigned = true for development)")
+        if self.tuf_url is not None and self.tuf_root is None and self.tuf_root_sha256 is None:
+            raise ValueError(
+                "ota.tuf_url needs the first trusted root: tuf_root or tuf_root_sha256"
+            )
         return self
 
 
