@@ -11,10 +11,11 @@ packages (python-tuf's metadata API, Ed25519 signers from securesystemslib):
     <store>/<model>/<version>/<model>-<version>.eapkg   the targets (paths relative to <store>)
 
 A target's custom metadata says what it is for (``{"edge": {"model", "version", "channels",
-"groups", "percent"}}``; ``percent`` a decimal string: canonical JSON has no floats); devices trust it only through the targets role's signature. Keys are
-PEM files in a key directory (``root-1.key`` ... ``root-N.key``, ``targets.key``,
-``snapshot.key``, ``timestamp.key``); in production the root keys live offline (docs/ota.md,
-key ceremony) and only the online roles' keys sit on the build host.
+"groups", "percent"}}``; ``percent`` a decimal string: canonical JSON has no floats); devices
+trust it only through the targets role's signature. Keys are PEM files in a key directory
+(``root-1.key`` ... ``root-N.key``, ``targets.key``, ``snapshot.key``, ``timestamp.key``); in
+production the root keys live offline (docs/ota.md, key ceremony) and only the online roles'
+keys sit on the build host.
 
 The timestamp role expires quickly (``TIMESTAMP_EXPIRY``, a day): ``edge-convert tuf
 timestamp`` must run more often than that (a systemd timer; docs/ota.md), else every device
