@@ -131,6 +131,16 @@ class Intake:
         not_before = time.monotonic() + SETTLE_S if tentative else 0.0
         self._put(Job(key=f"file:{path}", path=path, not_before=not_before, tentative=tentative))
 
+    def hint(self, channel: str) -> None:
+        """Ask for a check of ``channel`` (TUF: a timer's refresh)."""
+        for topic, c in self._channels.items():
+            if c == channel:
+                self._put(Job(key=topic, channel=channel))
+
+    def later(self, job: Job, delay_s: float) -> None:
+        """Requeue ``job`` after ``delay_s`` (unless a newer one for its key arrives)."""
+        self._put(dataclasses.replace(job, not_before=time.monotonic() + delay_s))
+
     def _put(self, job: Job) -> None:
         with self._lock:
             old = self._jobs.pop(job.key, None)

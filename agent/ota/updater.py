@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import io
 import json
 import logging
 import threading
@@ -33,8 +35,9 @@ from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.loading import load_active_model
 from agent.model.runtime import Model
+from agent.ota import tufclient
 from agent.ota.boot import load_installed, recover
-from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running
+from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, offer_from_file
 from agent.ota.download import DownloadSettings, Fetcher, HttpFetcher
 from agent.ota.floor import VersionFloor
 from agent.ota.health import CHECK_INTERVAL_S, HealthWatch
@@ -44,11 +47,17 @@ from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
+from agent.ota.tufclient import TufTarget
+from agent.release.manifest import Version
 from agent.release.package import SignatureFile, check_artifact, read_model_entry
 from agent.release.signing import load_trusted_keys
+from agent.wire.ota import TufStatus
 from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
+
+TUF_MIN_INTERVAL_S = 5.0
+"""Hints (announcements) closer together than this are coalesced into one TUF check."""
 
 MARK_BAD = frozenset(
     {
@@ -162,6 +171,10 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._watch: HealthWatch | None = None
         self._previous_active: ActiveModel | None = None
+        self._tuf = ota.tuf_url is not None
+        self._tuf_next = 0.0  # monotonic time of the next timed TUF refresh (0: at start)
+        self._tuf_last = -TUF_MIN_INTERVAL_S
+        self._tuf_targets: dict[str, TufTarget] = {}  # offer source -> what TUF vouched for
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -199,6 +212,10 @@ class Updater:
                         break
                     self._check_trial()
                     continue
+                if self._tuf and time.monotonic() >= self._tuf_next:
+                    self._tuf_next = time.monotonic() + self.cfg.ota.tuf_refresh_s
+                    for c in self.cfg.ota.channels:
+                        self._intake.hint(c)
                 job, wait_s = self._intake.next()
                 if job is None:
                     self._intake.wake.wait(wait_s)
@@ -261,8 +278,15 @@ class Updater:
     def _handle(self, job: Job) -> None:
         offer: Offer | None = None
         try:
-            offer = self._intake.offer(job)
+            if self._tuf and job.path is None:
+                if time.monotonic() - self._tuf_last < TUF_MIN_INTERVAL_S:
+                    self._intake.later(job, TUF_MIN_INTERVAL_S)  # hints are coalesced
+                    return
+                offer = self._tuf_offer(job)
+            else:
+                offer = self._intake.offer(job)
             accepted = self._decider.decide(offer, self._running())
+            self._check_tuf_target(accepted)
         except FileNotFoundError:
             return  # a dropped-in file that is gone already
         except OSError as exc:
@@ -283,6 +307,68 @@ class Updater:
         finally:
             _close(offer)
         self._intake.done(job, outcome)
+
+    # ---------------------------------------------------------------- TUF
+
+    def _tuf_offer(self, job: Job) -> Offer:
+        """Refresh the TUF metadata (child process) and fetch the target it vouches for.
+
+        The announcement that woke us is only a hint: nothing in it is used. Raises
+        ``UpdateError`` with TUF's refusal reason (``metadata_expired``, ...), a download
+        reason (the target's length and sha256 are TUF's), or ``up_to_date``.
+        """
+        assert job.channel is not None
+        self._tuf_last = time.monotonic()
+        try:
+            res = tufclient.refresh(self.cfg, job.channel)
+        except UpdateError as exc:
+            if exc.reason == "metadata_expired":
+                self.metrics.inc("ota_metadata_expired")
+            old = self._reporter.last.tuf if self._reporter.last is not None else None
+            self._reporter.tuf(
+                TufStatus(
+                    expires=old.expires if old else None,
+                    expired=exc.reason == "metadata_expired",
+                    root_version=old.root_version if old else None,
+                    checked_at=time.time(),
+                )
+            )
+            raise
+        self._reporter.tuf(
+            TufStatus(
+                expires=res.expires,
+                expired=False,
+                root_version=res.root_version,
+                checked_at=time.time(),
+            )
+        )
+        t = res.target
+        running = self.pipeline.active.version
+        if t is None:
+            raise UpdateError("up_to_date", f"no TUF target for this device on {job.channel}")
+        with contextlib.suppress(ValueError):
+            if Version.parse(t.version) <= Version.parse(running):
+                raise UpdateError("up_to_date", f"TUF's newest is {t.version}; {running} runs")
+        part = self._paths.part(t.sha256)
+        data = self._fetcher.fetch(t.url, t.length, t.sha256, part, stop=self._stop)
+        part.unlink(missing_ok=True)
+        offer = offer_from_file(t.path.rsplit("/", 1)[-1], io.BytesIO(data))
+        source = f"tuf:{job.channel}"
+        self._tuf_targets[source] = t
+        return dataclasses.replace(offer, source=source, targets=t.targets)
+
+    def _check_tuf_target(self, acc: Accepted) -> None:
+        """The package must be what TUF's custom metadata says it is (no mix-and-match)."""
+        t = self._tuf_targets.pop(acc.offer.source, None)
+        if t is None:
+            return
+        m = acc.manifest
+        if (m.name, m.version) != (self.cfg.model.name, t.version):
+            raise UpdateError(
+                "target_mismatch",
+                f"TUF target {t.path} is {self.cfg.model.name} {t.version}, the package inside "
+                f"is {m.name} {m.version}",
+            )
 
     def _refused(self, version: str | None, exc: UpdateError, source: str) -> None:
         log.warning("refused %s from %s: %s", version or "an offer", source, exc)
