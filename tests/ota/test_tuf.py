@@ -22,6 +22,7 @@ import pytest
 from tuf.api.metadata import MetaFile, TargetFile
 
 from agent.ota.tufcheck import check
+from agent.release.manifest import rollout_position
 from agent.release.package import Package
 from converters.publish import upload
 from converters.store import ArtifactKeys, LocalStore
@@ -84,12 +85,13 @@ class Repo:
 
 @pytest.fixture
 def tuf_repo(tmp_path: Path, http: FileServer) -> Repo:
+    assert http.root is not None
     store = LocalStore(http.root)
     repo = TufRepository(store, tmp_path / "tufkeys")
     repo.init(root_keys=3, threshold=2)
     device = tmp_path / "device-tuf"
     device.mkdir()
-    shutil.copy(http.root / "tuf" / "1.root.json", device / "root.json")  # the install's root
+    shutil.copy(store.root / "tuf" / "1.root.json", device / "root.json")  # the install's root
     return Repo(store, repo, http, device)
 
 
@@ -257,7 +259,7 @@ def test_root_rotation_is_followed_and_a_revoked_key_is_not(
 
 def tuf_agent_config(tmp: Path, broker: Broker, keys: Keys, r: Repo, **ota: Any) -> Path:
     root = tmp / "install-root.json"
-    shutil.copy(r.http.root / "tuf" / "1.root.json", root)
+    shutil.copy(r.store.root / "tuf" / "1.root.json", root)
     return agent_config(
         tmp,
         broker,
@@ -312,3 +314,33 @@ def test_the_agent_installs_what_tuf_vouches_for_and_refuses_the_rest(
         assert code == 0, agent.output()
     seqs = sorted({p["seq"] for p in predictions(col.messages)})
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a prediction was lost"
+
+
+def test_the_cli_makes_a_repository_a_device_trusts(
+    tmp_path: Path, keys: Keys, http: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from converters.cli import main
+
+    assert http.root is not None
+    store, kd = str(http.root), tmp_path / "k"
+    assert main(["tuf", "init", "--store", store, "--keys", str(kd), "--threshold", "2"]) == 0
+    pkg = small_pkg("2.0.0", keys)
+    upload(pkg, LocalStore(http.root), ArtifactKeys.of("m", "2.0.0"))
+    pkg_file = tmp_path / "m-2.0.0.eapkg"
+    pkg_file.write_bytes(pkg.to_bytes())
+    args = ["--store", store, "--keys", str(kd)]
+    assert main(["tuf", "add", str(pkg_file), *args, "--channel", "stable", "--percent", "50"]) == 0
+    assert main(["tuf", "timestamp", *args]) == 0
+    generate_key(kd / "root-9.key")
+    assert main(["tuf", "rotate", *args, "--add-key", str(kd / "root-9.key")]) == 0
+    assert main(["tuf", "status", *args]) == 0
+    assert '"root_version": 2' in capsys.readouterr().out
+    device = tmp_path / "dev"
+    device.mkdir()
+    shutil.copy(http.root / "tuf" / "1.root.json", device / "root.json")
+    r = Repo(LocalStore(http.root), TufRepository(LocalStore(http.root), kd), http, device)
+    # the 50 % rollout in the signed custom metadata decides per device, as announcements do
+    for d in ("dev-1", "dev-2", "dev-3", "dev-4"):
+        ans = check(r.request(device=d))
+        assert ans["root_version"] == 2
+        assert (ans["target"] is not None) == (rollout_position(d, "m", "2.0.0") < 50), d
