@@ -58,6 +58,8 @@ TARGETS_EXPIRY = timedelta(days=90)
 SNAPSHOT_EXPIRY = timedelta(days=7)
 TIMESTAMP_EXPIRY = timedelta(days=1)
 _MAX_METADATA = 16 * 1024 * 1024
+SIGNED_AT = "x-edge-signed-at"
+"""Epoch seconds the timestamp was signed at (signed): devices keep it as a lower bound on time."""
 _EXPIRY = {
     Root.type: ROOT_EXPIRY,
     Targets.type: TARGETS_EXPIRY,
@@ -155,6 +157,8 @@ class TufRepository:
         return out
 
     def _write(self, md: Metadata[Any], signers: list[Signer]) -> None:
+        if md.signed.type == Timestamp.type:  # a lower bound on time for devices without RTC
+            md.signed.unrecognized_fields[SIGNED_AT] = int(_now().timestamp())
         md.signatures.clear()
         for s in signers:
             md.sign(s, append=True)

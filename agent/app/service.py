@@ -19,6 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from agent.app.systemd import Notifier, WatchdogPinger
+from agent.clock import ClockStatus
 from agent.config import Config, load_config, read_password
 from agent.delivery.mqtt import MqttLink, OutgoingMessage
 from agent.delivery.publisher import Publisher
@@ -135,6 +136,7 @@ class Agent:
             self.metrics,
             batch=cfg.mqtt.batch,
             window=cfg.mqtt.max_inflight,
+            clock=ClockStatus(cfg.agent.state_dir),
         )
         ctx = SourceContext(metrics=self.metrics, subscriber=link)
         try:

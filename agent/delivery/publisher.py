@@ -72,6 +72,13 @@ class Link(Protocol):
     def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
 
 
+class SyncState(Protocol):
+    """``agent.clock.ClockStatus``: whether the system clock is synchronised (None: unknown)."""
+
+    @property
+    def synced(self) -> bool | None: ...
+
+
 class PredictionRecord(NamedTuple):
     """What inference hands over: everything a payload needs except the sequence number.
     (A NamedTuple: built once per prediction, it costs half a frozen dataclass.)"""
@@ -101,6 +108,7 @@ class Publisher:
         batch: BatchSection | None = None,
         window: int = 1000,
         max_ahead: int | None = None,
+        clock: SyncState | None = None,
     ) -> None:
         self._link = link
         self._spool = spool
@@ -120,6 +128,7 @@ class Publisher:
         self._inflight = 0
         self._seq = spool.next_seq  # next sequence number (a still-open batch holds some)
         self._encode = PayloadEncoder(device_id, spool.boot)
+        self._clock = clock
         self._drops = DropLog()
         self._pending_batch: list[bytes] = []
         self._batch_topic = ""
@@ -297,6 +306,8 @@ class Publisher:
             self._throttled = True
 
     def _spool_records(self, records: list[PredictionRecord], flush: bool) -> None:
+        if self._clock is not None:
+            self._encode.unsynced = self._clock.synced is False
         seq = self._seq
         rows: list[tuple[str, bytes, int, bool]] = []
         now = time.perf_counter()
@@ -449,6 +460,9 @@ class DropLog:
         self._next = (time.monotonic() if now is None else now) + self._every
 
 
+_UNSYNCED = ',"clock_synced":false}'
+
+
 class PayloadEncoder:
     """Prediction JSON, byte for byte what ``json.dumps(prediction_dict(...),
     separators=(",", ":"), allow_nan=False)`` gives, without building the dict: the part
@@ -457,6 +471,8 @@ class PayloadEncoder:
     def __init__(self, device: str, boot: int = 0) -> None:
         self._device = json.dumps(device)
         self._boot = int(boot)
+        self.unsynced = False
+        """Predictions made now carry ``"clock_synced":false`` (their ``ts`` may be wrong)."""
         self._heads: dict[tuple[str, str, str], str] = {}
         self._dumps = _compact_dumps()
 
@@ -479,10 +495,12 @@ class PayloadEncoder:
         return self._dumps(x)  # ints, float subclasses; NaN/Inf raise ValueError like dumps
 
     def __call__(self, seq: int, rec: PredictionRecord) -> bytes:
+        tail = _UNSYNCED if self.unsynced else "}"
         return (
             f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},"boot":{self._boot:d},{self._head(rec)}'
             f"{self._number(rec.ts)},"
-            f'"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}}}'
+            f'"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}'
+            f"{tail}"
         ).encode()
 
     def batch(self, payloads: list[bytes]) -> bytes:

@@ -177,6 +177,7 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
         "target": target,
         "expires": ts.expires.timestamp(),
         "root_version": root.version,
+        "signed_at": ts.unrecognized_fields.get("x-edge-signed-at"),
         "targets_version": targets.version,
     }
 

@@ -56,6 +56,8 @@ class TufResult:
     expires: float
     """When the trusted timestamp expires (epoch seconds)."""
     root_version: int
+    signed_at: float | None = None
+    """When the trusted timestamp was signed (a lower bound on the time), if it says."""
 
 
 def metadata_dir(state_dir: Path) -> Path:
@@ -157,4 +159,10 @@ def refresh(cfg: Config, channel: str, bundle: Path | None = None) -> TufResult:
             channel=channel,
             targets=Targets(groups=t["groups"], percent=t["percent"]),
         )
-    return TufResult(target, float(ans["expires"]), int(ans["root_version"]))
+    signed_at = ans.get("signed_at")
+    return TufResult(
+        target,
+        float(ans["expires"]),
+        int(ans["root_version"]),
+        float(signed_at) if isinstance(signed_at, int | float) else None,
+    )

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from agent.clock import ClockStatus
 from agent.config import Config
 from agent.delivery.mqtt import OutgoingMessage
 from agent.errors import EdgeAgentError, PackageError, UpdateError
@@ -55,6 +56,9 @@ from agent.wire.ota import TufStatus
 from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
+
+CLOCK_RETRY_S = 30.0
+"""How often a network offer waiting for a trustworthy clock is looked at again."""
 
 TUF_MIN_INTERVAL_S = 5.0
 """Hints (announcements) closer together than this are coalesced into one TUF check."""
@@ -171,6 +175,7 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._watch: HealthWatch | None = None
         self._previous_active: ActiveModel | None = None
+        self._clock = ClockStatus(self._paths.state_dir)
         self._tuf = ota.tuf_url is not None
         self._tuf_next = 0.0  # monotonic time of the next timed TUF refresh (0: at start)
         self._tuf_last = -TUF_MIN_INTERVAL_S
@@ -278,6 +283,8 @@ class Updater:
     def _handle(self, job: Job) -> None:
         offer: Offer | None = None
         try:
+            if job.path is None:
+                self._check_clock(job)
             if self._tuf and job.path is None:
                 if time.monotonic() - self._tuf_last < TUF_MIN_INTERVAL_S:
                     self._intake.later(job, TUF_MIN_INTERVAL_S)  # hints are coalesced
@@ -310,6 +317,16 @@ class Updater:
 
     # ---------------------------------------------------------------- TUF
 
+    def _check_clock(self, job: Job) -> None:
+        """Network updates wait while the clock is known to be wrong (agent.clock): expiry
+        checks on it would refuse good metadata or let a freeze through. Drop-ins do not wait
+        (an offline device may never synchronise)."""
+        ok, why = self._clock.ok()
+        if ok:
+            return
+        self._intake.later(job, CLOCK_RETRY_S)
+        raise UpdateError("clock_untrusted", f"{why}: updates wait")
+
     def _tuf_offer(self, job: Job) -> Offer:
         """Refresh the TUF metadata (child process) and fetch the target it vouches for.
 
@@ -334,6 +351,8 @@ class Updater:
                 )
             )
             raise
+        if res.signed_at is not None:
+            self._clock.floor.raise_to(res.signed_at)
         self._reporter.tuf(
             TufStatus(
                 expires=res.expires,

@@ -42,6 +42,11 @@ class PredictionV1(Wire):
     ts: float = Field(description="Timestamp (epoch seconds) of the window's last sample.")
     outputs: dict[str, Any] = Field(description="Postprocessed outputs (docs/payloads.md).")
     latency_ms: float = Field(description="Inference latency (preprocess + invoke), ms.")
+    clock_synced: bool = Field(
+        True,
+        description="false when the prediction was made before the system clock was "
+        "synchronised (systemd-timesyncd): its ts may be wrong. Absent (true) otherwise.",
+    )
 
 
 class PredictionBatchV1(Wire):

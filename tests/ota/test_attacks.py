@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,6 +255,22 @@ def truncated_spool(r: Rig) -> str:
     return "1.0.0"
 
 
+def clock_behind(r: Rig) -> str:
+    """A device whose clock is behind the newest trusted time waits with network updates."""
+    pkg, url = r.good("2.0.0")
+
+    def behind() -> None:  # the newest trusted timestamp was signed a day "from now"
+        (r.state_dir / "clock.json").write_text(json.dumps({"not_before": time.time() + 86400}))
+
+    m = r.mark()
+    r.restart(kill=False, meanwhile=behind)
+    announce(r.broker, pkg, url)
+    s = wait_state(r.col, m, is_refusal(None, "clock_untrusted"))  # type: ignore[arg-type]
+    assert s.refusal is not None and "updates wait" in s.refusal.detail
+    assert s.running == "1.0.0"
+    return "1.0.0"
+
+
 ATTACKS: dict[str, tuple[Callable[[Rig], str], dict[str, Any]]] = {
     "replayed_message_freeze": (replayed_message_freeze, {}),
     "unreadable_floor": (unreadable_floor, {}),
@@ -263,6 +280,7 @@ ATTACKS: dict[str, tuple[Callable[[Rig], str], dict[str, Any]]] = {
     "garbage_state_during_trial": (garbage_state_during_trial, {"health_window_s": 300.0}),
     "damaged_spool": (damaged_spool, {}),
     "truncated_spool": (truncated_spool, {}),
+    "clock_behind": (clock_behind, {}),
 }
 
 
