@@ -1,4 +1,4 @@
-"""A clock we cannot trust (issue 13): the durable lower bound, timesyncd's state, the payload flag."""
+"""A clock we cannot trust (issue 13): the lower bound, timesyncd's state, the payload flag."""
 
 from __future__ import annotations
 
