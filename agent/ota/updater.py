@@ -494,6 +494,7 @@ class Updater:
         except UpdateError:  # the disk still names the old model: so must the pipeline
             self.pipeline.swap_model(old)
             raise
+        self._pause("swapped")  # test hook: `current` swapped, the trial not yet written
         self._previous_active = old
         self._transition(State.TRIAL, boots=0, trial_started=time.time())
         self._start_watch(smoke.model, smoke.running_latency_s)
