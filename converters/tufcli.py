@@ -5,6 +5,7 @@
     edge-convert tuf timestamp --store S --keys DIR      (the timer: more often than once a day)
     edge-convert tuf rotate    --store S --keys DIR [--add-key F] [--revoke KEYID] [--threshold n]
     edge-convert tuf status    --store S --keys DIR
+    edge-convert tuf bundle    PKG --store S --keys DIR --out FILE.eatuf   (offline drop-in)
 
 ``tuf`` and ``securesystemslib`` come with the ``convert`` extra; they are imported only when
 a ``tuf`` command runs.
@@ -49,6 +50,12 @@ def cmd_tuf(args: argparse.Namespace) -> int:
     elif args.tuf_command == "rotate":
         version = repo.rotate_root(args.add_key or [], args.revoke or [], args.threshold)
         out = {"root_version": version}
+    elif args.tuf_command == "bundle":
+        from agent.release.package import atomic_write
+
+        m = read_package(args.package).manifest
+        atomic_write(args.out, repo.bundle(m.name, m.version))
+        out = {"bundle": str(args.out)}
     else:
         out = {"expires": repo.expiries()}
     sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -64,6 +71,7 @@ def add_tuf_parser(sub: Any) -> None:
         ("timestamp", "re-sign the timestamp with a fresh expiry (run from a timer)"),
         ("rotate", "a new root version: add or revoke root keys, change the threshold"),
         ("status", "the expiry of every role"),
+        ("bundle", "an offline bundle (metadata + package) for a device's drop-in folder"),
     ):
         t = tsub.add_parser(name, help=help_text)
         t.add_argument("--store", required=True, help="directory or s3://bucket/prefix")
@@ -72,8 +80,11 @@ def add_tuf_parser(sub: Any) -> None:
         if name == "init":
             t.add_argument("--root-keys", type=int, default=3, help="number of root keys")
             t.add_argument("--threshold", type=int, default=2, help="root keys needed to sign")
-        if name == "add":
+        if name in ("add", "bundle"):
             t.add_argument("package", type=Path)
+        if name == "bundle":
+            t.add_argument("--out", type=Path, required=True, help="the .eatuf file to write")
+        if name == "add":
             t.add_argument("--channel", default="stable")
             t.add_argument("--groups", type=_csv, help="target device groups: a,b (default all)")
             t.add_argument("--percent", type=float, default=100.0, help="rollout percentage")

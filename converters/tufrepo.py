@@ -24,7 +24,9 @@ reports ``metadata_expired`` and takes no update (a freeze is visible, never sil
 
 from __future__ import annotations
 
+import io
 import logging
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -287,6 +289,32 @@ class TufRepository:
             raise ConversionError("the old root's threshold of keys is needed to sign a new root")
         self._write(new_md, list(signers.values()))
         return int(new.version)
+
+    def bundle(self, name: str, version: str) -> bytes:
+        """An offline bundle (``*.eatuf``) of a published target: a zip of ``metadata/`` (every
+        root version, timestamp, snapshot, targets) and ``targets/<path>``. Devices verify it
+        against their trusted root exactly like a refresh over the network."""
+        path = ArtifactKeys.of(name, version).package
+        targets = self.load(Targets.type)
+        if path not in targets.signed.targets:
+            raise ConversionError(f"{path} is not a TUF target: run `edge-convert tuf add` first")
+        data = self.store.get(path, MAX_MODEL_BYTES * 2)
+        if data is None:
+            raise ConversionError(f"{path} is not in {self.store.description}")
+        root_version = int(self.load(Root.type).signed.version)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for v in range(1, root_version + 1):
+                root = self.store.get(f"{PREFIX}/{v}.root.json", _MAX_METADATA)
+                if root is None:
+                    raise ConversionError(f"{PREFIX}/{v}.root.json is missing from the store")
+                zf.writestr(f"metadata/{v}.root.json", root)
+            for role in ONLINE_ROLES:
+                raw = self.store.get(self._key(role), _MAX_METADATA)
+                assert raw is not None
+                zf.writestr(f"metadata/{role}.json", raw)
+            zf.writestr(f"targets/{path}", data)
+        return buf.getvalue()
 
     def expiries(self) -> dict[str, str]:
         return {r: self.load(r).signed.expires.isoformat() for r in (Root.type, *ONLINE_ROLES)}

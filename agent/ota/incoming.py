@@ -1,14 +1,14 @@
 """The drop-in folder: a package copied into ``incoming/`` (USB stick, scp) is offered locally.
 
 Watched with ``watchdog`` (inotify on Linux), not polled. A file is only handed on once it is
-complete: on ``closed`` (the writer closed it: ``IN_CLOSE_WRITE``) or ``moved`` within the folder
-(rsync and careful copiers write a temp name and rename). A file moved in from elsewhere (``mv``
-from another folder: inotify's unpaired ``IN_MOVED_TO``, which watchdog reports as
+complete: on ``closed`` (the writer closed it: ``IN_CLOSE_WRITE``) or ``moved`` within the
+folder (rsync and careful copiers write a temp name and rename). A file moved in from elsewhere
+(``mv`` from another folder: inotify's unpaired ``IN_MOVED_TO``, which watchdog reports as
 ``created``) gets no close event: it is handed on as *tentative* and looked at once it has not
-changed for a moment (``agent.ota.intake``). Only ``*.eapkg`` names count; dot
-files and sub-folders (``rejected/``) are ignored. ``scan()`` offers what was already there
-when the agent started. The updater settles files that still look incomplete (see
-``agent.ota.updater``) before it rejects them.
+changed for a moment (``agent.ota.intake``). Only ``*.eapkg`` (packages) and ``*.eatuf``
+(offline TUF bundles) names count; dot files and sub-folders (``rejected/``) are ignored.
+``scan()`` offers what was already there when the agent started. The updater settles files that
+still look incomplete (see ``agent.ota.updater``) before it rejects them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from agent.release.package import PACKAGE_SUFFIX
+from agent.release.package import BUNDLE_SUFFIX, PACKAGE_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ OnFile = Callable[[Path, bool], None]
 
 
 def is_candidate(path: Path) -> bool:
-    return path.name.endswith(PACKAGE_SUFFIX) and not path.name.startswith(".")
+    return path.name.endswith((PACKAGE_SUFFIX, BUNDLE_SUFFIX)) and not path.name.startswith(".")
 
 
 class _Handler(FileSystemEventHandler):

@@ -64,6 +64,10 @@ class BundleFetcher(FetcherInterface):
     def __init__(self, bundle: Path) -> None:
         self._zip = zipfile.ZipFile(bundle)
 
+    def target_paths(self) -> set[str]:
+        prefix = BUNDLE_TARGETS[len("bundle://") :]
+        return {n[len(prefix) :] for n in self._zip.namelist() if n.startswith(prefix)}
+
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith("bundle://"):
             raise tuf_errors.DownloadError(f"{url} is not in the bundle")
@@ -111,7 +115,10 @@ def choose(targets: Targets, req: dict[str, Any]) -> dict[str, Any] | None:
         e = _edge(tf.custom)
         if e is None or e.get("model") != req["model"]:
             continue
-        if req["channel"] not in (e.get("channels") or []):
+        offline = bool(req.get("bundle"))  # a drop-in: an operator's deliberate act
+        if offline and path not in req.get("bundle_paths", ()):
+            continue  # a bundle carries one package: only that one is a candidate
+        if not offline and req["channel"] not in (e.get("channels") or []):
             continue
         try:
             v = Version.parse(str(e["version"]))
@@ -119,7 +126,7 @@ def choose(targets: Targets, req: dict[str, Any]) -> dict[str, Any] | None:
             targeting = Targeting(groups=list(e.get("groups") or []), percent=percent)
         except (ValueError, KeyError, TypeError):
             continue
-        if not targeting.includes(
+        if not offline and not targeting.includes(
             req["device"], list(req["groups"]), req["model"], str(e["version"])
         ):
             continue
@@ -147,8 +154,10 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
     bundle = req.get("bundle")
     fetcher: FetcherInterface
     if bundle:
-        fetcher = BundleFetcher(Path(bundle))
+        bf = BundleFetcher(Path(bundle))
+        fetcher = bf
         metadata_url, targets_url = BUNDLE_METADATA, BUNDLE_TARGETS
+        req = {**req, "bundle_paths": bf.target_paths()}
     else:
         fetcher = ProjectFetcher(
             time.monotonic() + float(req["timeout_s"]), req.get("bandwidth_bps")
@@ -172,6 +181,8 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
     target = choose(targets, req)
     if target is not None:
         target["url"] = targets_url.rstrip("/") + "/" + target["path"]
+        if bundle:
+            target["url"] = "targets/" + target["path"]  # the zip entry
     return {
         "ok": True,
         "target": target,

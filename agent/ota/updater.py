@@ -20,11 +20,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import logging
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -42,7 +44,7 @@ from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, o
 from agent.ota.download import DownloadSettings, Fetcher, HttpFetcher
 from agent.ota.floor import VersionFloor
 from agent.ota.health import CHECK_INTERVAL_S, HealthWatch
-from agent.ota.intake import Intake, Job
+from agent.ota.intake import Intake, Job, open_regular
 from agent.ota.layout import OtaPaths
 from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
@@ -50,7 +52,12 @@ from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMac
 from agent.ota.store import ModelStore
 from agent.ota.tufclient import TufTarget
 from agent.release.manifest import Version
-from agent.release.package import SignatureFile, check_artifact, read_model_entry
+from agent.release.package import (
+    BUNDLE_SUFFIX,
+    SignatureFile,
+    check_artifact,
+    read_model_entry,
+)
 from agent.release.signing import load_trusted_keys
 from agent.wire.ota import TufStatus
 from agent.wire.topics import Topics
@@ -290,6 +297,14 @@ class Updater:
                     self._intake.later(job, TUF_MIN_INTERVAL_S)  # hints are coalesced
                     return
                 offer = self._tuf_offer(job)
+            elif job.path is not None and job.path.name.endswith(BUNDLE_SUFFIX):
+                offer = self._bundle_offer(job)
+            elif job.path is not None and self._tuf:
+                raise UpdateError(
+                    "tuf_required",
+                    f"{job.path.name}: with ota.tuf_url set, drop in an offline TUF bundle "
+                    f"(*{BUNDLE_SUFFIX}, edge-convert tuf bundle), not a bare package",
+                )
             else:
                 offer = self._intake.offer(job)
             accepted = self._decider.decide(offer, self._running())
@@ -375,6 +390,29 @@ class Updater:
         source = f"tuf:{job.channel}"
         self._tuf_targets[source] = t
         return dataclasses.replace(offer, source=source, targets=t.targets)
+
+    def _bundle_offer(self, job: Job) -> Offer:
+        """An offline TUF bundle: its metadata verified against the trusted root (the child,
+        reading the zip instead of the network), then its package read with TUF's length and
+        sha256 as the bounds."""
+        assert job.path is not None
+        if not self._tuf:
+            raise UpdateError("no_trusted_root", "a TUF bundle needs ota.tuf_url and its root")
+        open_regular(job.path).close()  # a regular file of bounded size, or refused
+        res = tufclient.refresh(self.cfg, self.cfg.ota.channels[0], bundle=job.path)
+        t = res.target
+        if t is None:
+            raise UpdateError("no_target", f"{job.path.name} carries no target for this model")
+        with zipfile.ZipFile(job.path) as zf, zf.open(t.url) as f:
+            data = f.read(t.length + 1)
+        if len(data) != t.length or hashlib.sha256(data).hexdigest() != t.sha256:
+            raise UpdateError(
+                "hash_mismatch", f"{job.path.name}: {t.path} is not the target TUF names"
+            )
+        offer = offer_from_file(t.path.rsplit("/", 1)[-1], io.BytesIO(data))
+        source = f"incoming:{job.path.name}"
+        self._tuf_targets[source] = t
+        return dataclasses.replace(offer, source=source)
 
     def _check_tuf_target(self, acc: Accepted) -> None:
         """The package must be what TUF's custom metadata says it is (no mix-and-match)."""

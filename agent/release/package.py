@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PACKAGE_SUFFIX = ".eapkg"
+BUNDLE_SUFFIX = ".eatuf"
+"""An offline TUF bundle: a zip of ``metadata/`` (the root chain, timestamp, snapshot,
+targets) and ``targets/<path>`` (the package), made by ``edge-convert tuf bundle``."""
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_MODEL_BYTES = 1024 * 1024 * 1024

@@ -9,9 +9,11 @@ installed is what the TUF metadata vouches for.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -344,3 +346,46 @@ def test_the_cli_makes_a_repository_a_device_trusts(
         ans = check(r.request(device=d))
         assert ans["root_version"] == 2
         assert (ans["target"] is not None) == (rollout_position(d, "m", "2.0.0") < 50), d
+
+
+@pytest.mark.slow
+def test_an_offline_bundle_is_verified_against_the_trusted_root(
+    tmp_path: Path, broker: Broker, keys: Keys, tuf_repo: Repo
+) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    conf = tuf_agent_config(tmp_path, broker, keys, tuf_repo, incoming_dir=str(incoming))
+    pkg = small_pkg("2.0.0", keys)
+    tuf_repo.publish(pkg, channels=["canary"])  # offline: channel and targeting do not apply
+    bundle = tuf_repo.repo.bundle("m", "2.0.0")
+    with (
+        Collector(broker.host, broker.port, ["edge/dev-1/#"]) as col,
+        AgentProcess(conf, tmp_path / "agent.log") as agent,
+    ):
+        col.wait_for(lambda m: len(predictions(m)) >= 3 and bool(states(m)), 30)
+        # a bare package is not enough in TUF mode
+        mark = len(col.messages)
+        (tmp_path / "bare.eapkg").write_bytes(pkg.to_bytes())
+        os.rename(tmp_path / "bare.eapkg", incoming / "m-2.0.0.eapkg")
+        wait_state(col, mark, is_refusal(None, "tuf_required"))  # type: ignore[arg-type]
+        # a bundle whose package was swapped: TUF's sha256 says no
+        forged = tmp_path / "forged.eatuf"
+        with zipfile.ZipFile(io.BytesIO(bundle)) as src, zipfile.ZipFile(forged, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename.startswith("targets/"):
+                    data = small_pkg("2.0.0", keys, name="m").to_bytes()[:-1] + b"\0"
+                dst.writestr(info, data)
+        mark = len(col.messages)
+        os.rename(forged, incoming / "forged.eatuf")
+        wait_state(col, mark, is_refusal(None, "hash_mismatch"))  # type: ignore[arg-type]
+        still_serving(col, "1.0.0")
+        # the genuine bundle goes through
+        mark = len(col.messages)
+        (tmp_path / "b.eatuf").write_bytes(bundle)
+        os.rename(tmp_path / "b.eatuf", incoming / "m-2.0.0.eatuf")
+        s = wait_state(col, mark, is_committed("2.0.0"), timeout=60)
+        assert s.source == "incoming:m-2.0.0.eatuf"
+        still_serving(col, "2.0.0")
+        code, _ = agent.terminate()
+        assert code == 0, agent.output()
