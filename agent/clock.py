@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
+
+from agent.durable import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,8 @@ class TimeFloor:
     def raise_to(self, t: float) -> None:
         if t <= self.get():
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, json.dumps({"not_before": t}).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            tmp.replace(self.path)
+            atomic_write(self.path, json.dumps({"not_before": t}).encode())
         except OSError as exc:
             log.error("cannot raise the clock floor in %s: %s", self.path, exc)
 

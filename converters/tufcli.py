@@ -51,7 +51,7 @@ def cmd_tuf(args: argparse.Namespace) -> int:
         version = repo.rotate_root(args.add_key or [], args.revoke or [], args.threshold)
         out = {"root_version": version}
     elif args.tuf_command == "bundle":
-        from agent.release.package import atomic_write
+        from agent.durable import atomic_write
 
         m = read_package(args.package).manifest
         atomic_write(args.out, repo.bundle(m.name, m.version))

@@ -43,12 +43,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.durable import atomic_write
 from agent.errors import SpoolError
 
 log = logging.getLogger(__name__)
@@ -113,22 +113,6 @@ class SpoolDamage:
     moved_to: Path | None = None
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class HighWater:
     """``<spool>.seq``: the reserved sequence numbers and the boot counter (module doc)."""
 
@@ -149,7 +133,7 @@ class HighWater:
     def save(self) -> None:
         try:
             data = json.dumps({"reserved": self.reserved, "boot": self.boot}).encode()
-            _write_synced(self.path, data)
+            atomic_write(self.path, data)
         except OSError as exc:
             raise SpoolError(f"cannot write the seq high-water mark {self.path}: {exc}") from exc
 
