@@ -17,12 +17,13 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.agentproc import AgentProcess
 from tests.broker import Broker
-from tests.mqttclient import Collector, publish
+from tests.mqttclient import Collector, Received, publish
 from tests.ota import models, pkgs
 from tests.ota.conftest import Keys
 from tests.ota.httpserver import FileServer
@@ -33,7 +34,6 @@ from tests.ota.test_ota_e2e import (
     announce,
     installed_is_verified,
     predictions,
-    still_serving,
 )
 
 pytestmark = pytest.mark.slow
@@ -89,16 +89,21 @@ def test_random_kills_during_updates_leave_exactly_one_verified_model(
             released.add(v)
     # a last, undisturbed run (no new release): it serves the model `current` names
     publish(broker.host, broker.port, ANNOUNCE, b"", retain=True)
+    boot = json.loads((state / "spool.db.seq").read_bytes())["boot"] + 1  # this run's
     with (
         Collector(broker.host, broker.port, ["edge/dev-1/#"]) as col,
         AgentProcess(conf, tmp_path / "agent-final.log") as agent,
     ):
-        col.wait_for(lambda m: len(predictions(m)) >= 3, 60)
-        running = predictions(col.messages)[-1]["model"]["version"]
-        assert running in released
-        still_serving(col, running)
+        # predictions the killed runs spooled are resent first, with their own boot counter
+        def this_run(msgs: list[Received]) -> list[dict[str, Any]]:
+            return [p for p in predictions(msgs) if p["boot"] == boot]
+
+        msgs = col.wait_for(lambda m: len(this_run(m)) >= 5, 60)
+        served = {p["model"]["version"] for p in this_run(msgs)}
         code, _ = agent.terminate()
         assert code == 0, agent.output()
+    assert len(served) == 1 and served <= released, served
+    running = served.pop()
     final = installed_is_verified(state)
     assert running == (final or "1.0.0"), (running, final, history)
     assert announced >= 1, f"no update ever completed in {KILLS} kills: {history}"
