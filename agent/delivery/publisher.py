@@ -92,6 +92,7 @@ class PredictionRecord(NamedTuple):
     outputs: dict[str, Any]
     latency_ms: float
     t_in: float  # perf_counter when the window's last sample entered the agent
+    sample: int = 0  # the window's first sample in its stream
 
 
 _STOP = object()
@@ -202,6 +203,14 @@ class Publisher:
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def drained(self) -> bool:
+        """Everything submitted so far is spooled, published and acknowledged (nothing
+        queued for the thread, no open batch, an empty spool). For batch evaluation: once the
+        producers have finished, this stays true."""
+        with self._queued_lock:
+            queued = self._queued
+        return queued == 0 and not self._pending_batch and self._spool.depth == 0
 
     # ---------------------------------------------------------------- the thread
 
@@ -490,7 +499,7 @@ class PayloadEncoder:
         tail = _UNSYNCED if self.unsynced else "}"
         return (
             f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},"boot":{self._boot:d},{self._head(rec)}'
-            f"{self._number(rec.ts)},"
+            f'{self._number(rec.ts)},"sample":{rec.sample:d},'
             f'"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}'
             f"{tail}"
         ).encode()

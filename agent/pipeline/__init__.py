@@ -2,6 +2,8 @@
 
 threads.py   ``Pipeline``: source threads, the inference thread, hot swap (``build_stages``)
 ondemand.py  one-off predictions for the HTTP API, on an interpreter of its own
+streams.py   ``PerStream``: a stateful model's interpreter per stream (capped, memory-checked)
+offline.py   ``edge-agent predict --stream``: a recording through the agent's own windowing
 """
 
-__all__ = ["ondemand", "threads"]
+__all__ = ["offline", "ondemand", "streams", "threads"]

@@ -5,6 +5,12 @@ that output against these models. docs/payloads.md documents each one.
 """
 
 from agent.wire.base import Wire
+from agent.wire.detection import (
+    DetectionEventV1,
+    DetectionHeartbeatV1,
+    DetectionHit,
+    DetectionOutputs,
+)
 from agent.wire.metrics import METRICS_SCHEMA, LatencyMs, MetricsV1, MqttStats, QueueStats, Rates
 from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal
 from agent.wire.predictions import (
@@ -19,6 +25,10 @@ from agent.wire.topics import Topics
 __all__ = [
     "METRICS_SCHEMA",
     "PREDICTION_SCHEMA",
+    "DetectionEventV1",
+    "DetectionHeartbeatV1",
+    "DetectionHit",
+    "DetectionOutputs",
     "DownloadProgress",
     "LatencyMs",
     "MetricsV1",
