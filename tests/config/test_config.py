@@ -177,6 +177,7 @@ def test_check_config_warns_about_an_exposed_api_without_a_token(
 ) -> None:
     """Issue 13 finding 5: binding beyond loopback without a token is worth a warning."""
     lines = [f"{k} = {json.dumps(v)}" for k, v in http.items()]
+    (tmp_path / "tok").write_text("s3cret-token\n")  # check-config reads the token file
     f = tmp_path / "c.toml"
     f.write_text("[http]\n" + "\n".join(lines) + "\n")
     res = subprocess.run(
