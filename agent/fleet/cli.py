@@ -5,6 +5,7 @@
                        [--percent P] [--max-failure-fraction F] [--timeout S] [--no-follow]
     edge-fleet rollout --model NAME --from-channel staging --channel canary ...
     edge-fleet promote --model NAME [--from canary] [--to stable] [--version V]
+    edge-fleet serve [--listen 127.0.0.1] [--http-port 8080] [--token-file F | --basic-auth-file F]
     edge-fleet simulate --devices N [--behave refuse:version_reused=0.02 ...] [--duration S]
 
 Broker options are the agent's ``[mqtt]`` table (``--config agent.toml``) or flags.
@@ -131,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dest", default="stable", help="destination channel (stable)")
     p.add_argument("--version", help="expected version on the source channel")
     _add_targets(p)
+
+    p = sub.add_parser("serve", help="the web dashboard (needs the 'fleet' extra)")
+    add_broker_args(p)
+    p.add_argument("--listen", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=8080, help="port to serve on (8080)")
+    p.add_argument(
+        "--token-file", type=Path, help="file holding a bearer token (needed off loopback)"
+    )
+    p.add_argument(
+        "--basic-auth-file", type=Path, help="file holding user:password (needed off loopback)"
+    )
+    p.add_argument(
+        "--read-only", action="store_true", help="no rollout, abort or promote from the page"
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where rollouts started from the page are kept (as for 'rollout'; default "
+        "$XDG_STATE_HOME/edge-fleet/rollouts)",
+    )
 
     p = sub.add_parser("simulate", help="run N simulated devices (real MQTT clients) here")
     add_broker_args(p)
@@ -318,6 +339,26 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from agent.fleet.web.serve import ServeOptions, serve
+    except ImportError as exc:
+        raise EdgeAgentError(
+            f"the dashboard needs the 'fleet' extra: pip install 'edge-agent[fleet]' ({exc})"
+        ) from None
+    settings = mqtt_settings(args)
+    opts = ServeOptions(
+        host=args.listen,
+        port=args.http_port,
+        token_file=args.token_file,
+        basic_auth_file=args.basic_auth_file,
+        actions=not args.read_only,
+        state_dir=args.state_dir,
+    )
+    serve(settings, password(settings), opts)
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     settings = mqtt_settings(args)
     if settings.tls.enabled or settings.username:
@@ -369,6 +410,7 @@ COMMANDS = {
     "status": cmd_status,
     "rollout": cmd_rollout,
     "promote": cmd_promote,
+    "serve": cmd_serve,
     "simulate": cmd_simulate,
 }
 

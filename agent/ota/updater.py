@@ -213,6 +213,11 @@ class Updater:
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
 
+    def ota_state(self) -> dict[str, Any] | None:
+        """The last ``OtaStateV1`` reported (JSON), None before the first; for ``/status``."""
+        last = self._reporter.last
+        return None if last is None else last.model_dump(mode="json")
+
     @property
     def state(self) -> Record:
         return self._sm.record
