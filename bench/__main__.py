@@ -13,7 +13,18 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import convert, dashboard, fleet, forward, models, startup, steady, swap, throughput
+from bench import (
+    convert,
+    dashboard,
+    fleet,
+    forward,
+    models,
+    startup,
+    steady,
+    swap,
+    throughput,
+    tufclient,
+)
 from bench.context import Context
 from bench.procs import OUT, REPO, load_average, machine, versions
 from bench.report import Row, table, write_doc
@@ -28,9 +39,10 @@ FAMILIES: dict[str, Callable[[Context], list[Row]]] = {
     "convert": convert.run,
     "fleet": fleet.run,
     "dashboard": dashboard.run,
+    "tufclient": tufclient.run,
 }
 DOC = REPO / "docs" / "benchmarks.md"
-MODEL_FREE = {"fleet"}
+MODEL_FREE = {"fleet", "tufclient"}
 """Families that need none of the benchmark models (nothing is built for them)."""
 
 

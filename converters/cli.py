@@ -27,6 +27,7 @@ from agent.release.signing import load_trusted_keys, write_keypair
 from agent.terminal import console, is_terminal
 from converters.convert import MODES
 from converters.settings import BuildSettings, PublishSettings, validate_settings
+from converters.tufcli import add_tuf_parser
 from converters.verify import VerificationFailed, format_report
 
 log = logging.getLogger("edge-convert")
@@ -502,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="process what is there now and exit")
     p.add_argument("--settle", type=float, help="seconds a file must be unchanged")
     p.set_defaults(func=cmd_watch)
+
+    add_tuf_parser(sub)
 
     p = sub.add_parser("serve", help="serve an artifact store directory over HTTP (development)")
     p.add_argument("directory", type=Path)

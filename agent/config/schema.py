@@ -14,6 +14,7 @@ Secrets never live inline: the MQTT password comes from ``password_file`` (syste
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -555,6 +556,25 @@ class OtaSection(_Table):
     incoming_dir: Path | None = Field(
         None, description="Watched folder for dropped-in packages (default: state_dir/incoming)."
     )
+    tuf_url: str | None = Field(
+        None,
+        description="Base URL of the store's TUF metadata (e.g. https://store/tuf). Set, the "
+        "channel is TUF's and MQTT announcements are only hints to refresh.",
+    )
+    tuf_targets_url: str | None = Field(
+        None, description="Base URL of the TUF targets (default: the parent of tuf_url)."
+    )
+    tuf_root: Path | None = Field(
+        None, description="The first trusted TUF root.json, delivered with the install."
+    )
+    tuf_root_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Or: pin the first root by hash (1.root.json fetched from tuf_url).",
+    )
+    tuf_refresh_s: float = Field(
+        3600.0, gt=0, description="Refresh the TUF metadata this often (and on every hint)."
+    )
 
     @model_validator(mode="after")
     def _channels(self) -> OtaSection:
@@ -562,6 +582,10 @@ class OtaSection(_Table):
             check_topic_id(c, "channel")
         if self.enabled and not self.trusted_keys and not self.allow_unsigned:
             raise ValueError("OTA needs trusted_keys (or allow_unsigned = true for development)")
+        if self.tuf_url is not None and self.tuf_root is None and self.tuf_root_sha256 is None:
+            raise ValueError(
+                "ota.tuf_url needs the first trusted root: tuf_root or tuf_root_sha256"
+            )
         return self
 
 
@@ -580,6 +604,24 @@ class HttpSection(_Table):
     port: int = Field(8787, ge=0, le=65535, description="Port (0 = any free port).")
     token_file: Path | None = Field(None, description="File holding a bearer token to require.")
     max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies are refused.")
+
+    def exposure_warning(self) -> str | None:
+        """A warning when the API is reachable from other machines without a token."""
+        if not self.enabled or self.token_file is not None or _is_loopback(self.host):
+            return None
+        return (
+            f"the HTTP API binds {self.host!r} (reachable from other machines) without "
+            "http.token_file: anyone on the network can read status and run predictions"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class HomeAssistantSection(_Table):

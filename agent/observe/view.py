@@ -108,6 +108,22 @@ def _version() -> str:
     return __version__
 
 
+def _spool_status(spool: Spool) -> dict[str, Any]:
+    """The queue's file, boot counter and any damage found at start (quarantined, lost)."""
+    d = spool.damage
+    return {
+        "path": str(spool.path),
+        "boot": spool.boot,
+        "damage": None
+        if d is None
+        else {
+            "kind": d.kind,
+            "detail": d.detail,
+            "moved_to": str(d.moved_to) if d.moved_to else None,
+        },
+    }
+
+
 def recent_predictions(payloads: list[bytes], keep: int = 5) -> list[dict[str, Any]]:
     """The newest ``keep`` predictions (newest first) from spooled payloads (single or batch)."""
     out: list[dict[str, Any]] = []
@@ -207,6 +223,7 @@ class RunningAgentView:
                 "reconnects": r.link.reconnects,
                 "last_error": r.link.last_error,
             },
+            "spool": _spool_status(r.spool),
             "metrics": self.collect().model_dump(mode="json"),
             "ota": None if r.updater is None else r.updater.ota_state(),
             "recent_predictions": recent_predictions(r.publisher.recent()),

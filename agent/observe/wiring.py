@@ -49,6 +49,8 @@ class Observability:
 
             try:
                 http = HttpApi(cfg.http, view, token=read_token(cfg.http))
+                if (warning := cfg.http.exposure_warning()) is not None:
+                    log.warning("%s", warning)
                 http.start()
             except EdgeAgentError as exc:
                 log.error("HTTP API not started: %s", exc)

@@ -52,6 +52,17 @@ class Refusal(Wire):
     at: float = Field(description="When it was refused (epoch seconds).")
 
 
+class TufStatus(Wire):
+    expires: float | None = Field(
+        None, description="When the trusted TUF timestamp expires (epoch seconds)."
+    )
+    expired: bool = Field(
+        False, description="The last refresh found expired metadata: no update is taken."
+    )
+    root_version: int | None = Field(None, description="The trusted root's version.")
+    checked_at: float = Field(description="When the metadata was last refreshed (epoch s).")
+
+
 class OtaStateV1(Wire):
     v: Literal[1] = Field(1, description="Payload schema version.")
     device: str = Field(description="Device id.")
@@ -82,5 +93,8 @@ class OtaStateV1(Wire):
     )
     refusal: Refusal | None = Field(
         None, description="The most recent offer refused since the agent started."
+    )
+    tuf: TufStatus | None = Field(
+        None, description="The channel's TUF metadata (null without ota.tuf_url)."
     )
     ts: float = Field(description="When this report was made (epoch seconds).")
