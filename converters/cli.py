@@ -8,6 +8,7 @@ configuration, 3 verification thresholds missed (nothing written, nothing packag
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -20,11 +21,13 @@ from typing import Any
 import agent
 from agent.durable import atomic_write
 from agent.errors import ConfigError, EdgeAgentError, PackageError
-from agent.release.manifest import VerificationReport
+from agent.release.manifest import Manifest, VerificationReport
 from agent.release.package import check_package, read_package, write_package
 from agent.release.signing import load_trusted_keys, write_keypair
+from agent.terminal import console, is_terminal
 from converters.convert import MODES
 from converters.settings import BuildSettings, PublishSettings, validate_settings
+from converters.tufcli import add_tuf_parser
 from converters.verify import VerificationFailed, format_report
 
 log = logging.getLogger("edge-convert")
@@ -35,19 +38,53 @@ EXIT_VERIFICATION = 3
 
 
 def _setup_logging(verbose: bool) -> None:
-    tty = sys.stderr.isatty()
+    stream = console()  # a copy of fd 2: still the user's while TF's own stderr is captured
+    tty = is_terminal(stream)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s" if tty else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        stream=stream,
     )
     if not verbose:
-        for noisy in ("tensorflow", "absl", "h5py", "agent.model.runtime"):
+        for noisy in ("tensorflow", "absl", "h5py", "agent.model.runtime", "litert"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # TensorFlow's C++ stderr (agent.model.native_stderr): its W lines are its internals
+        logging.getLogger("tensorflow.native").setLevel(logging.ERROR)
 
 
 def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
+
+
+LABEL_FILE_SUFFIXES = (".txt", ".json", ".csv", ".labels")
+
+
+def _labels(text: str) -> list[str]:
+    """``a,b,c``, or a file: a JSON list, or one name per line (a single line may be a,b,c)."""
+    path = Path(text)
+    looks_like_file = path.suffix.lower() in LABEL_FILE_SUFFIXES or "/" in text
+    if not path.is_file():
+        if looks_like_file:
+            raise argparse.ArgumentTypeError(f"labels file {text} does not exist")
+        return _csv(text)
+    try:
+        body = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read labels file {text}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            names = json.loads(body)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text} is not JSON: {exc}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise argparse.ArgumentTypeError(f"{text} must hold a JSON list of strings")
+        return names
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    if len(lines) == 1 and "," in lines[0]:
+        return _csv(lines[0])
+    if not lines:
+        raise argparse.ArgumentTypeError(f"labels file {text} is empty")
+    return lines
 
 
 def _floats(text: str) -> list[float]:
@@ -89,11 +126,29 @@ def _add_build_args(p: argparse.ArgumentParser, *, package: bool) -> None:
     )
     p.add_argument("--validation", type=Path, help="validation data (default: calibration)")
     p.add_argument("--validation-samples", type=int, help="use the first N validation samples")
-    p.add_argument("--labels", type=_csv, help="class names in output order: a,b,c")
+    p.add_argument(
+        "--labels",
+        type=_labels,
+        help="class names in output order: a,b,c, or a file (one per line, or a JSON list)",
+    )
     p.add_argument("--max-accuracy-drop", type=float, help="fail above this drop (e.g. 0.02)")
     p.add_argument("--min-agreement", type=float, help="fail below this top-1 agreement")
     p.add_argument("--runtime", choices=("auto", "litert", "tflite-runtime", "tensorflow"))
     p.add_argument("--report", type=Path, help="write the verification report (JSON) here")
+    p.add_argument(
+        "--html-report",
+        type=Path,
+        help="write the verification report as an HTML page here (default: next to the output, "
+        "OUTPUT.report.html)",
+    )
+    p.add_argument(
+        "--onnx2tf-arg",
+        action="append",
+        dest="onnx2tf_args",
+        metavar="ARG",
+        help="ONNX sources: one onnx2tf argument, repeatable in order "
+        "(--onnx2tf-arg=-kat --onnx2tf-arg=x --onnx2tf-arg=-b --onnx2tf-arg=1)",
+    )
     if not package:
         p.add_argument("-o", "--output", type=Path, help="output .tflite")
         return
@@ -133,6 +188,7 @@ _BUILD_KEYS = (
     "private_key",
     "min_agent_version",
     "golden_samples",
+    "onnx2tf_args",
 )
 
 
@@ -169,6 +225,24 @@ def _save_report(path: Path | None, report: VerificationReport | None) -> None:
         log.info("report written to %s", path)
 
 
+def _save_html(
+    path: Path,
+    report: VerificationReport | None,
+    title: str,
+    labels: Sequence[str] = (),
+    manifest: Manifest | None = None,
+) -> None:
+    """The HTML report (``agent.release.report``: the dashboard shows the same fragment)."""
+    from agent.release.report import manifest_report, render_report, report_document
+
+    if manifest is not None:
+        fragment = manifest_report(manifest)
+    else:
+        fragment = render_report(report, title=title, labels=labels)
+    atomic_write(path, report_document(fragment, title).encode())
+    print(f"HTML report: {path}")
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -189,16 +263,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     settings = _build_settings(args, package=False)
     out: Path = args.output or args.model.with_name(f"{args.model.stem}.{settings.mode}.tflite")
     report_path = args.report or out.with_name(out.name + ".report.json")
+    html_path = args.html_report or out.with_name(out.name + ".report.html")
+    title = f"{args.model.name} -> {out.name}"
     try:
         result = convert_and_verify(args.model, settings)
     except VerificationFailed as exc:
         print(format_report(exc.report))
         _save_report(report_path, exc.report)
+        _save_html(html_path, exc.report, f"{title} (FAILED)", settings.labels)
         return EXIT_VERIFICATION
     atomic_write(out, result.model)
     if result.report is not None:
         print(format_report(result.report))
         _save_report(report_path, result.report)
+        _save_html(html_path, result.report, title, settings.labels)
     print(f"wrote {out} ({len(result.model):,} bytes, {result.mode})")
     return 0
 
@@ -212,6 +290,11 @@ def cmd_package(args: argparse.Namespace) -> int:
     except VerificationFailed as exc:
         print(format_report(exc.report))
         _save_report(args.report, exc.report)
+        intended: Path = args.output or Path.cwd() / f"{settings.name}-{settings.version}.eapkg"
+        failed = args.html_report or intended.with_name(intended.name + ".report.html")
+        _save_html(
+            failed, exc.report, f"{settings.name} {settings.version} (FAILED)", settings.labels
+        )
         return EXIT_VERIFICATION
     pkg = built.package
     out: Path = args.output or Path.cwd() / pkg.filename
@@ -219,6 +302,8 @@ def cmd_package(args: argparse.Namespace) -> int:
     if built.converted.report is not None:
         print(format_report(built.converted.report))
         _save_report(args.report, built.converted.report)
+    html_path = args.html_report or out.with_name(out.name + ".report.html")
+    _save_html(html_path, built.converted.report, pkg.filename, manifest=pkg.manifest)
     signed = f"signed by {pkg.key_id}" if pkg.signed else "UNSIGNED"
     print(
         f"wrote {out} ({pkg.manifest.name} {pkg.manifest.version}, {pkg.manifest.mode}, {signed})"
@@ -418,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="process what is there now and exit")
     p.add_argument("--settle", type=float, help="seconds a file must be unchanged")
     p.set_defaults(func=cmd_watch)
+
+    add_tuf_parser(sub)
 
     p = sub.add_parser("serve", help="serve an artifact store directory over HTTP (development)")
     p.add_argument("directory", type=Path)

@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,8 +37,9 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import ConversionError
+from agent.model.native_stderr import native_stderr_to_logging
 from converters.dataset import Dataset, InputShape, RawData, check_fits, fit_to_inputs
-from converters.progress import step
+from converters.progress import Progress, step
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ chatter, before TF is imported
 
@@ -50,12 +52,22 @@ MODES: tuple[Mode, ...] = ("float32", "float16", "dynamic", "int8")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 MODEL_SUFFIXES = (*KERAS_SUFFIXES, ".tflite", ".onnx")
 SERVING_SIGNATURE = "serving_default"
+TF_NATIVE = logging.getLogger("tensorflow.native")
+"""What TensorFlow's C++ writes to stderr while importing and converting (debug output)."""
 
 
 def _tf() -> Any:
-    """TensorFlow, imported on first use: ``pip install edge-agent[convert]`` brings it."""
+    """TensorFlow, imported on first use: ``pip install edge-agent[convert]`` brings it.
+
+    The import takes seconds: the first one says so (a spinner on a terminal, a log line
+    otherwise), and what TensorFlow's C++ writes to stderr meanwhile goes to the
+    ``tensorflow.native`` logger (debug output unless ``--verbose``)."""
     try:
-        import tensorflow as tf
+        if "tensorflow" in sys.modules:
+            import tensorflow as tf
+        else:
+            with step("importing TensorFlow"), native_stderr_to_logging(logger=TF_NATIVE):
+                import tensorflow as tf
     except ImportError as exc:
         raise ConversionError(
             "converting needs TensorFlow: pip install 'edge-agent[convert]'"
@@ -113,8 +125,10 @@ def sha256_of_file(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def load_source(source: Path | str | Any) -> SourceModel:
-    """Open a model file/directory (or take a live Keras model) for conversion."""
+def load_source(source: Path | str | Any, onnx2tf_args: Sequence[str] = ()) -> SourceModel:
+    """Open a model file/directory (or take a live Keras model) for conversion.
+
+    ``onnx2tf_args``: extra onnx2tf command-line arguments for an ONNX source."""
     if isinstance(source, str):
         source = Path(source)
     if not isinstance(source, Path):
@@ -139,7 +153,7 @@ def load_source(source: Path | str | Any) -> SourceModel:
             raise ConversionError(f"cannot load Keras model {path}: {exc}") from exc
         return _from_keras_model(model, path)
     if suffix == ".onnx":
-        return _from_onnx(path)
+        return _from_onnx(path, onnx2tf_args)
     raise ConversionError(
         f"{path}: unknown model format {suffix!r} (use .keras, .h5, .tflite, .onnx or a "
         "SavedModel directory)"
@@ -161,19 +175,58 @@ def _from_keras_model(model: Any, path: Path | None) -> SourceModel:
     return SourceModel("keras", path, saved_model_dir=out, sha256=sha, _tmp=tmp)
 
 
-def _from_onnx(path: Path) -> SourceModel:
-    """onnx2tf runs in its own environment (converters.onnxenv): it pins TensorFlow and NumPy
-    versions that would break this one. Only the SavedModel it writes comes back."""
+ONNX2TF_RUN = "import sys, onnx2tf; sys.argv = ['onnx2tf', *sys.argv[1:]]; sys.exit(onnx2tf.main())"
+"""onnx2tf's command line, run by the interpreter that has it (its options as documented)."""
+ONNX2TF_TIMEOUT_S = 3600.0
+
+
+def _onnx2tf_python() -> str:
+    """The interpreter that runs onnx2tf: this one if onnx2tf is importable here, else the
+    environment of its own (converters.onnxenv), made on first use: onnx2tf pins TensorFlow
+    and NumPy versions that would break this venv."""
+    import importlib.util
+    import sys
+
+    if "onnx2tf" in sys.modules:
+        installed = sys.modules["onnx2tf"] is not None
+    else:
+        try:
+            installed = importlib.util.find_spec("onnx2tf") is not None
+        except (ImportError, ValueError):
+            installed = False
+    if installed:
+        return sys.executable
     from converters.onnxenv import OnnxEnv, default_root
 
+    env = OnnxEnv(default_root())
+    env.ensure()
+    return str(env.python)
+
+
+def _from_onnx(path: Path, args: Sequence[str] = ()) -> SourceModel:
+    """onnx2tf's command line in a child process: every option reachable (``args``), and a
+    failure shown with onnx2tf's own output (the last lines of its traceback), not one key."""
+    import subprocess
+
+    python = _onnx2tf_python()
     tmp = tempfile.TemporaryDirectory(prefix="edge-convert-onnx-")
     out = Path(tmp.name) / "saved_model"
+    cmd = [python, "-c", ONNX2TF_RUN, "-i", str(path), "-o", str(out), *args]
     try:
         with step(f"onnx2tf {path.name}"):
-            OnnxEnv(default_root()).to_saved_model(path, out)
-    except ConversionError:
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False
+            )
+    except (OSError, subprocess.TimeoutExpired) as exc:
         tmp.cleanup()
-        raise
+        raise ConversionError(f"onnx2tf could not convert {path}: {exc}") from exc
+    if res.returncode != 0 or not (out / "saved_model.pb").exists():
+        tmp.cleanup()
+        output = "\n".join((res.stdout + res.stderr).strip().splitlines()[-40:])
+        raise ConversionError(
+            f"onnx2tf could not convert {path} (exit {res.returncode}; arguments "
+            f"{' '.join(args) or 'none'}; pass its options with --onnx2tf-arg):\n{output}"
+        )
     return SourceModel("onnx", path, saved_model_dir=out, sha256=sha256_of_file(path), _tmp=tmp)
 
 
@@ -198,10 +251,12 @@ def saved_model_inputs(saved_model_dir: Path) -> list[InputShape]:
 
 
 def _representative(
-    dataset: Dataset, inputs: Sequence[InputShape]
+    dataset: Dataset, inputs: Sequence[InputShape], progress: Progress | None = None
 ) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
     for i in range(len(dataset)):
         yield {spec.name: x[i : i + 1] for spec, x in zip(inputs, dataset.inputs, strict=True)}
+        if progress is not None:
+            progress.advance()
 
 
 def as_dataset(
@@ -235,6 +290,7 @@ def convert_saved_model(
         str(saved_model_dir), signature_keys=[SERVING_SIGNATURE]
     )
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    calibrating: Progress | None = None
     if mode == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -249,7 +305,13 @@ def convert_saved_model(
             raise ConversionError(f"calibration set {representative.source} is empty")
         check_fits(representative, inputs)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: _representative(representative, inputs)
+        rep = representative
+        calibrating = Progress(
+            f"converting {label or saved_model_dir.name} to int8: calibrating",
+            len(rep),
+            unit="sample",
+        )
+        conv.representative_dataset = lambda: _representative(rep, inputs, calibrating)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
         conv.inference_input_type = dtypes[io_type]
@@ -257,11 +319,15 @@ def convert_saved_model(
     elif mode != "float32":
         raise ConversionError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
     label = f"converting {label or saved_model_dir.name} to {mode}"
-    if mode == "int8":
-        label += f" (calibrating on {len(representative or ())} samples)"
     try:
-        with step(label), _quiet():
-            data = conv.convert()
+        with _quiet(), native_stderr_to_logging(logger=TF_NATIVE):
+            if calibrating is not None:
+                # the calibration pass is the long part: counts and an ETA over its samples
+                with calibrating:
+                    data = conv.convert()
+            else:
+                with step(label):
+                    data = conv.convert()
     except Exception as exc:  # ConverterError and friends
         raise ConversionError(_explain_converter_error(str(exc), mode)) from exc
     return bytes(data)

@@ -14,6 +14,7 @@ Secrets never live inline: the MQTT password comes from ``password_file`` (syste
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 __all__ = [
     "BUILTIN_DEMO_MODEL",
     "MAX_STREAMS",
+    "NO_MODEL",
     "RESERVED_DEVICE_IDS",
     "AgentSection",
     "AnomalyInjection",
@@ -54,6 +56,9 @@ __all__ = [
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BUILTIN_DEMO_MODEL = "builtin:demo"
+NO_MODEL = "none"
+"""``model.path = "none"``: no model yet; with OTA on, the first release on the channel of
+``model.name`` is installed (the agent reports ``awaiting_model`` until then)."""
 RESERVED_DEVICE_IDS = frozenset({"ota"})
 MAX_STREAMS = 1024
 """Default cap on streams tracked at once (an MQTT wildcard must not grow state unbounded)."""
@@ -118,8 +123,9 @@ class AgentSection(_Table):
 class ModelSection(_Table):
     path: str = Field(
         BUILTIN_DEMO_MODEL,
-        description="A .tflite file, a signed .eapkg package, or 'builtin:demo' (the shipped demo "
-        "model). Relative paths are relative to the config file.",
+        description="A .tflite file, a signed .eapkg package, 'builtin:demo' (the shipped demo "
+        "model), or 'none' (OTA on: wait for the first release of model.name on the channel). "
+        "Relative paths are relative to the config file.",
         json_schema_extra={"path": True},
     )
     name: str = Field(
@@ -466,6 +472,11 @@ class MqttSection(_Table):
     keepalive_s: int = Field(30, ge=5, le=65535, description="Keepalive interval.")
     topic_prefix: str = Field("edge", description="First topic level of everything we publish.")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of predictions.")
+    profile: Literal["generic", "aws-iot-core", "emqx", "hivemq"] = Field(
+        "generic",
+        description="The broker platform; its limits (QoS, payload size, topic depth, client "
+        "id, MQTT 5) are checked against the whole config (agent/config/profiles.py).",
+    )
     username: str | None = Field(None, description="User name.")
     password_file: Path | None = Field(
         None,
@@ -545,6 +556,25 @@ class OtaSection(_Table):
     incoming_dir: Path | None = Field(
         None, description="Watched folder for dropped-in packages (default: state_dir/incoming)."
     )
+    tuf_url: str | None = Field(
+        None,
+        description="Base URL of the store's TUF metadata (e.g. https://store/tuf). Set, the "
+        "channel is TUF's and MQTT announcements are only hints to refresh.",
+    )
+    tuf_targets_url: str | None = Field(
+        None, description="Base URL of the TUF targets (default: the parent of tuf_url)."
+    )
+    tuf_root: Path | None = Field(
+        None, description="The first trusted TUF root.json, delivered with the install."
+    )
+    tuf_root_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Or: pin the first root by hash (1.root.json fetched from tuf_url).",
+    )
+    tuf_refresh_s: float = Field(
+        3600.0, gt=0, description="Refresh the TUF metadata this often (and on every hint)."
+    )
 
     @model_validator(mode="after")
     def _channels(self) -> OtaSection:
@@ -552,6 +582,10 @@ class OtaSection(_Table):
             check_topic_id(c, "channel")
         if self.enabled and not self.trusted_keys and not self.allow_unsigned:
             raise ValueError("OTA needs trusted_keys (or allow_unsigned = true for development)")
+        if self.tuf_url is not None and self.tuf_root is None and self.tuf_root_sha256 is None:
+            raise ValueError(
+                "ota.tuf_url needs the first trusted root: tuf_root or tuf_root_sha256"
+            )
         return self
 
 
@@ -570,6 +604,24 @@ class HttpSection(_Table):
     port: int = Field(8787, ge=0, le=65535, description="Port (0 = any free port).")
     token_file: Path | None = Field(None, description="File holding a bearer token to require.")
     max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies are refused.")
+
+    def exposure_warning(self) -> str | None:
+        """A warning when the API is reachable from other machines without a token."""
+        if not self.enabled or self.token_file is not None or _is_loopback(self.host):
+            return None
+        return (
+            f"the HTTP API binds {self.host!r} (reachable from other machines) without "
+            "http.token_file: anyone on the network can read status and run predictions"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class HomeAssistantSection(_Table):
@@ -608,6 +660,11 @@ class Config(_Table):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
+        if self.model.path == NO_MODEL and not self.ota.enabled:
+            raise ValueError(
+                f"model.path = {NO_MODEL!r} needs ota.enabled = true (the first model comes "
+                "over OTA)"
+            )
         if not self.sources:
             raise ValueError("sources: at least one source is needed")
         names = [s.name for s in self.sources]
@@ -625,6 +682,11 @@ class Config(_Table):
             if vals is not None and len(vals) != n:
                 raise ValueError(f"preprocess.{key} has {len(vals)} values for {n} channels")
         return self
+
+    @property
+    def awaiting_model(self) -> bool:
+        """No model configured: the first one comes over OTA (``model.path = "none"``)."""
+        return self.model.path == NO_MODEL
 
     @property
     def channels(self) -> int:

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 from agent.delivery.mqtt import OutgoingMessage
 from agent.ota.state import Record, State
-from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal
+from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal, TufStatus
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._last: OtaStateV1 | None = None
         self._refusal: Refusal | None = None
+        self._tuf: TufStatus | None = None
         self._progress_at = 0.0
         link.add_connect_listener(self.republish)
 
@@ -70,10 +71,18 @@ class Reporter:
         record: Record,
         running: str,
         progress: tuple[int, int] | None = None,
+        awaiting: bool = False,
+        running_sha256: str | None = None,
     ) -> OtaStateV1:
-        """Publish the state of ``record`` (``running``: the version serving now)."""
-        phase = _PHASE[record.state]
-        version = record.version if record.state is not State.IDLE else running
+        """Publish the state of ``record`` (``running``: the version serving now, and the
+        sha256 of its artifact when known; ``awaiting``: no model yet: ``idle`` is shown as
+        ``awaiting_model``)."""
+        phase: Phase = _PHASE[record.state]
+        if awaiting and record.state is State.IDLE:
+            phase = "awaiting_model"
+        idle = record.state is State.IDLE
+        version = running if idle else record.version
+        sha256 = running_sha256 if idle else record.sha256
         health: Literal["watching", "passed"] | None = None
         if record.state is State.TRIAL:
             health = "watching"
@@ -85,7 +94,9 @@ class Reporter:
                 model=self._model,
                 state=phase,
                 version=version,
+                sha256=sha256 or None,
                 running=running,
+                running_sha256=running_sha256 or None,
                 previous=record.previous,
                 source=record.source,
                 reason=record.reason,
@@ -95,6 +106,7 @@ class Reporter:
                 else None,
                 health=health,
                 refusal=self._refusal,
+                tuf=self._tuf,
                 ts=time.time(),
             )
             self._last = msg
@@ -109,16 +121,40 @@ class Reporter:
             return True
         return False
 
-    def refused(self, version: str | None, reason: str, detail: str, source: str | None) -> None:
-        """Record a refused offer and publish it with the unchanged state."""
+    def refused(
+        self,
+        version: str | None,
+        reason: str,
+        detail: str,
+        source: str | None,
+        sha256: str | None = None,
+    ) -> None:
+        """Record a refused offer (``sha256``: the build its manifest claims) and publish it
+        with the unchanged state."""
         with self._lock:
             self._refusal = Refusal(
-                version=version, reason=reason, detail=detail, source=source, at=time.time()
+                version=version,
+                sha256=sha256,
+                reason=reason,
+                detail=detail,
+                source=source,
+                at=time.time(),
             )
             last = self._last
             if last is None:
                 return
             msg = last.model_copy(update={"refusal": self._refusal, "ts": time.time()})
+            self._last = msg
+        self._send(msg)
+
+    def tuf(self, status: TufStatus) -> None:
+        """Record the TUF metadata's state (sent with the next report and republished now)."""
+        with self._lock:
+            self._tuf = status
+            last = self._last
+            if last is None:
+                return
+            msg = last.model_copy(update={"tuf": status, "ts": time.time()})
             self._last = msg
         self._send(msg)
 

@@ -21,6 +21,7 @@ point and blocks there, so a test can ``kill -9`` the agent at exactly that step
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import UpdateError
-from agent.ota.files import atomic_write, atomic_write_json, read_json
+from agent.ota.files import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,25 @@ class StateMachine:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.damaged: str | None = None
+        """Why ``state.json`` could not be read (it exists but is garbage), else None.
+        ``agent.ota.boot.recover`` decides what that means (a trial's damage is a failed trial)."""
         self._record = self._load()
 
     def _load(self) -> Record:
-        obj = read_json(self.path)
-        if obj is None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return Record()
+        except OSError as exc:
+            self.damaged = f"cannot read {self.path}: {exc}"
+            log.error("OTA state file: %s", self.damaged)
             return Record()
         try:
-            return Record.from_json(obj)
+            return Record.from_json(json.loads(raw))
         except (ValueError, TypeError) as exc:
-            log.error("OTA state file %s is not valid (%s): starting from idle", self.path, exc)
+            self.damaged = f"{self.path} is not a valid state file: {exc}"
+            log.error("OTA state file: %s", self.damaged)
             return Record()
 
     @property

@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import hashlib
+import io
 import json
 import logging
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from agent.clock import ClockStatus
 from agent.config import Config
 from agent.delivery.mqtt import OutgoingMessage
 from agent.errors import EdgeAgentError, PackageError, UpdateError
@@ -33,33 +38,39 @@ from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.loading import load_active_model
 from agent.model.runtime import Model
+from agent.ota import tufclient
 from agent.ota.boot import load_installed, recover
-from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, VersionFloor
+from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, offer_from_file
 from agent.ota.download import DownloadSettings, Fetcher, HttpFetcher
+from agent.ota.floor import VersionFloor
 from agent.ota.health import CHECK_INTERVAL_S, HealthWatch
-from agent.ota.intake import Intake, Job
+from agent.ota.intake import Intake, Job, open_regular
 from agent.ota.layout import OtaPaths
 from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
-from agent.release.package import SignatureFile, check_artifact
+from agent.ota.tufclient import TufTarget
+from agent.release.manifest import Version
+from agent.release.package import (
+    BUNDLE_SUFFIX,
+    SignatureFile,
+    check_artifact,
+    read_model_entry,
+)
 from agent.release.signing import load_trusted_keys
-from agent.wire.topics import Topics
+from agent.wire.ota import MARKED_BAD_REASONS, TufStatus
+from agent.wire.topics import INSTALL, Topics
 
 log = logging.getLogger(__name__)
 
-MARK_BAD = frozenset(
-    {
-        "load_failed",
-        "manifest_mismatch",
-        "wrong_shape",
-        "non_finite",
-        "golden_mismatch",
-        "too_slow",
-        "incompatible_pipeline",
-    }
-)
+CLOCK_RETRY_S = 30.0
+"""How often a network offer waiting for a trustworthy clock is looked at again."""
+
+TUF_MIN_INTERVAL_S = 5.0
+"""Hints (announcements) closer together than this are coalesced into one TUF check."""
+
+MARK_BAD = MARKED_BAD_REASONS
 """Failures that will not change on another try: the build is marked bad."""
 
 
@@ -84,15 +95,29 @@ class SwappablePipeline(Protocol):
     def swap_model(self, active: ActiveModel) -> None: ...
 
 
-def _claimed_version(offer: Offer | None) -> str | None:
-    """The version an offer claims (unverified: for the refusal report only)."""
+def _awaiting(pipeline: SwappablePipeline) -> bool:
+    """No model runs yet (``agent.app.provisioning.AwaitingModel``): provisioning over OTA."""
+    return bool(getattr(pipeline, "awaiting", False))
+
+
+def _claimed(offer: Offer | None) -> tuple[str | None, str | None]:
+    """The version and artifact sha256 an offer claims (unverified: for the refusal report)."""
     if offer is None:
-        return None
+        return None, None
     try:
-        v = json.loads(offer.manifest_bytes).get("version")
+        m = json.loads(offer.manifest_bytes)
+        v = m.get("version")
+        art = m.get("artifact")
+        sha = art.get("sha256") if isinstance(art, dict) else None
     except (ValueError, AttributeError):
-        return None
-    return v if isinstance(v, str) else None
+        return None, None
+    return (v if isinstance(v, str) else None), (sha if isinstance(sha, str) else None)
+
+
+def _close(offer: Offer | None) -> None:
+    """Close a dropped-in package file the offer holds open."""
+    if offer is not None and offer.package is not None:
+        offer.package.close()
 
 
 def _probe(model: Model) -> Callable[[], float] | None:
@@ -145,6 +170,7 @@ class Updater:
             )
         )
         self._reporter = Reporter(link, topics.ota_state, cfg.agent.device_id, cfg.model.name)
+        self._command_topic = topics.ota_command
         self._intake = Intake(
             {topics.ota_channel(c, cfg.model.name): c for c in ota.channels},
             cfg.model.name,
@@ -155,12 +181,18 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._watch: HealthWatch | None = None
         self._previous_active: ActiveModel | None = None
+        self._clock = ClockStatus(self._paths.state_dir)
+        self._tuf = ota.tuf_url is not None
+        self._tuf_next = 0.0  # monotonic time of the next timed TUF refresh (0: at start)
+        self._tuf_last = -TUF_MIN_INTERVAL_S
+        self._tuf_targets: dict[str, TufTarget] = {}  # offer source -> what TUF vouched for
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         for topic in self._intake.topics:
             self._link.subscribe(topic, 1, self._intake.announcement)
+        self._link.subscribe(self._command_topic, 1, self._on_command)
         self._intake.watcher.start()
         self._thread = threading.Thread(target=self._run, name="ota-updater", daemon=True)
         self._thread.start()
@@ -172,6 +204,20 @@ class Updater:
         self._intake.watcher.stop(timeout / 2)
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    def ota_state(self) -> dict[str, Any] | None:
+        """The last ``OtaStateV1`` reported (JSON), None before the first; for ``/status``."""
+        last = self._reporter.last
+        return None if last is None else last.model_dump(mode="json")
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        """``<prefix>/<device>/ota/set``: ``install`` retries the latest offer (MQTT network
+        thread: only queues)."""
+        if payload.strip().lower() != INSTALL:
+            log.warning("OTA command %r ignored (expected %r)", payload[:32], INSTALL)
+            return
+        n = self._intake.retry()
+        log.info("install requested: %d announcement(s) queued again", n)
 
     @property
     def state(self) -> Record:
@@ -192,6 +238,10 @@ class Updater:
                         break
                     self._check_trial()
                     continue
+                if self._tuf and time.monotonic() >= self._tuf_next:
+                    self._tuf_next = time.monotonic() + self.cfg.ota.tuf_refresh_s
+                    for c in self.cfg.ota.channels:
+                        self._intake.hint(c)
                 job, wait_s = self._intake.next()
                 if job is None:
                     self._intake.wake.wait(wait_s)
@@ -215,14 +265,33 @@ class Updater:
                     reason=r.reason or "interrupted",
                     detail=r.detail or "the trial version is not the one running",
                 )
+        elif r.state is State.ACTIVE and self._store.current() == r.version:
+            self._commit_floor()  # a kill between the commit and the floor write
         self._report()
+
+    def _commit_floor(self) -> None:
+        """Raise the floor to the committed version (the only place it rises; idempotent)."""
+        r = self._sm.record
+        if r.state is not State.ACTIVE or r.version is None or r.sha256 is None:
+            return
+        try:
+            self._decider.commit(self.cfg.model.name, r.version, r.sha256)
+        except UpdateError as exc:
+            log.error("cannot raise the version floor to %s: %s", r.version, exc)
 
     def _running(self) -> Running:
         a = self.pipeline.active
         return Running(a.version, a.sha256)
 
     def _report(self, progress: tuple[int, int] | None = None) -> None:
-        msg = self._reporter.state(self._sm.record, self.pipeline.active.version, progress)
+        active = self.pipeline.active
+        msg = self._reporter.state(
+            self._sm.record,
+            active.version,
+            progress,
+            awaiting=_awaiting(self.pipeline),
+            running_sha256=active.sha256,
+        )
         self.metrics.set("ota_state", msg.state)
 
     def _check_stop(self) -> None:
@@ -242,29 +311,149 @@ class Updater:
     def _handle(self, job: Job) -> None:
         offer: Offer | None = None
         try:
-            offer = self._intake.offer(job)
+            if job.path is None:
+                self._check_clock(job)
+            if self._tuf and job.path is None:
+                if time.monotonic() - self._tuf_last < TUF_MIN_INTERVAL_S:
+                    self._intake.later(job, TUF_MIN_INTERVAL_S)  # hints are coalesced
+                    return
+                offer = self._tuf_offer(job)
+            elif job.path is not None and job.path.name.endswith(BUNDLE_SUFFIX):
+                offer = self._bundle_offer(job)
+            elif job.path is not None and self._tuf:
+                raise UpdateError(
+                    "tuf_required",
+                    f"{job.path.name}: with ota.tuf_url set, drop in an offline TUF bundle "
+                    f"(*{BUNDLE_SUFFIX}, edge-convert tuf bundle), not a bare package",
+                )
+            else:
+                offer = self._intake.offer(job)
             accepted = self._decider.decide(offer, self._running())
+            self._check_tuf_target(accepted)
         except FileNotFoundError:
             return  # a dropped-in file that is gone already
         except OSError as exc:
-            self._refused(None, UpdateError("unreadable", f"{job.key}: {exc}"), job.source)
+            self._refused(None, None, UpdateError("unreadable", f"{job.key}: {exc}"), job.source)
             return
         except UpdateError as exc:
+            _close(offer)
             if exc.reason in NOT_A_REFUSAL:
                 log.info("offer from %s: %s", job.source, exc.detail)
             elif exc.reason == "malformed" and self._intake.settle(job):
                 return
             else:
-                self._refused(_claimed_version(offer), exc, job.source)
+                self._refused(*_claimed(offer), exc, job.source)
             self._intake.done(job, exc.reason)
             return
-        self._decider.accept(accepted)
-        self._intake.done(job, self._apply(accepted))
+        try:
+            outcome = self._apply(accepted)
+        finally:
+            _close(offer)
+        self._intake.done(job, outcome)
 
-    def _refused(self, version: str | None, exc: UpdateError, source: str) -> None:
+    # ---------------------------------------------------------------- TUF
+
+    def _check_clock(self, job: Job) -> None:
+        """Network updates wait while the clock is known to be wrong (agent.clock): expiry
+        checks on it would refuse good metadata or let a freeze through. Drop-ins do not wait
+        (an offline device may never synchronise)."""
+        ok, why = self._clock.ok()
+        if ok:
+            return
+        self._intake.later(job, CLOCK_RETRY_S)
+        raise UpdateError("clock_untrusted", f"{why}: updates wait")
+
+    def _tuf_offer(self, job: Job) -> Offer:
+        """Refresh the TUF metadata (child process) and fetch the target it vouches for.
+
+        The announcement that woke us is only a hint: nothing in it is used. Raises
+        ``UpdateError`` with TUF's refusal reason (``metadata_expired``, ...), a download
+        reason (the target's length and sha256 are TUF's), or ``up_to_date``.
+        """
+        assert job.channel is not None
+        self._tuf_last = time.monotonic()
+        try:
+            res = tufclient.refresh(self.cfg, job.channel)
+        except UpdateError as exc:
+            if exc.reason == "metadata_expired":
+                self.metrics.inc("ota_metadata_expired")
+            old = self._reporter.last.tuf if self._reporter.last is not None else None
+            self._reporter.tuf(
+                TufStatus(
+                    expires=old.expires if old else None,
+                    expired=exc.reason == "metadata_expired",
+                    root_version=old.root_version if old else None,
+                    checked_at=time.time(),
+                )
+            )
+            raise
+        if res.signed_at is not None:
+            self._clock.floor.raise_to(res.signed_at)
+        self._reporter.tuf(
+            TufStatus(
+                expires=res.expires,
+                expired=False,
+                root_version=res.root_version,
+                checked_at=time.time(),
+            )
+        )
+        t = res.target
+        running = self.pipeline.active.version
+        if t is None:
+            raise UpdateError("up_to_date", f"no TUF target for this device on {job.channel}")
+        with contextlib.suppress(ValueError):
+            if not _awaiting(self.pipeline) and Version.parse(t.version) <= Version.parse(running):
+                raise UpdateError("up_to_date", f"TUF's newest is {t.version}; {running} runs")
+        part = self._paths.part(t.sha256)
+        data = self._fetcher.fetch(t.url, t.length, t.sha256, part, stop=self._stop)
+        part.unlink(missing_ok=True)
+        offer = offer_from_file(t.path.rsplit("/", 1)[-1], io.BytesIO(data))
+        source = f"tuf:{job.channel}"
+        self._tuf_targets[source] = t
+        return dataclasses.replace(offer, source=source, targets=t.targets)
+
+    def _bundle_offer(self, job: Job) -> Offer:
+        """An offline TUF bundle: its metadata verified against the trusted root (the child,
+        reading the zip instead of the network), then its package read with TUF's length and
+        sha256 as the bounds."""
+        assert job.path is not None
+        if not self._tuf:
+            raise UpdateError("no_trusted_root", "a TUF bundle needs ota.tuf_url and its root")
+        open_regular(job.path).close()  # a regular file of bounded size, or refused
+        res = tufclient.refresh(self.cfg, self.cfg.ota.channels[0], bundle=job.path)
+        t = res.target
+        if t is None:
+            raise UpdateError("no_target", f"{job.path.name} carries no target for this model")
+        with zipfile.ZipFile(job.path) as zf, zf.open(t.url) as f:
+            data = f.read(t.length + 1)
+        if len(data) != t.length or hashlib.sha256(data).hexdigest() != t.sha256:
+            raise UpdateError(
+                "hash_mismatch", f"{job.path.name}: {t.path} is not the target TUF names"
+            )
+        offer = offer_from_file(t.path.rsplit("/", 1)[-1], io.BytesIO(data))
+        source = f"incoming:{job.path.name}"
+        self._tuf_targets[source] = t
+        return dataclasses.replace(offer, source=source)
+
+    def _check_tuf_target(self, acc: Accepted) -> None:
+        """The package must be what TUF's custom metadata says it is (no mix-and-match)."""
+        t = self._tuf_targets.pop(acc.offer.source, None)
+        if t is None:
+            return
+        m = acc.manifest
+        if (m.name, m.version) != (self.cfg.model.name, t.version):
+            raise UpdateError(
+                "target_mismatch",
+                f"TUF target {t.path} is {self.cfg.model.name} {t.version}, the package inside "
+                f"is {m.name} {m.version}",
+            )
+
+    def _refused(
+        self, version: str | None, sha256: str | None, exc: UpdateError, source: str
+    ) -> None:
         log.warning("refused %s from %s: %s", version or "an offer", source, exc)
         self.metrics.inc("ota_refused", reason=exc.reason)
-        self._reporter.refused(version, exc.reason, exc.detail, source)
+        self._reporter.refused(version, exc.reason, exc.detail, source, sha256)
 
     # ---------------------------------------------------------------- the update path
 
@@ -279,7 +468,8 @@ class Updater:
         }
         try:
             content = self._obtain(acc, fields)
-            smoke = smoke_test(content, m, self.cfg.model, self.pipeline.active.model)
+            running = None if _awaiting(self.pipeline) else self.pipeline.active.model
+            smoke = smoke_test(content, m, self.cfg.model, running)
             signature = None
             if acc.signer is not None and acc.offer.signature is not None:
                 signature = SignatureFile(
@@ -301,6 +491,12 @@ class Updater:
     def _obtain(self, acc: Accepted, fields: dict[str, Any]) -> bytes:
         """The verified model bytes: carried by the offer, already staged, or downloaded."""
         m = acc.manifest
+        if acc.offer.package is not None:  # the signature verified: now inflate, capped
+            self._transition(State.VERIFYING, **fields)
+            try:
+                return read_model_entry(acc.offer.package, m)
+            except PackageError as exc:
+                raise UpdateError(exc.reason, exc.detail) from exc
         if acc.offer.content is not None:
             self._transition(State.VERIFYING, **fields)
             try:
@@ -350,6 +546,7 @@ class Updater:
             version=m.version,
             labels=list(m.labels) or self.cfg.postprocess_labels(),
             sha256=acc.sha256,
+            manifest=m,
         )
         try:
             self.pipeline.swap_model(new)
@@ -360,6 +557,7 @@ class Updater:
         except UpdateError:  # the disk still names the old model: so must the pipeline
             self.pipeline.swap_model(old)
             raise
+        self._pause("swapped")  # test hook: `current` swapped, the trial not yet written
         self._previous_active = old
         self._transition(State.TRIAL, boots=0, trial_started=time.time())
         self._start_watch(smoke.model, smoke.running_latency_s)
@@ -371,7 +569,7 @@ class Updater:
             self._store.mark_bad(acc.version, acc.sha256, exc.reason)
             self._paths.part(acc.sha256).unlink(missing_ok=True)
         if self._sm.state in RESTING or State.FAILED not in ALLOWED[self._sm.state]:
-            self._refused(acc.version, exc, acc.offer.source)
+            self._refused(acc.version, acc.sha256, exc, acc.offer.source)
             return
         self._sm.transition(State.FAILED, reason=exc.reason, detail=exc.detail)
         self._report()
@@ -391,6 +589,7 @@ class Updater:
         self._watch = None
         if verdict.status == "passed":
             self._sm.transition(State.ACTIVE, boots=0, detail=verdict.detail)
+            self._commit_floor()
             self._previous_active = None
             self._store.prune(self.cfg.ota.keep_versions)
             self.metrics.inc("ota_updates")

@@ -8,7 +8,30 @@ from pydantic import Field
 
 from agent.wire.base import Wire
 
-Phase = Literal["idle", "downloading", "verifying", "staged", "active", "rolled_back", "failed"]
+MARKED_BAD_REASONS = frozenset(
+    {
+        "load_failed",
+        "manifest_mismatch",
+        "wrong_shape",
+        "non_finite",
+        "golden_mismatch",
+        "too_slow",
+        "incompatible_pipeline",
+    }
+)
+"""Failure reasons that will not change on another try: the build is marked bad and never
+installed again (a ``failed`` state with another reason may be retried)."""
+
+Phase = Literal[
+    "awaiting_model",
+    "idle",
+    "downloading",
+    "verifying",
+    "staged",
+    "active",
+    "rolled_back",
+    "failed",
+]
 
 
 class DownloadProgress(Wire):
@@ -18,10 +41,26 @@ class DownloadProgress(Wire):
 
 class Refusal(Wire):
     version: str | None = Field(description="Version offered (null if the offer was unreadable).")
+    sha256: str | None = Field(
+        None,
+        description="The offered build's artifact sha256 as its manifest claims "
+        "(null: unreadable).",
+    )
     reason: str = Field(description="Stable label, e.g. bad_signature, version_rollback.")
     detail: str = Field(description="Human-readable explanation.")
     source: str | None = Field(description="channel:<name> or incoming:<file>.")
     at: float = Field(description="When it was refused (epoch seconds).")
+
+
+class TufStatus(Wire):
+    expires: float | None = Field(
+        None, description="When the trusted TUF timestamp expires (epoch seconds)."
+    )
+    expired: bool = Field(
+        False, description="The last refresh found expired metadata: no update is taken."
+    )
+    root_version: int | None = Field(None, description="The trusted root's version.")
+    checked_at: float = Field(description="When the metadata was last refreshed (epoch s).")
 
 
 class OtaStateV1(Wire):
@@ -33,7 +72,15 @@ class OtaStateV1(Wire):
         description="The version this state is about: being downloaded/verified/staged, "
         "active, rolled back from, or failed."
     )
+    sha256: str | None = Field(
+        None,
+        description="Artifact sha256 of the build this state is about (null: not known, e.g. "
+        "idle on the configured model). Together with ``version`` it names an exact release.",
+    )
     running: str = Field(description="The version serving predictions now.")
+    running_sha256: str | None = Field(
+        None, description="Artifact sha256 of the model serving predictions now."
+    )
     previous: str | None = Field(
         None, description="The version a rollback returns to (null: the configured model)."
     )
@@ -46,5 +93,8 @@ class OtaStateV1(Wire):
     )
     refusal: Refusal | None = Field(
         None, description="The most recent offer refused since the agent started."
+    )
+    tuf: TufStatus | None = Field(
+        None, description="The channel's TUF metadata (null without ota.tuf_url)."
     )
     ts: float = Field(description="When this report was made (epoch seconds).")
