@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.model.runtime import Model
+from agent.release.reference import Reference
 
 
 @dataclass
@@ -16,3 +17,5 @@ class ActiveModel:
     version: str
     labels: list[str] = field(default_factory=list)
     sha256: str = ""
+    reference: Reference | None = None
+    """The package's reference statistics (drift monitoring), when it carries them."""

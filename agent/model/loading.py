@@ -46,6 +46,7 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
     path = cfg.model.path
     data = content if content is not None else read_model_source(path)
     name, version, labels = cfg.model.name, cfg.model.version, list(cfg.postprocess_labels())
+    reference = None
     if path.endswith(".eapkg") and content is None:
         from agent.release.package import check_artifact, read_package, verify_package
         from agent.release.signing import load_trusted_keys
@@ -62,6 +63,7 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
         data = pkg.model
         name, version = pkg.manifest.name, pkg.manifest.version
         labels = list(pkg.manifest.labels) or labels
+        reference = pkg.manifest.reference
     elif path == BUILTIN_DEMO_MODEL and not labels:
         labels = DEMO_LABELS
     model = load_model(
@@ -77,4 +79,5 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
         version=version,
         labels=labels,
         sha256=hashlib.sha256(data).hexdigest(),
+        reference=reference,
     )

@@ -74,6 +74,7 @@ def load_installed(
         version=version,
         labels=list(inst.manifest.labels) or cfg.postprocess_labels(),
         sha256=inst.manifest.artifact.sha256,
+        reference=inst.manifest.reference,
     )
 
 

@@ -350,6 +350,7 @@ class Updater:
             version=m.version,
             labels=list(m.labels) or self.cfg.postprocess_labels(),
             sha256=acc.sha256,
+            reference=m.reference,
         )
         try:
             self.pipeline.swap_model(new)

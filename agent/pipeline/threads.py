@@ -46,7 +46,10 @@ from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.postprocess import AnomalyPostprocessor, Postprocessor, build_postprocessor
 from agent.model.runtime import Array
+from agent.pipeline.drift import DriftMonitor, drift_monitor
 from agent.pipeline.ondemand import OnDemandRunner
+from agent.pipeline.shadow import ShadowRunner
+from agent.wire.fieldcheck import DriftAlertV1
 from agent.wire.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -72,13 +75,20 @@ class _Stages:
     window: Callable[[Array], Array] | None
     """Turns an encoded window back into the normalised float one, for a postprocessor that
     reads the input (``score = 'mse'``); None when it is not needed (or already float)."""
+    drift: DriftMonitor | None = None
+    """The model's drift monitor (agent/pipeline/drift.py) when its package has a reference."""
 
 
 _Item = tuple[_Stages, Windows, str]
 """What the ingest queue carries: the stages a source encoded for, the windows, the stream."""
 
 
-def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
+def build_stages(
+    cfg: Config,
+    active: ActiveModel,
+    topics: Topics,
+    on_drift: Callable[[DriftAlertV1], None] | None = None,
+) -> _Stages:
     """Validate ``active`` against the configured pipeline (ShapeMismatch if it does not fit)."""
     model = active.model
     if len(model.inputs) != 1:
@@ -109,6 +119,7 @@ def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
         topic=topics.prediction(active.name),
         encoder=encoder,
         window=encoder.decode if reads_input and encoder.quantized else None,
+        drift=drift_monitor(cfg, active, encoder, on_drift),
     )
 
 
@@ -126,7 +137,9 @@ class Pipeline:
         self.metrics = metrics
         self._topics = topics
         self._publisher = publisher
-        self._stages = build_stages(cfg, active, topics)
+        self.on_drift: Callable[[DriftAlertV1], None] | None = None  # set by agent.observe
+        self._stages = build_stages(cfg, active, topics, self._drift_changed)
+        self.shadow: ShadowRunner | None = None
         self._swap_lock = threading.Lock()
         self._ingest: queue.Queue[_Item | _Eof] = queue.Queue(
             maxsize=max(s.max_queue for s in cfg.sources)
@@ -171,11 +184,31 @@ class Pipeline:
     def swap_model(self, active: ActiveModel) -> None:
         """Validate ``active`` now and switch to it: windows read from now on are encoded for
         and run on it; those already queued finish on the old model."""
-        stages = build_stages(self.cfg, active, self._topics)
+        stages = build_stages(self.cfg, active, self._topics, self._drift_changed)
         with self._swap_lock:
             old, self._stages = self._stages.active, stages
         self.metrics.set("model_version", active.version)
         log.info("model %s: switched %s -> %s", active.name, old.version, active.version)
+
+    @property
+    def drift(self) -> DriftMonitor | None:
+        return self._stages.drift
+
+    def _drift_changed(self, alert: DriftAlertV1) -> None:
+        if self.on_drift is not None:
+            self.on_drift(alert)
+
+    def set_shadow(self, candidate: ActiveModel | None) -> None:
+        """Run ``candidate`` as a shadow from now on (None: stop shadowing); ShapeMismatch
+        when it does not fit the pipeline (agent/pipeline/shadow.py)."""
+        runner = None
+        if candidate is not None:
+            runner = ShadowRunner(self.cfg, candidate, lambda: self.metrics.latency("invoke"))
+            runner.start()
+        old, self.shadow = self.shadow, runner
+        if old is not None:
+            old.stop()
+        self.metrics.set("shadow_version", candidate.version if candidate else "")
 
     def stop(self, timeout: float) -> None:
         """Stop the sources, finish the windows already read, hand everything to the publisher."""
@@ -186,6 +219,8 @@ class Pipeline:
         self._ingest.put(_EOF)
         if self._infer_thread is not None:
             self._infer_thread.join(max(0.0, deadline - time.monotonic()))
+        if self.shadow is not None:
+            self.shadow.stop(max(0.0, deadline - time.monotonic()))
 
     @property
     def heartbeat(self) -> float:
@@ -335,6 +370,8 @@ class Pipeline:
         out: list[PredictionRecord] = []
         latencies: list[float] = []
         out_due = 0.0
+        shadow = self.shadow  # drift and shadow see each window's outputs, once per group
+        kept: list[list[Array] | None] = [None] * n if st.drift or shadow else []
         try:
             for i in range(n):
                 x = x_all[i].reshape(shape)
@@ -342,6 +379,8 @@ class Pipeline:
                 try:
                     outs = run(x)
                     latency = clock() - t0
+                    if kept:
+                        kept[i] = outs
                     result = post(outs, x if window is None else window(x), stream)
                 except InferenceError as exc:
                     self.metrics.inc("inference_errors", reason=_reason(exc))
@@ -373,6 +412,11 @@ class Pipeline:
             self.metrics.observe_many("invoke", latencies)
         if out:
             submit(out, inline=inline)
+        if kept:
+            if st.drift is not None:
+                st.drift.observe(windows.data, kept)
+            if shadow is not None:
+                shadow.offer(st.encoder, windows, stream, kept)
 
 
 def _reason(exc: Exception) -> str:

@@ -23,7 +23,7 @@ import math
 import re
 from datetime import UTC, datetime
 from functools import total_ordering
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ from pydantic import (
 
 from agent.config import PreprocessSection, WindowSection, check_topic_id
 from agent.errors import PackageError
+from agent.release.reference import Reference
 
 MANIFEST_SCHEMA_VERSION = 1
 ANNOUNCEMENT_SCHEMA_VERSION = 1
@@ -52,7 +53,13 @@ def canonical_json(obj: BaseModel | Any) -> bytes:
     These are the bytes that are hashed and signed; ``json.loads`` of them gives back the same
     data. Pydantic models are dumped in JSON mode first (datetimes become ISO 8601 strings).
     """
-    data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+    if isinstance(obj, BaseModel):
+        # Optional fields added after a schema was released are left out when null, so a
+        # package without them is byte-for-byte what an older agent reads (extra="forbid").
+        omit = {k for k in getattr(obj, "OMIT_IF_NONE", ()) if getattr(obj, k) is None}
+        data = obj.model_dump(mode="json", exclude=omit or None)
+    else:
+        data = obj
     return json.dumps(
         data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
@@ -391,6 +398,8 @@ class BuildInfo(_Schema):
 class Manifest(_Schema):
     """Everything a device needs to know about one model version, signed as a whole."""
 
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("reference",)
+
     schema_version: Literal[1] = Field(default=1, description="Version of this manifest's schema.")
     name: TopicId = Field(description="Model name: the OTA topic part and store directory.")
     version: SemverStr = Field(description="Semantic version; must increase within a channel.")
@@ -417,6 +426,11 @@ class Manifest(_Schema):
         description="The converter's verification report (null for package-only builds).",
     )
     golden: list[GoldenSample] = Field(min_length=1, description="Smoke-test samples.")
+    reference: Reference | None = Field(
+        default=None,
+        description="Reference statistics of the calibration/validation data (drift "
+        "monitoring; null: none computed). Omitted from the JSON when null.",
+    )
 
     @model_validator(mode="after")
     def _utc(self) -> Manifest:
@@ -483,9 +497,24 @@ class Targets(_Schema):
         "id, model, version) < percent.",
     )
 
+    devices: list[TopicId] = Field(
+        default_factory=list,
+        description="Device ids; empty means any device (of the groups). `edge-fleet promote "
+        "--min-agreement` names the devices whose shadow reports passed.",
+    )
+    shadow: bool = Field(
+        default=False,
+        description="Install as a shadow: verify and smoke-test, then run beside the active "
+        "model on the same windows without publishing its predictions (docs/shadow-and-drift.md).",
+    )
+
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("devices", "shadow")
+
     def includes(self, device_id: str, groups: list[str], model: str, version: str) -> bool:
         """Whether a device (with its groups) is targeted by this announcement."""
         if self.groups and not set(self.groups) & set(groups):
+            return False
+        if self.devices and device_id not in self.devices:
             return False
         return rollout_position(device_id, model, version) < self.percent
 
@@ -524,4 +553,8 @@ class Announcement(_Schema):
         return self.manifest.encode("utf-8")
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self)
+        data = self.model_dump(mode="json")
+        for key in Targets.OMIT_IF_DEFAULT:  # older agents refuse fields they do not know
+            if not data["targets"][key]:
+                del data["targets"][key]
+        return canonical_json(data)

@@ -8,7 +8,9 @@ from pydantic import Field
 
 from agent.wire.base import Wire
 
-Phase = Literal["idle", "downloading", "verifying", "staged", "active", "rolled_back", "failed"]
+Phase = Literal[
+    "idle", "downloading", "verifying", "staged", "shadow", "active", "rolled_back", "failed"
+]
 
 
 class DownloadProgress(Wire):
