@@ -137,6 +137,7 @@ class DriftMonitor:
         self.alert = False
         self._alert_channels: list[str] = []
         self.last_alert: DriftAlertV1 | None = None
+        self.windows_seen = 0
 
     # ---------------------------------------------------------------- per group of windows
 
@@ -146,6 +147,7 @@ class DriftMonitor:
         """``data``: the encoded windows ``(n, length, channels)``; ``outputs``: each window's
         outputs (None for a failed one)."""
         n, length = data.shape[0], data.shape[1]
+        self.windows_seen += n
         rows = data[:, max(0, length - self._hop) :, :]
         x = rows.reshape(-1, rows.shape[-1]).astype(np.float32)
         counts = bin_counts(x, self._lo, self._hi, self._bins)
