@@ -87,7 +87,7 @@ class RunningAgentView:
         """One snapshot of the agent's metrics (the MQTT payload and the /metrics source)."""
         r = self._running()
         active = r.pipeline.active
-        return build_metrics(
+        m = build_metrics(
             self._agent.metrics,
             device=r.cfg.agent.device_id,
             groups=r.cfg.agent.groups,
@@ -100,6 +100,29 @@ class RunningAgentView:
             rates=self._rates,
             process=self._process,
         )
+        return self._field(m, r)
+
+    def _field(self, m: MetricsV1, r: Running) -> MetricsV1:
+        drift = r.pipeline.drift
+        shadow = r.pipeline.shadow
+        agreement = None
+        if shadow is not None and shadow.compared:
+            agreement = round(shadow.agreements / shadow.compared, 6)
+        if drift is None and agreement is None:
+            return m
+        return m.model_copy(
+            update={
+                "drift": drift.snapshot() if drift is not None else None,
+                "shadow_agreement": agreement,
+            }
+        )
+
+    def drift(self) -> dict[str, Any]:
+        """``GET /drift``: the drift scores, or why there are none."""
+        d = self._running().pipeline.drift
+        if d is None:
+            return {"enabled": False}
+        return {"enabled": True} | d.snapshot().model_dump(mode="json")
 
     def metrics_text(self) -> str:
         return render_prometheus(self.collect())

@@ -83,6 +83,8 @@ class SwappablePipeline(Protocol):
 
     def swap_model(self, active: ActiveModel) -> None: ...
 
+    def set_shadow(self, candidate: ActiveModel | None) -> None: ...
+
 
 def _claimed_version(offer: Offer | None) -> str | None:
     """The version an offer claims (unverified: for the refusal report only)."""
@@ -289,7 +291,10 @@ class Updater:
             self._store.stage(m, acc.offer.manifest_bytes, signature, content)
             self._paths.part(acc.sha256).unlink(missing_ok=True)
             self._transition(State.STAGED)
-            self._activate(acc, smoke)
+            if acc.offer.targets is not None and acc.offer.targets.shadow:
+                self._shadow(acc, smoke)
+            else:
+                self._activate(acc, smoke)
         except UpdateError as exc:
             if exc.reason == "cancelled":
                 log.info("update to %s interrupted: the agent is stopping", m.version)
@@ -343,6 +348,7 @@ class Updater:
     def _activate(self, acc: Accepted, smoke: SmokeResult) -> None:
         m = acc.manifest
         old = self.pipeline.active
+        self.pipeline.set_shadow(None)  # a new active model ends any shadow
         self._transition(State.ACTIVATING, baseline_latency_s=smoke.running_latency_s)
         new = ActiveModel(
             model=smoke.model,
@@ -364,6 +370,27 @@ class Updater:
         self._previous_active = old
         self._transition(State.TRIAL, boots=0, trial_started=time.time())
         self._start_watch(smoke.model, smoke.running_latency_s)
+
+    def _shadow(self, acc: Accepted, smoke: SmokeResult) -> None:
+        """Run the staged version beside the active one (targets.shadow): it serves nothing;
+        a later announcement of the same version without the flag activates it from the store."""
+        m = acc.manifest
+        if not self.cfg.shadow.enabled:
+            raise UpdateError("shadow_disabled", f"{m.version}: shadow.enabled = false here")
+        candidate = ActiveModel(
+            model=smoke.model,
+            name=m.name,
+            version=m.version,
+            labels=list(m.labels) or self.cfg.postprocess_labels(),
+            sha256=acc.sha256,
+            reference=m.reference,
+        )
+        try:
+            self.pipeline.set_shadow(candidate)
+        except EdgeAgentError as exc:
+            raise UpdateError("incompatible_pipeline", f"{m.version}: {exc}") from exc
+        self._transition(State.SHADOW, detail=f"shadowing {self.pipeline.active.version}")
+        log.info("%s runs as a shadow beside %s", m.version, self.pipeline.active.version)
 
     def _fail(self, acc: Accepted, exc: UpdateError) -> None:
         log.error("update to %s failed: %s", acc.version, exc)

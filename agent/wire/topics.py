@@ -4,6 +4,8 @@
 <prefix>/<device>/prediction/<model>     predictions (wire.predictions.PredictionV1 / batch)
 <prefix>/<device>/metrics                retained periodic metrics (wire.metrics.MetricsV1)
 <prefix>/<device>/ota                    retained OTA state (wire.ota.OtaStateV1)
+<prefix>/<device>/drift                  retained drift alert (wire.fieldcheck.DriftAlertV1)
+<prefix>/<device>/shadow/<model>         retained shadow report (wire.fieldcheck.ShadowReportV1)
 <prefix>/ota/<channel>/<model>           retained release announcements (release.Announcement)
 
 ``FleetTopics`` builds the wildcard filters an operator's tool subscribes to.
@@ -55,6 +57,13 @@ class Topics:
     def ota_state(self) -> str:
         return f"{self.base}/ota"
 
+    @property
+    def drift(self) -> str:
+        return f"{self.base}/drift"
+
+    def shadow(self, model: str) -> str:
+        return f"{self.base}/shadow/{check_topic_id(model, 'model name')}"
+
     def prediction(self, model: str) -> str:
         return f"{self.base}/prediction/{check_topic_id(model, 'model name')}"
 
@@ -84,8 +93,16 @@ class FleetTopics:
         return f"{self.prefix}/+/metrics"
 
     @property
+    def drift(self) -> str:
+        return f"{self.prefix}/+/drift"
+
+    @property
+    def shadow(self) -> str:
+        return f"{self.prefix}/+/shadow/+"
+
+    @property
     def filters(self) -> list[str]:
-        return [self.status, self.ota_state, self.metrics]
+        return [self.status, self.ota_state, self.metrics, self.drift, self.shadow]
 
     def split(self, topic: str) -> tuple[str, str] | None:
         """``(device, kind)`` of a topic these filters match (kind: status, ota, metrics)."""
@@ -93,6 +110,8 @@ class FleetTopics:
         if not topic.startswith(head):
             return None
         parts = topic[len(head) :].split("/")
+        if len(parts) == 3 and parts[1] == "shadow":
+            return parts[0], "shadow"
         if len(parts) != 2:
             return None
         return parts[0], parts[1]

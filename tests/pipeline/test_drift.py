@@ -69,12 +69,14 @@ def _config(tmp_path: Path, values: np.ndarray, post: dict[str, Any]) -> Config:
 
 
 def _normalised(values: np.ndarray) -> np.ndarray:
-    return (values - np.array([1.0, -2.0, 0.5])) / np.array([2, 1, 0.5])
+    out: np.ndarray = (values - np.array([1.0, -2.0, 0.5])) / np.array([2, 1, 0.5])
+    return out
 
 
 def _signal(rng: np.random.Generator, n: int) -> np.ndarray:
     raw = rng.normal(0, 1, (n, CH)) * np.array([2, 1, 0.5]) + np.array([1.0, -2.0, 0.5])
-    return raw.astype(np.float32)
+    out: np.ndarray = raw.astype(np.float32)
+    return out
 
 
 def _reference(model: Any, calibration: np.ndarray, kind: str | None) -> Reference:
