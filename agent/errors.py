@@ -10,10 +10,10 @@ are translated at the boundary with ``raise ... from exc`` and carry context
     ├── ModelError             a model cannot be loaded or does not fit the pipeline
     │   ├── RuntimeUnavailable no usable TFLite runtime (names the package to install)
     │   └── ShapeMismatch      window/preprocess/postprocess disagree with the model's tensors
-    ├── InferenceError         invoke() or quantisation failed for one window
+    ├── InferenceError         invoke() or quantisation failed for one window (``reason``)
     ├── SampleError            one malformed sensor message (counted per ``reason`` and skipped)
     ├── SourceError            a sample source cannot start (file missing, program not found)
-    ├── PublishError           MQTT connection or publish failure
+    ├── PublishError           MQTT connection or publish failure (``reason``)
     ├── SpoolError             the on-disk store-and-forward queue failed
     ├── PackageError           a model package is malformed, tampered or untrusted (``reason``)
     │   └── SignatureError     signature missing, unknown key or does not verify
@@ -52,7 +52,24 @@ class ShapeMismatch(ModelError):
 
 
 class InferenceError(EdgeAgentError):
-    """Running the model on one window failed."""
+    """Running the model on one window failed. ``reason`` is a stable label, set where it is
+    raised (metrics ``inference_errors{reason}``, the HTTP API's error code):
+
+    - ``non_finite``: an output is NaN or Inf;
+    - ``invoke_failed``: the runtime's ``invoke()`` raised;
+    - ``bad_input``: the input could not be converted to the tensor's type;
+    - ``output_size``: an output has another size than the postprocessing expects.
+    """
+
+    NON_FINITE = "non_finite"
+    INVOKE_FAILED = "invoke_failed"
+    BAD_INPUT = "bad_input"
+    OUTPUT_SIZE = "output_size"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(detail)
 
 
 class SampleError(EdgeAgentError):
@@ -69,7 +86,25 @@ class SourceError(EdgeAgentError):
 
 
 class PublishError(EdgeAgentError):
-    """An MQTT connection or publish failed."""
+    """An MQTT connection or publish failed. ``reason`` is a stable label, set where it is raised:
+
+    - ``tls``: the TLS context could not be built (a CA, certificate or key file);
+    - ``connect``: no TCP/TLS connection to the broker;
+    - ``refused``: the broker refused the CONNECT (or did not answer it in time);
+    - ``publish``: a publish failed or was not acknowledged in time;
+    - ``subscribe``: a subscription was not acknowledged in time.
+    """
+
+    TLS = "tls"
+    CONNECT = "connect"
+    REFUSED = "refused"
+    PUBLISH = "publish"
+    SUBSCRIBE = "subscribe"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(detail)
 
 
 class SpoolError(EdgeAgentError):

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import agent
+from agent.durable import atomic_write
 from agent.errors import ConfigError, EdgeAgentError, PackageError
 from agent.release.manifest import VerificationReport
-from agent.release.package import atomic_write, check_package, read_package, write_package
+from agent.release.package import check_package, read_package, write_package
 from agent.release.signing import load_trusted_keys, write_keypair
 from converters.convert import MODES
 from converters.settings import BuildSettings, PublishSettings, validate_settings

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent.durable import atomic_write
 from agent.errors import ConversionError
-from agent.release.package import SIGNATURE_NAME, atomic_write, package_filename
+from agent.release.package import SIGNATURE_NAME, package_filename
 from converters.keys import check_key
 
 log = logging.getLogger(__name__)

@@ -38,9 +38,10 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from agent.durable import atomic_write
 from agent.errors import EdgeAgentError
 from agent.release.manifest import VerificationReport, utc_now
-from agent.release.package import atomic_write, write_package
+from agent.release.package import write_package
 from converters.build import build_package
 from converters.convert import sha256_of_file
 from converters.publish import next_version, publish_package

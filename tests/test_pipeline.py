@@ -132,3 +132,20 @@ def test_a_swap_mid_stream_drops_and_repeats_nothing(tmp_path: Path) -> None:
     got_second = [np.asarray(r.outputs["tensors"]["output_0"]) for r in rec.records[k:]]
     for g, w in zip(got_second, want_second, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_inference_errors_are_counted_by_their_typed_reason(tmp_path: Path) -> None:
+    """The reason comes from the error, not its text: a model called "banana" whose invoke
+    fails is ``invoke_failed`` (reading the message for "nan" once filed it as non_finite)."""
+    model = load_model(zoo.tiny_classifier("int8").content, label="banana 1.0")
+
+    def broken() -> None:
+        raise RuntimeError("banana kernel failed")
+
+    model._invoke = broken
+    rng = np.random.default_rng(1)
+    values = {"a": rng.normal(0, 1, (HOP * 4 + LENGTH, 3)).astype(np.float32)}
+    cfg = _config(tmp_path, values, {"a": "fast"})
+    rec, pipe = _run(cfg, model)
+    assert rec.records == []
+    assert pipe.metrics.counters_by_reason("inference_errors") == {"invoke_failed": 5}

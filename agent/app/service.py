@@ -28,6 +28,7 @@ from agent.ingest.sources import SourceContext
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.loading import load_active_model
+from agent.observe.view import STALL_S, is_live, liveness
 from agent.observe.wiring import Observability
 from agent.pipeline.threads import Pipeline
 from agent.wire.topics import OFFLINE, ONLINE, Topics
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_STARTUP = 2
 EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus (retrying cannot help)
-STALL_S = 10.0  # no inference-loop pass for this long = hung: withhold watchdog pings
 
 
 @dataclass
@@ -148,9 +148,11 @@ class Agent:
         return Running(cfg, topics, link, spool, publisher, pipeline, updater)
 
     def start(self, r: Running) -> None:
-        r.link.start()
+        # the pipeline first: its MQTT sources subscribe before the link connects, so the
+        # link announces 'online' only once those subscriptions are acknowledged
         r.publisher.start()
         r.pipeline.start()
+        r.link.start()
         if r.updater is not None:
             r.updater.start()
         self.running = r
@@ -177,14 +179,7 @@ class Agent:
     def healthy(self) -> bool:
         """The pipeline is really making progress (what the systemd watchdog is fed from)."""
         r = self.running
-        if r is None:
-            return False
-        p = r.pipeline
-        # every source ended (a replay file without loop): idle, not hung
-        inference_ok = p.finished.is_set() or (
-            time.monotonic() - p.heartbeat < self.stall_s and p.inference_alive()
-        )
-        return inference_ok and r.link.thread_alive() and r.publisher.alive()
+        return r is not None and is_live(liveness(r, self.stall_s))
 
     def summary(self) -> str:
         """One line for systemd's STATUS=."""

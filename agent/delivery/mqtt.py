@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import select
 import socket
 import ssl
 import threading
@@ -29,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.config import MqttSection
 from agent.errors import PublishError
 
@@ -67,24 +66,6 @@ class Message(Protocol):
     def retain(self) -> bool: ...
 
 
-class Backoff:
-    """Capped exponential backoff with full jitter: delay in [base/2, base], base doubling."""
-
-    def __init__(self, minimum: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self._attempt = 0
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
-
-    def next_delay(self) -> float:
-        base = min(self.maximum, self.minimum * float(2**self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return float(base * (0.5 + 0.5 * self._rng.random()))
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
     with contextlib.suppress(OSError, AttributeError):  # unix sockets, websockets
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -106,8 +87,14 @@ class _TcpBuffer:
       ``send`` only appends to a buffer, and ``release`` writes the burst with one call.
       Outside a burst a ``send`` goes out at once. Everything is written in the order it was
       sent, by one thread at a time; a send never returns short, so paho's own queue stays
-      empty. A write that cannot complete within ``timeout_s`` closes the connection (paho
-      reports it lost; the spool resends what was not acknowledged).
+      empty.
+    - no thread but the network thread ever waits for the socket: a write takes what the
+      socket accepts now and leaves the rest in the buffer, and the network thread (paho's
+      loop: ``_Client.want_write``/``loop_write``) writes it when the socket is writable. So a
+      broker that stops reading never blocks a source thread publishing inline, the
+      publisher thread, or the systemd watchdog. When the buffer has not moved for
+      ``timeout_s`` the network thread closes the connection (paho reports it lost; the
+      spool resends what was not acknowledged).
     """
 
     def __init__(self, sock: socket.socket, timeout_s: float) -> None:
@@ -120,6 +107,7 @@ class _TcpBuffer:
         self._writer = threading.Lock()  # held by the thread writing _out to the socket
         self._out = bytearray()
         self._hold = 0
+        self._stalled_since: float | None = None  # monotonic time the buffer last moved
 
     # ---------------------------------------------------------------- reading (network thread)
 
@@ -146,7 +134,7 @@ class _TcpBuffer:
             self._out += data
             if self._hold:
                 return len(data)
-        self._write_out()
+        self.flush()
         return len(data)
 
     def hold(self) -> None:
@@ -159,38 +147,55 @@ class _TcpBuffer:
             if self._hold:
                 return
         with contextlib.suppress(OSError):  # the connection is closed: paho will notice
-            self._write_out()
+            self.flush()
 
-    def _write_out(self) -> None:
-        """Write everything buffered, in order. A thread that finds another one writing leaves
-        its bytes to it (the writer looks again after letting go)."""
+    def pending_out(self) -> bool:
+        """Bytes wait for the socket (and no burst is holding them)."""
+        with self._lock:
+            return bool(self._out) and not self._hold
+
+    def flush(self) -> None:
+        """Write what the socket takes now, in order, never waiting for it. A thread that
+        finds another one writing leaves its bytes to it (the writer looks again after
+        letting go); what the socket does not take waits for the network thread."""
         while self._writer.acquire(blocking=False):
             try:
                 while True:
                     with self._lock:
                         if not self._out or self._hold:
+                            if not self._out:
+                                self._stalled_since = None
                             break
                         chunk = bytes(self._out)
-                        self._out.clear()
-                    self._write_all(chunk)
+                    try:
+                        n = self.tcp.send(chunk)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError:
+                        self._fail("write failed")
+                    with self._lock:
+                        del self._out[:n]
+                        if n < len(chunk):  # the socket is full: the network thread goes on
+                            if n or self._stalled_since is None:
+                                self._stalled_since = time.monotonic()
+                            return
             finally:
                 self._writer.release()
             with self._lock:
                 if not self._out or self._hold:
                     return
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        deadline = time.monotonic() + self._timeout
-        while view:
-            try:
-                view = view[self.tcp.send(view) :]
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([], [self.tcp], [], left)[1]:
-                    self._fail(f"could not write for {self._timeout:.0f}s")
-            except OSError:
-                self._fail("write failed")
+    def check_stall(self) -> None:
+        """Close the connection when buffered bytes have not moved for ``timeout_s``."""
+        with self._lock:
+            since = self._stalled_since
+        if since is not None and self._out and time.monotonic() - since > self._timeout:
+            log.warning("MQTT socket: could not write for %.0fs; closing it", self._timeout)
+            with self._lock:
+                self._out.clear()
+                self._stalled_since = None
+            with contextlib.suppress(OSError):
+                self.tcp.shutdown(socket.SHUT_RDWR)  # paho's select/recv sees it
 
     def _fail(self, why: str) -> NoReturn:
         with self._lock:
@@ -212,7 +217,11 @@ class _TcpBuffer:
 
 
 class _Client(paho.Client):
-    """paho's client, with ``_TcpBuffer`` on plain TCP connections (TLS buffers on its own)."""
+    """paho's client, with ``_TcpBuffer`` on plain TCP connections (TLS buffers on its own).
+
+    Its network loop also writes what the buffer holds when the socket becomes writable, and
+    closes a connection whose socket has taken nothing for ``write_timeout_s``.
+    """
 
     write_timeout_s = 30.0
 
@@ -221,6 +230,23 @@ class _Client(paho.Client):
         if type(sock) is socket.socket:
             return _TcpBuffer(sock, self.write_timeout_s)
         return sock
+
+    def want_write(self) -> bool:
+        sock = self._sock
+        return super().want_write() or (isinstance(sock, _TcpBuffer) and sock.pending_out())
+
+    def loop_write(self) -> MQTTErrorCode:
+        sock = self._sock
+        if isinstance(sock, _TcpBuffer):
+            with contextlib.suppress(OSError):  # closed: the read side reports it
+                sock.flush()
+        return super().loop_write()
+
+    def loop_misc(self) -> MQTTErrorCode:
+        sock = self._sock
+        if isinstance(sock, _TcpBuffer):
+            sock.check_stall()
+        return super().loop_misc()
 
 
 @contextlib.contextmanager
@@ -290,7 +316,7 @@ def _make_client(settings: MqttSection, client_id: str, password: str | None) ->
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise PublishError(f"TLS setup failed: {exc}") from exc
+            raise PublishError(PublishError.TLS, f"TLS setup failed: {exc}") from exc
         if tls.insecure:
             client.tls_insecure_set(True)
     return client
@@ -330,6 +356,7 @@ class MqttLink:
         self._on_disconnect: list[Listener] = []
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
+        self._session: paho.Client | None = None  # the client from its CONNACK on
         self._generation = 0
         self._pending: dict[tuple[int, int], AckCallback] = {}
         self._early: set[tuple[int, int]] = set()
@@ -353,7 +380,7 @@ class MqttLink:
     def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
         with self._lock:
             self._subs[topic_filter] = (qos, handler)
-            client = self._client if self._connected.is_set() else None
+            client = self._session  # else the next CONNACK subscribes it
         if client is not None:
             self._subscribe_on(client, topic_filter, qos, handler)
 
@@ -460,7 +487,9 @@ class MqttLink:
 
     def _subscribe_on(
         self, client: paho.Client, topic_filter: str, qos: int, handler: MessageHandler
-    ) -> None:
+    ) -> int | None:
+        """Subscribe on ``client``; the message id its SUBACK will carry (None: not sent)."""
+
         def on_message(c: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
             try:
                 handler(message.topic, bytes(message.payload))
@@ -468,9 +497,25 @@ class MqttLink:
                 log.exception("handler for %s failed", topic_filter)
 
         client.message_callback_add(topic_filter, on_message)
-        client.subscribe(topic_filter, qos)
+        rc, mid = client.subscribe(topic_filter, qos)
+        return mid if rc == paho.MQTT_ERR_SUCCESS else None
 
     def _callbacks(self, client: paho.Client, gen: int) -> None:
+        awaiting: set[int] = set()  # SUBACKs this connection waits for before its birth
+        born = False
+
+        def birth(c: paho.Client) -> None:
+            nonlocal born
+            born = True
+            for m in self._birth:
+                c.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            self._backoff.reset()
+            self.last_error = None
+            self._connected.set()
+            log.info("MQTT connected to %s:%s", self.settings.host, self.settings.port)
+            for fn in self._on_connect:
+                fn()
+
         def on_connect(
             c: paho.Client,
             userdata: Any,
@@ -486,18 +531,25 @@ class MqttLink:
                 return
             with self._lock:
                 subs = dict(self._subs)
+                self._session = c  # later subscribe() calls go straight to it
+            # birth once every subscription is acknowledged: whoever sees 'online' may
+            # publish to our topics, and those messages must find the subscription in place
             for topic_filter, (qos, handler) in subs.items():
-                self._subscribe_on(c, topic_filter, qos, handler)
-            # birth after the subscriptions: the broker handles one client's packets in order,
-            # so whoever sees 'online' knows our subscriptions are in place
-            for m in self._birth:
-                c.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-            self._backoff.reset()
-            self.last_error = None
-            self._connected.set()
-            log.info("MQTT connected to %s:%s", self.settings.host, self.settings.port)
-            for fn in self._on_connect:
-                fn()
+                mid = self._subscribe_on(c, topic_filter, qos, handler)
+                if mid is not None:
+                    awaiting.add(mid)
+            if not awaiting:
+                birth(c)
+
+        def on_subscribe(
+            c: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+        ) -> None:
+            if any(r.is_failure for r in reasons):
+                log.error("MQTT: the broker refused a subscription (%s)", reasons)
+            if mid in awaiting:
+                awaiting.discard(mid)
+                if not awaiting and not born:
+                    birth(c)
 
         def on_publish(
             c: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties
@@ -513,6 +565,7 @@ class MqttLink:
                 cb()
 
         client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
         client.on_publish = on_publish
 
     def _run(self) -> None:
@@ -559,6 +612,7 @@ class MqttLink:
                 self._connected.clear()
                 with self._lock:
                     self._client = None
+                    self._session = None
             if was_connected and not self._stop.is_set():
                 log.warning("MQTT connection to %s:%s lost", self.settings.host, self.settings.port)
                 for fn in self._on_disconnect:
@@ -571,7 +625,9 @@ def _start_short_lived(client: paho.Client, settings: MqttSection) -> str:
     try:
         _connect(client, settings)
     except (OSError, ssl.SSLError, ValueError) as exc:
-        raise PublishError(f"cannot connect to MQTT broker {where}: {exc}") from exc
+        raise PublishError(
+            PublishError.CONNECT, f"cannot connect to MQTT broker {where}: {exc}"
+        ) from exc
     client.loop_start()
     return where
 
@@ -599,7 +655,10 @@ def publish_once(
     where = _start_short_lived(client, settings)
     try:
         if not connected.wait(timeout_s) or refused:
-            raise PublishError(f"MQTT broker {where} did not accept us: {refused or 'timeout'}")
+            raise PublishError(
+                PublishError.REFUSED,
+                f"MQTT broker {where} did not accept us: {refused or 'timeout'}",
+            )
         deadline = time.monotonic() + timeout_s
         infos = [
             (m, client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)) for m in messages
@@ -607,10 +666,16 @@ def publish_once(
         for m, info in infos:
             remaining = max(0.0, deadline - time.monotonic())
             if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise PublishError(f"publish to {m.topic} failed: {paho.error_string(info.rc)}")
+                raise PublishError(
+                    PublishError.PUBLISH,
+                    f"publish to {m.topic} failed: {paho.error_string(info.rc)}",
+                )
             info.wait_for_publish(remaining)
             if not info.is_published():
-                raise PublishError(f"publish to {m.topic} was not acknowledged in {timeout_s}s")
+                raise PublishError(
+                    PublishError.PUBLISH,
+                    f"publish to {m.topic} was not acknowledged in {timeout_s}s",
+                )
     finally:
         client.disconnect()
         client.loop_stop()
@@ -656,7 +721,9 @@ def collect_retained(
     where = _start_short_lived(client, settings)
     try:
         if not subscribed.wait(timeout_s):
-            raise PublishError(f"could not subscribe on {where} within {timeout_s}s")
+            raise PublishError(
+                PublishError.SUBSCRIBE, f"could not subscribe on {where} within {timeout_s}s"
+            )
         quiet = threading.Event()
         while not quiet.wait(settle_s / 5):
             with lock:

@@ -425,7 +425,8 @@ def watch_fleet(
             if time.monotonic() > deadline or (link.reconnects >= 2 and link.last_error):
                 detail = link.last_error or "timeout"
                 raise PublishError(
-                    f"cannot connect to MQTT broker {settings.host}:{settings.port}: {detail}"
+                    PublishError.CONNECT,
+                    f"cannot connect to MQTT broker {settings.host}:{settings.port}: {detail}",
                 )
         yield view
     finally:

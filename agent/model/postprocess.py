@@ -62,7 +62,9 @@ class Postprocessor(Protocol):
 
 
 def _nonfinite(name: str, stream: str) -> InferenceError:
-    return InferenceError(f"non-finite output {name!r} (NaN or Inf) for stream {stream!r}")
+    return InferenceError(
+        InferenceError.NON_FINITE, f"non-finite output {name!r} (NaN or Inf) for stream {stream!r}"
+    )
 
 
 def _fmt(shape: Sequence[int]) -> str:
@@ -181,7 +183,8 @@ class ClassificationPostprocessor:
             raise _nonfinite(self.name, stream)
         if len(scores) != len(self.labels):
             raise InferenceError(
-                f"output {self.name!r} has {len(scores)} values, expected {len(self.labels)}"
+                InferenceError.OUTPUT_SIZE,
+                f"output {self.name!r} has {len(scores)} values, expected {len(self.labels)}",
             )
         if self.smoothing > 1:
             scores = self._smoother(stream).add(raw.ravel())
@@ -206,7 +209,8 @@ class ClassificationPostprocessor:
             raise _nonfinite(self.name, stream)
         if flat.size != len(self.labels):
             raise InferenceError(
-                f"output {self.name!r} has {flat.size} values, expected {len(self.labels)}"
+                InferenceError.OUTPUT_SIZE,
+                f"output {self.name!r} has {flat.size} values, expected {len(self.labels)}",
             )
         labels, k = self.labels, self.top_k
         if k == 1:
@@ -258,7 +262,8 @@ class RegressionPostprocessor:
         if self.names:
             if len(rounded) != len(self.names):
                 raise InferenceError(
-                    f"output {self.name!r} has {len(rounded)} values, expected {len(self.names)}"
+                    InferenceError.OUTPUT_SIZE,
+                    f"output {self.name!r} has {len(rounded)} values, expected {len(self.names)}",
                 )
             return {"values": dict(zip(self.names, rounded, strict=True))}
         return {"values": rounded}
@@ -288,8 +293,9 @@ class AnomalyPostprocessor:
             ref = window.ravel()
             if flat.shape != ref.shape:
                 raise InferenceError(
+                    InferenceError.OUTPUT_SIZE,
                     f"output {self.name!r} has {flat.size} values, the input {ref.size}: "
-                    "score = 'mse' needs equal sizes"
+                    "score = 'mse' needs equal sizes",
                 )
             diff = flat.astype(np.float64) - ref
             score = float(np.dot(diff, diff)) / diff.size

@@ -468,7 +468,9 @@ class Model:
                 try:
                     set_(idx, np.asarray(x, dtype))
                 except (ValueError, TypeError) as exc2:
-                    raise InferenceError(f"{self.label}: input {pub.name!r}: {exc2}") from exc
+                    raise InferenceError(
+                        InferenceError.BAD_INPUT, f"{self.label}: input {pub.name!r}: {exc2}"
+                    ) from exc
 
         return write
 
@@ -581,7 +583,10 @@ class Model:
             return self._read_all()
 
     def _invoke_error(self, exc: Exception) -> InferenceError:
-        return InferenceError(f"{self.label}: invoke failed (runtime {self.runtime_name}): {exc}")
+        return InferenceError(
+            InferenceError.INVOKE_FAILED,
+            f"{self.label}: invoke failed (runtime {self.runtime_name}): {exc}",
+        )
 
     def run_named(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run with inputs by name; outputs by name. Unknown or missing names -> ShapeMismatch."""

@@ -349,9 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ShapeMismatch as exc:
             raise _ApiError(HTTPStatus.BAD_REQUEST, "wrong_shape", str(exc)) from None
         except InferenceError as exc:
-            text = str(exc).lower()
-            reason = "non_finite" if "finite" in text or "nan" in text else "inference_failed"
-            raise _ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, reason, str(exc)) from None
+            raise _ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, exc.reason, exc.detail) from None
         except EdgeAgentError as exc:
             raise _ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "not_ready", str(exc)) from None
         self._json(HTTPStatus.OK, result)

@@ -36,8 +36,32 @@ if TYPE_CHECKING:
     from agent.pipeline.threads import Pipeline
     from agent.wire.topics import Topics
 
-HEARTBEAT_STALE_S = 30.0
-"""An inference loop that has not come round for this long is considered stuck."""
+STALL_S = 10.0
+"""An inference loop that has not come round for this long is hung: ``/healthz`` says so and
+the systemd watchdog pings are withheld (one definition of "healthy": ``liveness``)."""
+
+
+def liveness(r: Running, stall_s: float = STALL_S) -> dict[str, bool]:
+    """The checks that make a running agent healthy, and whether the broker is connected.
+
+    ``inference``: the inference thread is alive and its last pass is recent (or every source
+    ended: idle, not hung); ``publisher`` and ``mqtt_link``: their threads are alive. A live
+    agent passes the first three; ``mqtt_connected`` is reported, not required (an outage is
+    what the spool is for).
+    """
+    p = r.pipeline
+    ended = p.finished.is_set()
+    inference = ended or (p.inference_alive() and time.monotonic() - p.heartbeat < stall_s)
+    return {
+        "inference": inference,
+        "publisher": r.publisher.alive(),
+        "mqtt_link": r.link.thread_alive(),
+        "mqtt_connected": r.link.connected,
+    }
+
+
+def is_live(checks: dict[str, bool]) -> bool:
+    return checks["inference"] and checks["publisher"] and checks["mqtt_link"]
 
 
 class Running(Protocol):
@@ -58,6 +82,7 @@ class AgentLike(Protocol):
     cfg: Config
     metrics: Metrics
     ready: threading.Event
+    stall_s: float
 
     @property
     def running(self) -> Running | None: ...
@@ -129,23 +154,12 @@ class RunningAgentView:
 
     # ---------------------------------------------------------------- health & status
 
-    def _checks(self, r: Running) -> dict[str, bool]:
-        p = r.pipeline
-        inference = p.inference_alive() or p.finished.is_set()
-        fresh = p.finished.is_set() or time.monotonic() - p.heartbeat < HEARTBEAT_STALE_S
-        return {
-            "inference": inference and fresh,
-            "publisher": r.publisher.alive(),
-            "mqtt_link": r.link.thread_alive(),
-            "mqtt_connected": r.link.connected,
-        }
-
     def health(self) -> dict[str, Any]:
         r = self._agent.running
         if r is None:
             return {"status": "starting", "live": True, "ready": False, "checks": {}}
-        checks = self._checks(r)
-        live = checks["inference"] and checks["publisher"] and checks["mqtt_link"]
+        checks = liveness(r, self._agent.stall_s)
+        live = is_live(checks)
         ready = self._agent.ready.is_set()
         status = "ok" if live and ready else ("starting" if live else "unhealthy")
         return {"status": status, "live": live, "ready": ready, "checks": checks}

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Protocol
 
 import agent
+from agent.backoff import backoff_delay
 from agent.errors import UpdateError
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,7 @@ class HttpFetcher:
                         raise UpdateError(
                             "download_failed", f"{url}: {exc} (after {s.retries} retries)"
                         ) from exc
-                    delay = min(s.backoff_max_s, s.backoff_min_s * 2 ** (failures - 1))
-                    delay *= 0.5 + 0.5 * self._rng.random()
+                    delay = backoff_delay(failures - 1, s.backoff_min_s, s.backoff_max_s, self._rng)
                     if time.monotonic() + delay > deadline:
                         raise UpdateError(
                             "download_timeout", f"{url}: {exc}; no time left for a retry"

@@ -2,8 +2,8 @@
 
 Every write the update path makes goes through here:
 
-* ``atomic_write``: write a temp file in the same directory, fsync it, rename it over the
-  target, fsync the directory (the rename itself is only durable once the directory is).
+* ``atomic_write``: ``agent.durable.atomic_write`` (temp file, fsync, rename, fsync the
+  directory) with its ``OSError`` translated.
 * ``atomic_symlink``: the same for a symlink (``current`` / ``previous``): create it under a
   temp name, ``os.replace`` it over the old one, fsync the directory.
 * ``fsync_dir``: after creating, renaming or deleting entries.
@@ -17,22 +17,14 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
+from agent import durable
+from agent.durable import fsync_dir, tmp_name
 from agent.errors import UpdateError
 
 log = logging.getLogger(__name__)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` (creations, renames, deletions) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:
@@ -43,25 +35,11 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-
-
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the directory."""
-    tmp = _tmp_name(path)
+    """``agent.durable.atomic_write``, failing with ``UpdateError("storage")``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        fsync_dir(path.parent)
+        durable.atomic_write(path, data, mode)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise UpdateError("storage", f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
@@ -82,7 +60,7 @@ def read_json(path: Path) -> Any | None:
 
 def atomic_symlink(link: Path, target: str) -> None:
     """Point ``link`` at ``target`` (a relative name) atomically: a reader sees old or new."""
-    tmp = _tmp_name(link)
+    tmp = tmp_name(link)
     try:
         tmp.symlink_to(target)
         tmp.replace(link)

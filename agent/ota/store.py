@@ -27,8 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.durable import fsync_dir
 from agent.errors import PackageError, UpdateError
-from agent.ota.files import atomic_symlink, atomic_write_json, fsync_dir, read_json, remove_link
+from agent.ota.files import atomic_symlink, atomic_write_json, read_json, remove_link
 from agent.release.manifest import MODEL_FILENAME, Manifest, Version, parse_manifest
 from agent.release.package import (
     MANIFEST_NAME,

@@ -103,8 +103,7 @@ class OnDemandRunner:
                 latency = time.perf_counter() - t0
                 result = post(outs, x, stream)
             except InferenceError as exc:
-                reason = "non_finite" if "finite" in str(exc).lower() else "error"
-                self.metrics.inc("on_demand_errors", reason=reason)
+                self.metrics.inc("on_demand_errors", reason=exc.reason)
                 raise
         self.metrics.inc("on_demand_predictions")
         self.metrics.observe("on_demand", latency)

@@ -145,7 +145,7 @@ class ShadowRunner:
         m = self._per_stream.get(stream)
         if m is None:
             if len(self._per_stream) >= MAX_STREAMS:
-                raise InferenceError(f"shadow: more than {MAX_STREAMS} streams")
+                raise InferenceError("too_many_streams", f"shadow: more than {MAX_STREAMS} streams")
             m = self.candidate.model.clone(label=f"shadow:{stream}")
             self._per_stream[stream] = m
         return m

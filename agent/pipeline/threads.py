@@ -40,7 +40,7 @@ from agent.delivery.publisher import PredictionRecord, Publisher
 from agent.errors import InferenceError, SampleError, ShapeMismatch
 from agent.ingest.preprocess import Encoder, Preprocessor, check_model_input
 from agent.ingest.samples import RateLimitedLog, SampleBlock
-from agent.ingest.sources import Source, SourceContext, build_source
+from agent.ingest.sources import PushSource, Source, SourceContext, build_source
 from agent.ingest.window import StreamWindowers, Windows
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
@@ -146,6 +146,7 @@ class Pipeline:
         )
         self._stop_sources = threading.Event()
         self._sources: list[tuple[Source, threading.Thread]] = []
+        self._emits: list[Callable[[SampleBlock], None]] = []
         self._ctx = ctx
         self._warn = RateLimitedLog(log)
         self._infer_thread: threading.Thread | None = None
@@ -164,6 +165,7 @@ class Pipeline:
                 target=self._run_source, args=(src, emit), name=f"source-{src.name}", daemon=True
             )
             self._sources.append((src, t))
+            self._emits.append(emit)
 
     # ---------------------------------------------------------------- public
 
@@ -178,6 +180,9 @@ class Pipeline:
         )
         self._infer_thread.start()
         self._live_sources = len(self._sources)
+        for (src, _), emit in zip(self._sources, self._emits, strict=True):
+            if isinstance(src, PushSource):  # subscribed before the MQTT link connects
+                src.attach(emit, self._stop_sources)
         for _, t in self._sources:
             t.start()
 
@@ -383,7 +388,7 @@ class Pipeline:
                         kept[i] = outs
                     result = post(outs, x if window is None else window(x), stream)
                 except InferenceError as exc:
-                    self.metrics.inc("inference_errors", reason=_reason(exc))
+                    self.metrics.inc("inference_errors", reason=exc.reason)
                     self._warn.warning("infer", "inference failed on %s: %s", stream, exc)
                     continue
                 latencies.append(latency)
@@ -417,10 +422,3 @@ class Pipeline:
                 st.drift.observe(windows.data, kept)
             if shadow is not None:
                 shadow.offer(st.encoder, windows, stream, kept)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).lower()
-    if "finite" in text or "nan" in text:
-        return "non_finite"
-    return "error"

@@ -22,8 +22,6 @@ import binascii
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -33,6 +31,7 @@ from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.durable import atomic_write
 from agent.errors import PackageError, SignatureError
 from agent.release.manifest import MODEL_FILENAME, Manifest, canonical_json, parse_manifest
 from agent.release.signing import PublicKey, SigningKey, verify
@@ -136,26 +135,6 @@ def write_package(path: Path, pkg: Package) -> Path:
     """Write atomically: temp file, fsync, rename, fsync the directory."""
     atomic_write(path, pkg.to_bytes())
     return path
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _read_bounded(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:

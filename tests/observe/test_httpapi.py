@@ -55,9 +55,11 @@ class FakeView:
             self.entered.set()
             self.block.wait(10)
         if stream == "boom":
-            raise InferenceError("invoke failed: bad kernel")
+            raise InferenceError(InferenceError.INVOKE_FAILED, "invoke failed: bad kernel")
         if stream == "nan-out":
-            raise InferenceError("non-finite output 'y' (NaN or Inf) for stream 'nan-out'")
+            raise InferenceError(
+                InferenceError.NON_FINITE, "non-finite output 'y' (NaN or Inf) for stream 'nan-out'"
+            )
         if stream == "gone":
             raise EdgeAgentError("the agent is not running")
         if stream == "shape":
@@ -168,7 +170,7 @@ def test_predict_ok(api: HttpApi, view: FakeView) -> None:
         (b'{"samples": [[1, 2, NaN], [1, 2, 3], [1, 2, 3], [1, 2, 3]]}', 400, "not_finite"),
         (b'{"samples": [[1, 2, 1e400], [1, 2, 3], [1, 2, 3], [1, 2, 3]]}', 400, "not_finite"),
         ({"samples": GOOD, "stream": "shape"}, 400, "wrong_shape"),
-        ({"samples": GOOD, "stream": "boom"}, 500, "inference_failed"),
+        ({"samples": GOOD, "stream": "boom"}, 500, "invoke_failed"),
         ({"samples": GOOD, "stream": "nan-out"}, 500, "non_finite"),
         ({"samples": GOOD, "stream": "gone"}, 503, "not_ready"),
         ({"samples": GOOD, "stream": "bug"}, 500, "internal_error"),

@@ -16,7 +16,14 @@ from typing import Any
 
 from agent.config import SourceConfig
 from agent.errors import SourceError
-from agent.ingest.sources.base import Emit, MessageHandler, Source, SourceContext, Subscriber
+from agent.ingest.sources.base import (
+    Emit,
+    MessageHandler,
+    PushSource,
+    Source,
+    SourceContext,
+    Subscriber,
+)
 from agent.ingest.sources.command import CommandProcess
 from agent.ingest.sources.mqtt import MqttSubscription
 from agent.ingest.sources.replay import FileReplay
@@ -29,6 +36,7 @@ __all__ = [
     "FileReplay",
     "MessageHandler",
     "MqttSubscription",
+    "PushSource",
     "Source",
     "SourceContext",
     "Subscriber",

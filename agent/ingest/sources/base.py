@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.errors import SampleError
 from agent.ingest.samples import RateLimitedLog, SampleBlock
@@ -38,6 +38,15 @@ class Source(Protocol):
     name: str
 
     def run(self, emit: Emit, stop: threading.Event) -> None: ...
+
+
+@runtime_checkable
+class PushSource(Source, Protocol):
+    """A source fed by callbacks (MQTT). ``attach`` registers them; the pipeline calls it in
+    ``Pipeline.start``, before the MQTT link connects, so that the link subscribes before it
+    announces the device ``online`` (whoever sees ``online`` may publish samples)."""
+
+    def attach(self, emit: Emit, stop: threading.Event) -> None: ...
 
 
 @dataclass

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.backoff import backoff_delay
 from agent.config import CommandSource as CommandConfig
 from agent.errors import SampleError, SourceError
 from agent.ingest.samples import SampleBlock
@@ -98,12 +99,6 @@ class LineSplitter:
         rest, self._buf = self._buf, b""
         skipping, self._skipping = self._skipping, False
         return [rest] if rest and not skipping else []
-
-
-def restart_delay(failures: int, minimum: float, maximum: float, rng: random.Random) -> float:
-    """Delay before restart number ``failures + 1`` of a run of quick failures."""
-    base = min(maximum, minimum * 2.0 ** min(failures, 32))
-    return max(minimum, base * rng.uniform(0.5, 1.0))
 
 
 def _exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -219,7 +214,7 @@ class CommandProcess:
             ran = time.monotonic() - started
             if ran >= self.stable_after_s:
                 failures = 0
-            delay = restart_delay(
+            delay = backoff_delay(
                 failures, cfg.restart_backoff_min_s, cfg.restart_backoff_max_s, self._rng
             )
             failures += 1

@@ -29,7 +29,7 @@ def has_wildcard(topic_filter: str) -> bool:
 
 
 class MqttSubscription:
-    """Subscribes ``topic`` on ``run`` and turns every message into a block."""
+    """Subscribes ``topic`` (``attach``, else on ``run``) and turns every message into a block."""
 
     def __init__(self, cfg: MqttConfig, ctx: SourceContext) -> None:
         if ctx.subscriber is None:
@@ -39,6 +39,7 @@ class MqttSubscription:
         self.ctx = ctx
         self._subscriber: Subscriber = ctx.subscriber
         self.format = PayloadFormat(cfg.channels, cfg.format, cfg.dtype, cfg.max_payload_bytes)
+        self._attached = False
 
     def handler(self, emit: Emit, stop: threading.Event) -> MessageHandler:
         """The message handler ``run`` subscribes (public so tests can drive it directly)."""
@@ -57,7 +58,14 @@ class MqttSubscription:
 
         return on_message
 
-    def run(self, emit: Emit, stop: threading.Event) -> None:
+    def attach(self, emit: Emit, stop: threading.Event) -> None:
+        """Subscribe now (the link renews it on every connection, before its birth message)."""
+        if self._attached:
+            return
+        self._attached = True
         self._subscriber.subscribe(self.cfg.topic, self.cfg.qos, self.handler(emit, stop))
         log.info("mqtt source %s: subscribed to %s", self.name, self.cfg.topic)
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        self.attach(emit, stop)
         stop.wait()

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.backoff import Backoff, backoff_delay
 from agent.config import CommandSource
 from agent.errors import SourceError
 from agent.ingest.sources import CommandProcess, build_source
-from agent.ingest.sources.command import LineSplitter, restart_delay
+from agent.ingest.sources.command import LineSplitter
 from tests.ingest.sources._sink import Sink, make_ctx, running
 
 
@@ -173,14 +174,14 @@ def test_backoff_resets_after_a_stable_run(
     assert set(delays) == {0.05}
 
 
-def test_restart_delay_bounds() -> None:
+def test_backoff_delay_bounds() -> None:
     rng = random.Random(0)
     for failures in range(40):
         base = min(60.0, 1.0 * 2**failures)
         for _ in range(20):
-            d = restart_delay(failures, 1.0, 60.0, rng)
+            d = backoff_delay(failures, 1.0, 60.0, rng)
             assert max(1.0, base / 2) <= d <= base
-    assert restart_delay(0, 1.0, 60.0, rng) == 1.0
+    assert backoff_delay(0, 1.0, 60.0, rng) == 1.0
 
 
 def test_stop_terminates_the_whole_process_group(tmp_path: Path) -> None:
@@ -314,3 +315,13 @@ def test_a_program_that_cannot_start_is_retried(
         program.chmod(0o755)
         sink.wait_samples(1)
     assert "could not be started" in caplog.text
+
+
+def test_backoff_doubles_to_its_cap_and_resets() -> None:
+    """The MQTT link's reconnect waits: each within [base/2, base], base doubling to the cap."""
+    b = Backoff(0.5, 4.0, random.Random(3))
+    delays = [b.next_delay() for _ in range(6)]
+    for d, base in zip(delays, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0], strict=True):
+        assert max(0.5, base / 2) <= d <= base
+    b.reset()
+    assert b.next_delay() == 0.5
