@@ -36,7 +36,7 @@ from agent.fleet.rollout import (
     promote,
     run_rollout,
 )
-from agent.fleet.shadowgate import GateResult, drifting, shadow_gate
+from agent.fleet.shadowgate import GateResult, drifting, shadow_gate, shadows_reported
 from agent.fleet.view import all_reported, drift_cell, format_table, watch_fleet
 from agent.release.manifest import Announcement, Targets, utc_now
 
@@ -220,7 +220,7 @@ def _gate(args: argparse.Namespace, settings: MqttSection, pw: str | None) -> Ga
         raise EdgeAgentError(f"channel {args.source} announces nothing for {args.model}")
     _, version = manifest_version(src)
     with watch_fleet(settings, pw) as view:
-        view.wait_for(all_reported, args.wait)
+        view.wait_for(lambda ds: all_reported(ds) and shadows_reported(ds), args.wait)
         devices = view.devices()
     gate = shadow_gate(devices, args.model, version, args.min_agreement, args.min_windows)
     for d in gate.passed:

@@ -56,3 +56,12 @@ def drifting(devices: list[DeviceState], threshold: float | None) -> dict[str, l
         if over:
             groups[f"{d.model or '?'} {d.version or '?'}"].append(d)
     return dict(sorted(groups.items()))
+
+
+def shadows_reported(devices: list[DeviceState]) -> bool:
+    """Every online device whose OTA state says ``shadow`` has its shadow report in."""
+    return all(
+        d.shadow is not None
+        for d in devices
+        if d.online and d.ota is not None and d.ota.state == "shadow"
+    )
