@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import convert, forward, models, startup, steady, swap, throughput
+from bench import convert, forward, models, shadow, startup, steady, swap, throughput
 from bench.context import Context
 from bench.procs import OUT, REPO, load_average, machine, versions
 from bench.report import Row, table, write_doc
@@ -26,6 +26,7 @@ FAMILIES: dict[str, Callable[[Context], list[Row]]] = {
     "forward": forward.run,
     "swap": swap.run,
     "convert": convert.run,
+    "shadow": shadow.run,
 }
 DOC = REPO / "docs" / "benchmarks.md"
 

@@ -26,6 +26,9 @@ SMOKE_ROWS = (
     "7 enqueue, broker down",
     "7 drain after reconnect",
     "8 hot swap at 200/s",
+    "16 shadow: active latency p50 tiny",
+    "16 shadow: active windows/s tiny",
+    "16 drift: CPU/window tiny",
 )
 
 

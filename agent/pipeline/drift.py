@@ -37,6 +37,8 @@ from agent.wire.predictions import ModelRef
 log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
+FLUSH_SAMPLES = 256
+"""Samples per channel gathered before they are binned together (at most a chunk)."""
 
 
 class RollingCounts:
@@ -138,6 +140,10 @@ class DriftMonitor:
         self._alert_channels: list[str] = []
         self.last_alert: DriftAlertV1 | None = None
         self.windows_seen = 0
+        self._pending: list[npt.NDArray[np.generic]] = []
+        self._pending_out: list[Sequence[npt.NDArray[Any]] | None] = []
+        self._pending_n = 0
+        self._flush_at = min(FLUSH_SAMPLES, step)
 
     # ---------------------------------------------------------------- per group of windows
 
@@ -145,10 +151,26 @@ class DriftMonitor:
         self, data: npt.NDArray[np.generic], outputs: Sequence[Sequence[npt.NDArray[Any]] | None]
     ) -> None:
         """``data``: the encoded windows ``(n, length, channels)``; ``outputs``: each window's
-        outputs (None for a failed one)."""
+        outputs (None for a failed one). Kept (one copy of the new rows, the output arrays'
+        references) until ``FLUSH_SAMPLES`` samples are pending, then binned in one pass: a
+        group of one window costs a copy and two list appends."""
         n, length = data.shape[0], data.shape[1]
         self.windows_seen += n
-        rows = data[:, max(0, length - self._hop) :, :]
+        self._pending.append(data[:, max(0, length - self._hop) :, :].copy())
+        self._pending_n += n * min(length, self._hop)
+        if self._ref_out is not None:
+            self._pending_out.extend(outputs)
+        if self._pending_n >= self._flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        """Bin what is pending (``observe`` calls it; tests and readers may too)."""
+        if not self._pending:
+            return
+        rows_list, outputs = self._pending, self._pending_out
+        self._pending, self._pending_out, self._pending_n = [], [], 0
+        rows = rows_list[0] if len(rows_list) == 1 else np.concatenate(rows_list)
+        n = rows.shape[0]
         x = rows.reshape(-1, rows.shape[-1]).astype(np.float32)
         counts = bin_counts(x, self._lo, self._hi, self._bins)
         s1 = x.sum(axis=0, dtype=np.float64)
