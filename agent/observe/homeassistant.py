@@ -186,6 +186,15 @@ _METRIC_SENSORS: tuple[tuple[str, str, str, str | None, str | None, int | None, 
     ),
     ("queue_depth", "Queue depth", "{{ value_json.queue.depth }}", None, None, 0, "mdi:tray-full"),
     (
+        "drift_score",
+        "Drift score (PSI)",
+        "{{ value_json.drift.score if value_json.drift.score is defined else 0 }}",
+        None,
+        None,
+        3,
+        "mdi:chart-bell-curve",
+    ),
+    (
         "memory",
         "Memory (RSS)",
         "{{ value_json.memory_rss_bytes }}",
@@ -259,6 +268,18 @@ def discovery_configs(
                 device=device,
             ),
         )
+    add(
+        f"{model}_drift",
+        HaBinarySensorConfig(
+            name=f"{model_name} drift",
+            unique_id=f"{node}_{model}_drift",
+            state_topic=topics.drift,
+            value_template="{{ 'ON' if value_json.active else 'OFF' }}",
+            device_class="problem",
+            availability_topic=avail,
+            device=device,
+        ),
+    )
     add(
         f"{model}_model",
         HaUpdateConfig(

@@ -206,11 +206,14 @@ def test_discovery_configs_fit_ha_and_real_payloads(case: str, batched: bool) ->
         pred = {"v": 1, "device": "pi.kitchen-1", "batch": [prediction(pred["outputs"], 6), pred]}
         PredictionBatchV1.model_validate(pred)
     metrics = json.loads(snapshot(filled_metrics()).model_dump_json())
+    metrics["drift"] = {"score": 0.31, "alert": True}  # the parts the templates read
     ota_state = {"state": "downloading", "version": "1.3.0", "running": "1.2.0"}
+    drift_alert = {"active": True, "channels": ["ch1"]}
     by_topic = {
         topics.prediction("demo"): pred,
         topics.metrics: metrics,
         topics.ota_state: ota_state,
+        topics.drift: drift_alert,
     }
     seen_components = set()
     for msg in msgs:
@@ -226,9 +229,7 @@ def test_discovery_configs_fit_ha_and_real_payloads(case: str, batched: bool) ->
             if key in conf:
                 values = check_template(conf[key], by_topic[conf[topic_key]])
                 assert values, (key, conf[key])
-    assert seen_components == (
-        {"sensor", "update", "binary_sensor"} if case == "anomaly" else {"sensor", "update"}
-    )
+    assert seen_components == {"sensor", "update", "binary_sensor"}  # drift: binary
     names = [json.loads(m.payload)["name"] for m in msgs]
     assert len(names) == len(set(names))
     # the headline value of each type
@@ -266,7 +267,8 @@ def test_update_entity_versions() -> None:
 def test_metric_sensors_follow_the_config() -> None:
     topics = Topics("edge", "d")
     off = parse_config({"metrics": {"interval_s": 0}, "homeassistant": {"enabled": True}})
-    assert len(discovery_configs(off, topics, "demo", "0.1.0", "x")) == 2  # prediction + update
+    # prediction, drift alert, model update
+    assert len(discovery_configs(off, topics, "demo", "0.1.0", "x")) == 3
     on = parse_config({"homeassistant": {"enabled": True, "discovery_prefix": "ha"}})
     with_temp = discovery_configs(on, topics, "demo", "0.1.0", "x", cpu_temp=True)
     without = discovery_configs(on, topics, "demo", "0.1.0", "x", cpu_temp=False)
@@ -344,9 +346,10 @@ def test_agent_publishes_retained_discovery(broker: Broker, tmp_path: Path) -> N
     for topic, payload in configs.items():
         c = check_ha_config(topic, payload, "ha-dev")
         components.add(topic.split("/")[1])
-        if c.get("state_topic") in by_topic:
+        if c.get("state_topic") in by_topic and "drift" not in c["value_template"]:
             assert check_template(c["value_template"], by_topic[c["state_topic"]])
-    assert components == {"sensor", "update"}
+    # the demo model's package has no drift reference: the score falls back to 0
+    assert components == {"sensor", "update", "binary_sensor"}
     update = next(
         json.loads(p) for t, p in configs.items() if t.startswith("homeassistant/update/")
     )
