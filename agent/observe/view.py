@@ -142,12 +142,17 @@ class RunningAgentView:
             }
         )
 
-    def drift(self) -> dict[str, Any]:
-        """``GET /drift``: the drift scores, or why there are none."""
-        d = self._running().pipeline.drift
-        if d is None:
-            return {"enabled": False}
-        return {"enabled": True} | d.snapshot().model_dump(mode="json")
+    def field(self) -> dict[str, Any]:
+        """``GET /drift``: the drift scores (null: the package has no reference) and the
+        shadow report (null: no shadow runs)."""
+        r = self._running()
+        d, s = r.pipeline.drift, r.pipeline.shadow
+        return {
+            "drift": d.snapshot().model_dump(mode="json") if d is not None else None,
+            "shadow": s.report(r.cfg.agent.device_id, r.pipeline.active).model_dump(mode="json")
+            if s is not None
+            else None,
+        }
 
     def metrics_text(self) -> str:
         return render_prometheus(self.collect())
