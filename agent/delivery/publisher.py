@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from agent.config import BatchSection
-from agent.delivery.mqtt import Message, OutgoingMessage
+from agent.delivery.mqtt import Message
 from agent.delivery.spool import Spool, SpooledMessage
 from agent.errors import SpoolError
 from agent.metrics import Metrics
@@ -57,8 +57,9 @@ AckCallback = Callable[[], None]
 class Link(Protocol):
     """The part of ``agent.delivery.mqtt.MqttLink`` the publisher uses.
 
-    A link may also offer ``publish_many(items) -> int`` (a burst, see ``MqttLink``); the
-    publisher uses it when present.
+    ``publish_many`` sends a burst in order and returns how many went out (a prefix; 0 when
+    there is no connection). ``on_ack`` callbacks run on the link's network thread, once per
+    acknowledged message of the connection (``generation``) it was sent on.
     """
 
     @property
@@ -67,7 +68,7 @@ class Link(Protocol):
     @property
     def generation(self) -> int: ...
 
-    def publish(self, msg: OutgoingMessage, on_ack: AckCallback | None = None) -> bool: ...
+    def publish_many(self, items: Sequence[tuple[Message, AckCallback | None]]) -> int: ...
 
     def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
 
@@ -128,9 +129,7 @@ class Publisher:
         self._throttled = False
         self._room = threading.Event()
         self._room.set()
-        many = getattr(link, "publish_many", None)
-        self._publish_many: Callable[[Sequence[tuple[Message, AckCallback | None]]], int]
-        self._publish_many = many if callable(many) else self._publish_each
+        self._publish_many = link.publish_many
         self.delivered = 0
         # Inline hand-over: a producer finding the publisher idle does its work itself,
         # holding _state (which the thread holds for each of its rounds). _queued counts the
@@ -382,13 +381,6 @@ class Publisher:
                 self._inflight += sent
             if sent < len(batch):
                 return
-
-    def _publish_each(self, items: Sequence[tuple[Message, AckCallback | None]]) -> int:
-        """``publish_many`` for a link that has only ``publish``."""
-        for n, (m, on_ack) in enumerate(items):
-            if not self._link.publish(OutgoingMessage(m.topic, m.payload, m.qos, m.retain), on_ack):
-                return n
-        return len(items)
 
     def _ack_callback(self, msg_id: int) -> AckCallback:
         """Runs on the network thread: queue the id, and wake the publisher once for all the

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.config import BatchSection, MqttSection
-from agent.delivery.mqtt import MqttLink, OutgoingMessage
+from agent.delivery.mqtt import Message, MqttLink, OutgoingMessage
 from agent.delivery.publisher import PredictionRecord, Publisher
 from agent.delivery.spool import Spool
 from agent.metrics import Metrics
@@ -18,44 +20,80 @@ from tests.mqttclient import Collector
 
 
 class FakeLink:
-    """In-memory stand-in for MqttLink: records publishes; acks on demand."""
+    """Stands in for ``MqttLink`` the way production uses it: bursts through ``publish_many``,
+    and acknowledgements delivered from a network thread of its own (never from the thread
+    that published), dropped when they belong to an older connection (``generation``).
+
+    ``auto_ack``: every message is acknowledged (by the network thread) as it is sent; else
+    they wait in ``unacked`` until ``ack(n)``. ``max_outstanding`` is the most messages ever
+    sent and not yet acknowledged at once (the in-flight window the publisher kept)."""
 
     def __init__(self, auto_ack: bool = True) -> None:
         self.connected = False
         self.generation = 0
         self.auto_ack = auto_ack
         self.sent: list[OutgoingMessage] = []
-        self.unacked: list[Callable[[], None]] = []
+        self.unacked: list[tuple[int, Callable[[], None]]] = []
+        self.outstanding = 0
+        self.max_outstanding = 0
+        self.bursts = 0
         self._listeners: list[Callable[[], None]] = []
         self.cond = threading.Condition()
+        self._net: queue.SimpleQueue[tuple[int, Callable[[], None]]] = queue.SimpleQueue()
+        threading.Thread(target=self._network, name="fake-network", daemon=True).start()
+
+    def _network(self) -> None:
+        while True:
+            gen, on_ack = self._net.get()
+            with self.cond:
+                if gen != self.generation:
+                    continue  # an ack of a connection that is gone
+                self.outstanding -= 1
+            on_ack()
 
     def add_connect_listener(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
 
     def connect(self) -> None:
-        self.generation += 1
-        self.connected = True
+        with self.cond:
+            self.generation += 1
+            self.connected = True
+            self.outstanding = 0
         for fn in self._listeners:
             fn()
 
     def disconnect(self) -> None:
-        self.connected = False
-        self.unacked.clear()
-
-    def publish(self, msg: OutgoingMessage, on_ack: Callable[[], None] | None = None) -> bool:
-        if not self.connected:
-            return False
         with self.cond:
-            self.sent.append(msg)
-            self.cond.notify_all()
-        if on_ack is not None:
-            if self.auto_ack:
-                on_ack()
-            else:
-                self.unacked.append(on_ack)
-        return True
+            self.connected = False
+            self.unacked.clear()
 
-    def wait_sent(self, n: int, timeout: float = 10) -> list[OutgoingMessage]:
+    def publish_many(self, items: Sequence[tuple[Message, Callable[[], None] | None]]) -> int:
+        with self.cond:
+            if not self.connected:
+                return 0
+            self.bursts += 1
+            for msg, on_ack in items:
+                self.sent.append(OutgoingMessage(msg.topic, msg.payload, msg.qos, msg.retain))
+                if on_ack is None:
+                    continue
+                self.outstanding += 1
+                self.max_outstanding = max(self.max_outstanding, self.outstanding)
+                if self.auto_ack:
+                    self._net.put((self.generation, on_ack))
+                else:
+                    self.unacked.append((self.generation, on_ack))
+            self.cond.notify_all()
+        return len(items)
+
+    def ack(self, n: int | None = None) -> None:
+        """Acknowledge the ``n`` oldest unacknowledged messages (all: None)."""
+        with self.cond:
+            n = len(self.unacked) if n is None else n
+            todo, self.unacked = self.unacked[:n], self.unacked[n:]
+        for item in todo:
+            self._net.put(item)
+
+    def wait_sent(self, n: int, timeout: float = 30) -> list[OutgoingMessage]:
         with self.cond:
             assert self.cond.wait_for(lambda: len(self.sent) >= n, timeout), len(self.sent)
             return list(self.sent)
@@ -72,6 +110,14 @@ def record(i: int) -> PredictionRecord:
         latency_ms=0.1,
         t_in=0.0,
     )
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30) -> None:
+    """Watching state another thread changes, with no event to await: poll it."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.002)
 
 
 def seqs(msgs: list[OutgoingMessage]) -> list[int]:
@@ -168,8 +214,8 @@ def test_unacked_messages_are_resent_after_reconnect(tmp_path: Path) -> None:
     for i in range(20):
         pub.submit(record(i))
     link.wait_sent(20)
-    for ack in link.unacked[:5]:  # the broker acknowledged only the first five
-        ack()
+    link.ack(5)  # the broker acknowledged only the first five
+    wait_until(lambda: spool.depth == 15)
     link.disconnect()
     link.auto_ack = True
     link.sent.clear()
@@ -180,17 +226,72 @@ def test_unacked_messages_are_resent_after_reconnect(tmp_path: Path) -> None:
     assert spool.depth == 0
 
 
-def test_inflight_window_is_respected(tmp_path: Path) -> None:
+def test_inflight_window_is_never_exceeded(tmp_path: Path) -> None:
+    """At most ``window`` messages are sent and unacknowledged at any moment, however the
+    acks (from the network thread) interleave with new predictions."""
     link = FakeLink(auto_ack=False)
     link.connect()
-    pub, _ = make(tmp_path, link, window=10)
+    pub, spool = make(tmp_path, link, window=10)
     for i in range(40):
         pub.submit(record(i))
     link.wait_sent(10)
+    wait_until(lambda: spool.depth == 40)  # every prediction spooled, 10 of them sent
     assert len(link.sent) == 10
-    for ack in list(link.unacked):
-        ack()
-    link.wait_sent(20)
+    for n in (3, 7, 10, 10, 10):
+        link.ack(n)
+        link.wait_sent(min(40, len(link.sent) + n))
+    link.ack()
+    wait_until(lambda: spool.depth == 0)
+    assert seqs(link.sent) == list(range(40))
+    assert link.max_outstanding == 10
+    pub.stop(5)
+
+
+def test_auto_acked_stream_keeps_the_window(tmp_path: Path) -> None:
+    link = FakeLink()
+    link.connect()
+    pub, spool = make(tmp_path, link, window=8)
+    for i in range(0, 2000, 50):
+        pub.submit_many([record(i + j) for j in range(50)])
+    link.wait_sent(2000)
+    pub.stop(5)
+    assert seqs(link.sent) == list(range(2000))
+    assert 0 < link.max_outstanding <= 8
+    assert spool.depth == 0
+
+
+def test_back_pressure_blocks_producers_only_on_a_live_connection(tmp_path: Path) -> None:
+    """With the broker not acknowledging, ``submit`` blocks once ``max_ahead`` messages wait
+    unpublished behind the full window, and resumes when acks make room; while disconnected
+    nothing blocks (the spool absorbs the outage)."""
+    link = FakeLink(auto_ack=False)
+    link.connect()
+    pub, spool = make(tmp_path, link, window=5, max_ahead=20)
+    i = 0
+    while not pub._throttled:  # one at a time: the publisher sees each before the next
+        pub.submit(record(i))
+        i += 1
+        wait_until(lambda n=i: spool.last_id == n)  # type: ignore[misc]
+        assert i <= 5 + 21, "the publisher never throttled"
+    assert i == 5 + 21  # the window (5 sent) plus one more than max_ahead waiting
+    done = threading.Event()
+
+    def one_more() -> None:
+        pub.submit(record(i))
+        done.set()
+
+    producer = threading.Thread(target=one_more)
+    producer.start()
+    assert not done.wait(0.5)  # blocked: nothing acknowledged, nothing published
+    deadline = time.monotonic() + 30
+    while not done.wait(0.01):  # the broker acknowledges again: room, the producer goes on
+        link.ack()
+        assert time.monotonic() < deadline, "the producer stayed blocked"
+    producer.join()
+    link.disconnect()
+    for j in range(200):  # offline: never blocks
+        pub.submit(record(i + 1 + j))
+    wait_until(lambda: spool.last_id == i + 201)
     pub.stop(1)
 
 

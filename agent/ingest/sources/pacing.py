@@ -19,11 +19,16 @@ MAX_CATCHUP_SAMPLES = 4096
 """Largest block a late source emits to catch up (when its ``block_size`` is smaller)."""
 
 
+STEP_S = 1.0
+"""A wall clock that moved this much against the monotonic one was stepped (NTP)."""
+
+
 class Schedule:
     """Deadlines as offsets (seconds) from the moment the schedule was made."""
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()
+        self._wall0 = time.time() - (time.monotonic() - self.t0)  # the wall time at t0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -38,8 +43,13 @@ class Schedule:
     def wall(self, offsets: F64) -> F64:
         """Epoch seconds of the given due offsets (now, when a sample is on time).
 
-        Computed from the current monotonic/wall pair, so a wall clock step (NTP) moves the
-        stamps with it instead of skewing the spacing between samples.
+        One anchor (the wall time at the start) serves every block, so stamps within a stream
+        never go backwards and keep the exact spacing of the rate: reading the two clocks
+        again for every block made them jitter by microseconds, backwards at some block
+        boundaries. Only a real step of the wall clock (NTP: more than ``STEP_S``) moves the
+        anchor, and the stamps with it.
         """
-        mono, wall = time.monotonic(), time.time()
-        return wall - (mono - self.t0) + offsets
+        drift = time.time() - time.monotonic() - (self._wall0 - self.t0)
+        if abs(drift) > STEP_S:
+            self._wall0 += drift
+        return self._wall0 + offsets
