@@ -2,8 +2,9 @@
 
     view.py        what every device reports (retained status/OTA state, the metrics stream)
     rollout.py     announce a version to a channel, follow it, abort on failures; promote
+    shadowgate.py  promotion gated on shadow reports; devices over the drift threshold
     connection.py  broker options of the command line -> ``agent.config.MqttSection``
-    cli.py         the ``edge-fleet`` command (status, rollout, promote)
+    cli.py         the ``edge-fleet`` command (status, rollout, promote, drift)
 
 Everything goes through ``agent.delivery.mqtt`` (``MqttLink``, ``collect_retained``,
 ``publish_once``).

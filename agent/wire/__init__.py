@@ -5,6 +5,12 @@ that output against these models. docs/payloads.md documents each one.
 """
 
 from agent.wire.base import Wire
+from agent.wire.fieldcheck import (
+    DriftAlertV1,
+    DriftScoreV1,
+    DriftV1,
+    ShadowReportV1,
+)
 from agent.wire.metrics import METRICS_SCHEMA, LatencyMs, MetricsV1, MqttStats, QueueStats, Rates
 from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal
 from agent.wire.predictions import (
@@ -20,6 +26,9 @@ __all__ = [
     "METRICS_SCHEMA",
     "PREDICTION_SCHEMA",
     "DownloadProgress",
+    "DriftAlertV1",
+    "DriftScoreV1",
+    "DriftV1",
     "LatencyMs",
     "MetricsV1",
     "ModelRef",
@@ -31,6 +40,7 @@ __all__ = [
     "QueueStats",
     "Rates",
     "Refusal",
+    "ShadowReportV1",
     "Topics",
     "Wire",
     "prediction_dict",
