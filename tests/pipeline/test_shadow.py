@@ -14,11 +14,13 @@ from agent.config import Config, parse_config
 from agent.delivery.publisher import PredictionRecord
 from agent.fleet.shadowgate import shadow_gate
 from agent.fleet.view import DeviceState, ShadowSummary
-from agent.ingest.preprocess import Preprocessor
+from agent.ingest.preprocess import Encoder, Preprocessor
 from agent.ingest.sources import SourceContext
+from agent.ingest.window import Windows
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.runtime import Model, load_model
+from agent.pipeline.shadow import ShadowRunner
 from agent.pipeline.threads import Pipeline
 from agent.wire.fieldcheck import ShadowReportV1
 from agent.wire.topics import Topics
@@ -140,3 +142,59 @@ def test_shadow_agreement_is_exact_and_active_predictions_unchanged(tmp_path: Pa
     assert "agreement" in gate.failed["pass"] and "no shadow report" in gate.failed["none"]
     gate = shadow_gate(devices, "m", "2", min_agreement=0.0, min_windows=n + 1)
     assert gate.passed == [] and "windows compared" in gate.failed["few"]
+
+
+def _windows(n: int, channels: int = 3) -> Windows:
+    data = np.ones((n, 1, channels), np.float32)
+    return Windows(data, np.arange(n, dtype=np.float64), 0.0, 0)
+
+
+def _stream_cfg(max_queue: int = 8) -> Config:
+    return parse_config(
+        {
+            "window": {"length": 1, "hop": 1},
+            "postprocess": {"type": "raw"},
+            "shadow": {"max_queue": max_queue},
+        }
+    )
+
+
+def test_a_stateful_candidate_keeps_its_own_state_per_stream() -> None:
+    cfg = _stream_cfg()
+    content = zoo.streaming_model().content
+    active = load_model(content)
+    candidate = load_model(content)
+    runner = ShadowRunner(cfg, ActiveModel(candidate, "m", "2"), dict)
+    enc = Encoder(Preprocessor(cfg.preprocess, 3), active.feed)
+    outs = [active.run_native(np.ones((1, 3), np.float32)) for _ in range(3)]
+    runner.start()
+    runner.offer(enc, _windows(3), "a", list(outs))
+    runner.offer(enc, _windows(2), "b", list(outs[:2]))
+    runner.stop()
+    assert runner.compared == 5 and runner.errors == {}
+    counts = {}
+    for stream in ("a", "b"):
+        res = runner._per_stream[stream].run_native(np.ones((1, 3), np.float32))
+        counts[stream] = float(
+            np.asarray(res[[t.name for t in candidate.outputs].index("count")]).reshape(-1)[0]
+        )
+    assert counts == {"a": 4.0, "b": 3.0}  # each stream's clone counted only its own frames
+    first = candidate.run_native(np.ones((1, 3), np.float32))  # the loaded one: never run
+    assert (
+        float(np.asarray(first[[t.name for t in candidate.outputs].index("count")]).reshape(-1)[0])
+        == 1.0
+    )
+
+
+def test_a_full_shadow_queue_skips_and_counts_without_blocking() -> None:
+    cfg = _stream_cfg(max_queue=1)
+    content = zoo.streaming_model().content
+    runner = ShadowRunner(cfg, ActiveModel(load_model(content), "m", "2"), dict)
+    enc = Encoder(Preprocessor(cfg.preprocess, 3), load_model(content).feed)
+    outs = [[np.zeros((1, 1), np.float32)]] * 4
+    runner.offer(enc, _windows(4), "a", list(outs))  # queued (the thread is not started)
+    runner.offer(enc, _windows(4), "a", list(outs))  # full: skipped
+    runner.offer(enc, _windows(4), "a", [None, *outs[:3]])  # full: 3 ran on the active
+    assert runner.skipped == 7
+    report = runner.report("dev", ActiveModel(load_model(content), "m", "1"))
+    assert report.windows_skipped == 7 and report.windows_compared == 0
