@@ -43,6 +43,7 @@ from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
+from agent.pipeline.shadow import ShadowRunner
 from agent.release.package import SignatureFile, check_artifact
 from agent.release.signing import load_trusted_keys
 from agent.wire.topics import Topics
@@ -84,6 +85,9 @@ class SwappablePipeline(Protocol):
     def swap_model(self, active: ActiveModel) -> None: ...
 
     def set_shadow(self, candidate: ActiveModel | None) -> None: ...
+
+    @property
+    def shadow(self) -> ShadowRunner | None: ...
 
 
 def _claimed_version(offer: Offer | None) -> str | None:
@@ -260,8 +264,24 @@ class Updater:
                 self._refused(_claimed_version(offer), exc, job.source)
             self._intake.done(job, exc.reason)
             return
+        if self._shadowing(accepted):
+            self._intake.done(job, "up_to_date")
+            return
         self._decider.accept(accepted)
         self._intake.done(job, self._apply(accepted))
+
+    def _shadowing(self, acc: Accepted) -> bool:
+        """The offer is a shadow of the build shadowed now (a retained announcement delivered
+        again on reconnect): keep it running, with its counts."""
+        targets = acc.offer.targets
+        current = self.pipeline.shadow
+        if targets is None or not targets.shadow or current is None:
+            return False
+        cand = current.candidate
+        if (cand.version, cand.sha256) != (acc.version, acc.sha256):
+            return False
+        log.info("%s runs as a shadow already", acc.version)
+        return True
 
     def _refused(self, version: str | None, exc: UpdateError, source: str) -> None:
         log.warning("refused %s from %s: %s", version or "an offer", source, exc)

@@ -11,6 +11,7 @@ from its store.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,16 @@ def test_shadow_reports_exact_agreement_and_promote_follows_it(
         assert report.windows_skipped == 0 and report.errors == {}
         assert report.top1_agreements == agree, (report.top1_agreements, agree)
         assert report.top1_agreement == agree / WINDOWS
+
+        # the retained announcement delivered again (as on every reconnect): the shadow goes on
+        publish(broker.host, broker.port, "edge/ota/shadow/m", ann, retain=True)
+        deadline = time.monotonic() + 30
+        while "runs as a shadow already" not in agent.output():
+            assert time.monotonic() < deadline and agent.alive(), agent.output()[-3000:]
+            time.sleep(0.05)  # another process's log: nothing to await
+        mark = len(col.messages)
+        msgs = col.wait_for(lambda m: len(_reports(m[mark:])) >= 2, 30)
+        assert [r.windows_compared for r in _reports(msgs[mark:])][-1] == WINDOWS
 
         # the device's predictions are the active model's own, every one
         preds = predictions(msgs)
