@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import Config
 from agent.delivery.mqtt import OutgoingMessage
@@ -43,10 +43,12 @@ from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
-from agent.pipeline.shadow import ShadowRunner
 from agent.release.package import SignatureFile, check_artifact
 from agent.release.signing import load_trusted_keys
 from agent.wire.topics import Topics
+
+if TYPE_CHECKING:
+    from agent.pipeline.shadow import ShadowRunner
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config, MqttSource
 from agent.delivery.publisher import PredictionRecord, Publisher
@@ -46,11 +46,13 @@ from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.postprocess import AnomalyPostprocessor, Postprocessor, build_postprocessor
 from agent.model.runtime import Array
-from agent.pipeline.drift import DriftMonitor, drift_monitor
 from agent.pipeline.ondemand import OnDemandRunner
-from agent.pipeline.shadow import ShadowRunner
-from agent.wire.fieldcheck import DriftAlertV1
 from agent.wire.topics import Topics
+
+if TYPE_CHECKING:  # imported when used: a device without drift or shadows does not pay for them
+    from agent.pipeline.drift import DriftMonitor
+    from agent.pipeline.shadow import ShadowRunner
+    from agent.wire.fieldcheck import DriftAlertV1
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,21 @@ def build_stages(
         topic=topics.prediction(active.name),
         encoder=encoder,
         window=encoder.decode if reads_input and encoder.quantized else None,
-        drift=drift_monitor(cfg, active, encoder, on_drift),
+        drift=_drift_monitor(cfg, active, encoder, on_drift),
     )
+
+
+def _drift_monitor(
+    cfg: Config,
+    active: ActiveModel,
+    encoder: Encoder,
+    on_drift: Callable[[DriftAlertV1], None] | None,
+) -> DriftMonitor | None:
+    if active.reference is None or not cfg.drift.enabled:
+        return None
+    from agent.pipeline.drift import drift_monitor
+
+    return drift_monitor(cfg, active, encoder, on_drift)
 
 
 class Pipeline:
@@ -208,6 +223,8 @@ class Pipeline:
         when it does not fit the pipeline (agent/pipeline/shadow.py)."""
         runner = None
         if candidate is not None:
+            from agent.pipeline.shadow import ShadowRunner
+
             runner = ShadowRunner(self.cfg, candidate, lambda: self.metrics.latency("invoke"))
             runner.start()
         old, self.shadow = self.shadow, runner
