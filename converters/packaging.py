@@ -114,6 +114,8 @@ def golden_samples(
 
 REFERENCE_WINDOWS = 4096
 """At most this many samples of the data go into the reference statistics (the first ones)."""
+REFERENCE_VALUES = 4_000_000
+"""...and at most about this many input values (an image model takes fewer samples)."""
 
 
 def reference_statistics(model: Model, data: Dataset, spec: PackageSpec) -> Reference | None:
@@ -121,7 +123,8 @@ def reference_statistics(model: Model, data: Dataset, spec: PackageSpec) -> Refe
     None for a multi-input model (the streaming pipeline feeds one input)."""
     if len(data.inputs) != 1 or len(model.inputs) != 1:
         return None
-    data = data.take(REFERENCE_WINDOWS)
+    per_sample = max(1, int(data.inputs[0][0].size))
+    data = data.take(max(1, min(REFERENCE_WINDOWS, REFERENCE_VALUES // per_sample)))
     x = data.inputs[0]
     channels = spec.preprocess.channels if spec.preprocess and spec.preprocess.channels else None
     channels = channels or int(x.shape[-1]) if x.ndim >= 2 else 1
