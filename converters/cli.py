@@ -109,7 +109,9 @@ def _add_build_args(p: argparse.ArgumentParser, *, package: bool) -> None:
     p.add_argument("--normalize", choices=("none", "standard", "minmax"))
     for stat in ("mean", "std", "min", "max"):
         p.add_argument(f"--{stat}", type=_floats, help=f"preprocess: per-channel {stat}")
-    p.add_argument("--postprocess", choices=("classification", "regression", "anomaly", "raw"))
+    p.add_argument(
+        "--postprocess", choices=("classification", "regression", "anomaly", "raw", "detection")
+    )
     p.add_argument("--anomaly-threshold", type=float, help="postprocess threshold (anomaly)")
     p.add_argument("-o", "--output", type=Path, help="output .eapkg (default NAME-VERSION.eapkg)")
 

@@ -14,6 +14,8 @@ TensorFlow import (~4 s, paid once per test session).
     streaming_model()            one signature (serving_default): x (1, 3) -> count (1, 1),
                                  ema (1, 3); keeps a moving average in resource variables
     two_signature_model()        the same state with two signatures, "step" and "peek"
+    window_mean_model(l, k)      "window" (1, l, k) -> "scores" (1, k): the mean over the window
+                                 (a recording of one-hot rows is a recording of known scores)
     anomaly_autoencoder(mode)    "window" (1, 32, 3) -> "output_0" (1, 32, 3), float32 or int8
     without_signatures(content)  the same model with its signature defs removed (older models)
     reference_outputs(...)       the expected outputs, computed with the interpreter directly
@@ -217,6 +219,19 @@ def ema_reference(frames: Sequence[F32]) -> list[tuple[F32, float]]:
         ema = (EMA_ALPHA * ema + (1.0 - EMA_ALPHA) * x).astype(np.float32)
         out.append((ema.copy(), float(i)))
     return out
+
+
+@functools.cache
+def window_mean_model(length: int, classes: int) -> ZooModel:
+    """Float32: each class's score is its channel's mean over the window (detection tests)."""
+    tf = _tf()
+    keras = tf.keras
+    inp = keras.Input((length, classes), batch_size=1, name="window")
+    out = keras.layers.GlobalAveragePooling1D(name="scores")(inp)
+    content = _keras_convert(keras.Model(inp, out), "float32", [])
+    return ZooModel(
+        f"window_mean_{length}x{classes}", content, [np.ones((1, length, classes), np.float32)]
+    )
 
 
 @functools.cache

@@ -3,7 +3,8 @@
     edge-agent run [--config config.toml]       run the daemon (no --config: embedded defaults)
     edge-agent check-config [--config ...]      validate, print the effective config
     edge-agent inspect MODEL                    tensors, quantisation, ops, size of a .tflite/.eapkg
-    edge-agent predict MODEL --input FILE       one-shot inference, JSON out
+    edge-agent predict MODEL --input FILE       one-shot inference, JSON out (--stream: a
+                                                recording windowed as `run` does, state carried)
     edge-agent demo                             local broker, agent on defaults, prints predictions
 
 Exit codes: 0 success, 1 failure at run time, 2 bad model or bad input at start, 78 (EX_CONFIG)
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(float; quantised with the input tensor's own scale/zero-point)",
     )
     p.add_argument("--runtime", default="auto", help="auto | litert | tflite-runtime | tensorflow")
+    _add_predict_fidelity(p)
 
     p = sub.add_parser(
         "demo", help="start a local broker and the agent on its defaults; show predictions"
@@ -80,6 +82,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: a broker on localhost:1883, else a private Mosquitto, else amqtt",
     )
     return parser
+
+
+def _add_predict_fidelity(p: argparse.ArgumentParser) -> None:
+    """``predict``'s options at parity with ``run``: kernels, threads, signature, streaming."""
+    p.add_argument(
+        "--reference-kernels",
+        action="store_true",
+        help="builtin reference kernels without XNNPACK (model.reference_kernels): bit-exact "
+        "with TFLite's C library / TFLite Micro (docs/fidelity.md)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (model.num_threads)")
+    p.add_argument("--signature", default=None, help="signature to run (model.signature)")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="the input is a recording (samples, channels): cut it into windows as `run` does "
+        "and run them in order on one interpreter (state carried); one JSON line per window",
+    )
+    p.add_argument(
+        "--hop",
+        type=int,
+        default=None,
+        help="--stream: samples between window starts (window.hop; default: the window length)",
+    )
+    p.add_argument(
+        "--carry-state",
+        action="store_true",
+        help="without --stream: feed the examples to one interpreter in order (a stateful "
+        "model then carries its state from one to the next; default: each starts fresh)",
+    )
 
 
 def _model_bytes(path: Path) -> bytes:
@@ -131,10 +163,40 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.stream:
+        return _predict_stream(args)
     from agent.model.modelinfo import predict_file
 
-    out = predict_file(_model_bytes(args.model), args.input, runtime=args.runtime)
+    out = predict_file(
+        _model_bytes(args.model),
+        args.input,
+        runtime=args.runtime,
+        signature=args.signature,
+        num_threads=args.threads,
+        reference_kernels=args.reference_kernels,
+        carry_state=args.carry_state,
+        label=str(args.model),
+    )
     print(json.dumps(out))
+    return 0
+
+
+def _predict_stream(args: argparse.Namespace) -> int:
+    """``predict --stream``: one JSON line per window of the recording, in order."""
+    from agent.pipeline.offline import predict_stream
+
+    lines = predict_stream(
+        _model_bytes(args.model),
+        args.input,
+        runtime=args.runtime,
+        signature=args.signature,
+        num_threads=args.threads,
+        reference_kernels=args.reference_kernels,
+        hop=args.hop,
+        label=str(args.model),
+    )
+    for line in lines:
+        print(json.dumps(line))
     return 0
 
 

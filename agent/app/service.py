@@ -5,6 +5,9 @@
 - SIGHUP: read the config again; if it is valid, rebuild the pipeline with it (the spool keeps
   whatever was not yet delivered); if not, log every problem and keep running as before.
 - A model that is missing, corrupt or does not fit the pipeline is a start-up error (exit 2).
+- Batch evaluation (a replay source with ``exit_when_done = true``): once every source has
+  finished and every prediction has been acknowledged by the broker (the spool is empty), shut
+  down as on SIGTERM and exit 0 (1 if a source failed: a partial evaluation is no result).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ if TYPE_CHECKING:  # imported when OTA is enabled: cryptography and the manifest
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_STARTUP = 2
 EXIT_CONFIG = 78  # EX_CONFIG: the unit's RestartPreventExitStatus (retrying cannot help)
 
@@ -226,8 +230,16 @@ class Agent:
             return EXIT_STARTUP
         self.start(r)
         while True:
-            while not self._wake.wait(1.0):
-                pass
+            while not self._wake.wait(0.2 if self.cfg.exit_when_done else 1.0):
+                if self.cfg.exit_when_done and self._all_done(r):
+                    failed = sum(self.metrics.counters_by_reason("source_failures").values())
+                    log.info(
+                        "every source finished and every prediction was delivered: exiting "
+                        "(exit_when_done)%s",
+                        f"; {failed} source(s) failed" if failed else "",
+                    )
+                    self.shutdown(r, final_status=True)
+                    return EXIT_FAILED if failed else EXIT_OK
             self._wake.clear()
             if self._stop.is_set():
                 self.shutdown(r, final_status=True)
@@ -246,6 +258,12 @@ class Agent:
             else:
                 cfg = self.cfg = new_cfg
             self.start(r)
+
+    @staticmethod
+    def _all_done(r: Running) -> bool:
+        """Batch evaluation is over: the sources finished, their windows ran, and the spool
+        holds nothing unacknowledged."""
+        return r.pipeline.finished.is_set() and r.publisher.drained()
 
     def _reread(self) -> Config | None:
         try:

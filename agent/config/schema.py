@@ -31,6 +31,7 @@ __all__ = [
     "ClassificationPost",
     "CommandSource",
     "Config",
+    "DetectionPost",
     "HomeAssistantSection",
     "HttpSection",
     "MetricsSection",
@@ -146,6 +147,12 @@ class ModelSection(_Table):
         description="Name of the input tensor the window feeds, checked against the model "
         "(default: the model's only input; the streaming pipeline runs single-input models).",
     )
+    stream_state_limit_mb: float = Field(
+        64.0,
+        gt=0,
+        description="A stateful (streaming) model gets one interpreter per stream; start-up is "
+        "refused when window.max_streams such interpreters could need more than this (MiB).",
+    )
 
     @model_validator(mode="after")
     def _name(self) -> ModelSection:
@@ -211,6 +218,11 @@ class ReplaySource(_SourceBase):
         "ts", description="CSV/JSON column with the sample time in seconds, if present."
     )
     loop: bool = Field(False, description="Start again at the end of the file.")
+    exit_when_done: bool = Field(
+        False,
+        description="Batch evaluation: `run` exits 0 once every source has finished and every "
+        "prediction has been delivered (the spool is empty). Not with loop = true.",
+    )
     block_size: int = Field(
         1, ge=1, description="Samples per block ('fast' mode reads up to this many at once)."
     )
@@ -279,6 +291,12 @@ def _demo_source() -> SyntheticSource:
 class WindowSection(_Table):
     length: int = Field(32, ge=1, description="Samples per window.")
     hop: int = Field(16, ge=1, description="Samples between window starts.")
+    max_streams: int = Field(
+        MAX_STREAMS,
+        ge=1,
+        description="Streams tracked at once per source (further streams are dropped and "
+        "counted as too_many_streams); a stateful model keeps one interpreter per stream.",
+    )
 
     @model_validator(mode="after")
     def _hop(self) -> WindowSection:
@@ -318,7 +336,18 @@ class PreprocessSection(_Table):
 # --------------------------------------------------------------------------- postprocess
 
 
-class ClassificationPost(_Table):
+Precision = Annotated[int, Field(ge=1, le=17)] | Literal["lossless"]
+
+
+class _PostBase(_Table):
+    precision: Precision = Field(
+        6,
+        description="Significant digits of the floats in `outputs` (6: 0.996094), or "
+        "'lossless': every float32 output value exactly (its shortest round-trip repr).",
+    )
+
+
+class ClassificationPost(_PostBase):
     type: Literal["classification"] = "classification"
     labels: list[str] = Field(default_factory=list, description="Class names, in output order.")
     output: str | None = Field(None, description="Output tensor (default: the first).")
@@ -328,13 +357,13 @@ class ClassificationPost(_Table):
     publish_on_change: bool = Field(False, description="Publish only when the top label changes.")
 
 
-class RegressionPost(_Table):
+class RegressionPost(_PostBase):
     type: Literal["regression"] = "regression"
     names: list[str] = Field(default_factory=list, description="Names of the output values.")
     output: str | None = Field(None, description="Output tensor (default: the first).")
 
 
-class AnomalyPost(_Table):
+class AnomalyPost(_PostBase):
     type: Literal["anomaly"] = "anomaly"
     threshold: float = Field(description="Score above which the window is an anomaly.")
     output: str | None = Field(None, description="Output tensor holding the score.")
@@ -345,12 +374,58 @@ class AnomalyPost(_Table):
     )
 
 
-class RawPost(_Table):
+class RawPost(_PostBase):
     type: Literal["raw"] = "raw"
 
 
+class DetectionPost(_PostBase):
+    """Events, not a firehose: rising edges of a sliding mean (docs/payloads.md, detection)."""
+
+    type: Literal["detection"] = "detection"
+    labels: list[str] = Field(
+        default_factory=list, description="Class names, in output order (default '0', '1', ...)."
+    )
+    output: str | None = Field(None, description="Output tensor of scores (default: the first).")
+    average_windows: int = Field(
+        3,
+        ge=1,
+        description="Scores are averaged over the last N windows of the stream; nothing is "
+        "decided before N windows have been seen.",
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="A label is on while its mean score > threshold (strict)."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-label thresholds overriding `threshold`."
+    )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="Labels that never make events (background, silence, unknown).",
+    )
+    refractory_windows: int = Field(
+        0,
+        ge=0,
+        description="After an event of a label, its rising edges in the next N windows make "
+        "no event.",
+    )
+    heartbeat_windows: int = Field(
+        0,
+        ge=0,
+        description="Publish a heartbeat (current means, no event) after N windows without a "
+        "message on a stream (0 = never).",
+    )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> DetectionPost:
+        for label, t in self.thresholds.items():
+            if not 0.0 <= t <= 1.0:
+                raise ValueError(f"thresholds[{label!r}] = {t}: must be between 0 and 1")
+        return self
+
+
 PostprocessConfig = Annotated[
-    ClassificationPost | RegressionPost | AnomalyPost | RawPost, Field(discriminator="type")
+    ClassificationPost | RegressionPost | AnomalyPost | RawPost | DetectionPost,
+    Field(discriminator="type"),
 ]
 
 
@@ -598,6 +673,8 @@ class Config(_Table):
         channels = {s.channels for s in self.sources}
         if len(channels) > 1:
             raise ValueError(f"sources: all sources must have the same channels, got {channels}")
+        if any(isinstance(s, ReplaySource) and s.exit_when_done and s.loop for s in self.sources):
+            raise ValueError("sources: exit_when_done and loop = true exclude each other")
         n = self.sources[0].channels
         for key in ("mean", "std", "min", "max"):
             vals = getattr(self.preprocess, key)
@@ -612,9 +689,14 @@ class Config(_Table):
     def postprocess_labels(self) -> list[str]:
         return (
             list(self.postprocess.labels)
-            if isinstance(self.postprocess, ClassificationPost)
+            if isinstance(self.postprocess, ClassificationPost | DetectionPost)
             else []
         )
+
+    @property
+    def exit_when_done(self) -> bool:
+        """Batch evaluation: exit once every source has finished and the spool is empty."""
+        return any(isinstance(s, ReplaySource) and s.exit_when_done for s in self.sources)
 
     def spool_path(self) -> Path:
         return self.queue.path or self.agent.state_dir / "spool.db"

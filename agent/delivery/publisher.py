@@ -85,6 +85,7 @@ class PredictionRecord(NamedTuple):
     outputs: dict[str, Any]
     latency_ms: float
     t_in: float  # perf_counter when the window's last sample entered the agent
+    sample: int = 0  # the window's first sample in its stream
 
 
 _STOP = object()
@@ -192,6 +193,14 @@ class Publisher:
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def drained(self) -> bool:
+        """Everything submitted so far is spooled, published and acknowledged (nothing
+        queued for the thread, no open batch, an empty spool). For batch evaluation: once the
+        producers have finished, this stays true."""
+        with self._queued_lock:
+            queued = self._queued
+        return queued == 0 and not self._pending_batch and self._spool.depth == 0
 
     # ---------------------------------------------------------------- the thread
 
@@ -428,7 +437,7 @@ class PayloadEncoder:
     def __call__(self, seq: int, rec: PredictionRecord) -> bytes:
         return (
             f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},{self._head(rec)}{self._number(rec.ts)},'
-            f'"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}}}'
+            f'"sample":{rec.sample:d},"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}}}'
         ).encode()
 
     def batch(self, payloads: list[bytes]) -> bytes:

@@ -103,6 +103,15 @@ def describe_model(
         "signatures": {n: _io(m) for n, m in models.items()},
         "ops": dict(sorted(counts.items())),
         "op_total": sum(counts.values()),
+        "subgraphs": [
+            {
+                "index": sub.index,
+                "name": sub.name,
+                "ops": dict(sorted(sub.ops.items())),
+                "op_total": sum(sub.ops.values()),
+            }
+            for sub in ref.subgraph_ops()
+        ],
         "stateful": ref.stateful,
     }
 
@@ -135,7 +144,13 @@ def format_description(d: Mapping[str, Any]) -> str:
     lines = [
         f"{d.get('path') or 'model'}: {d['size']:,} bytes, sha256 {d['sha256']}",
         f"runtime {d['runtime']}"
-        + (", stateful (keeps variables between calls)" if d["stateful"] else ""),
+        + (
+            "; STATEFUL: keeps state (variables) between invokes. `run` gives every stream "
+            "its own interpreter (window.max_streams, model.stream_state_limit_mb); `predict` "
+            "starts each example fresh unless --carry-state, --stream carries it (docs/fidelity.md)"
+            if d["stateful"]
+            else ""
+        ),
     ]
     sigs = d["signatures"]
     if d["inputs"] or d["outputs"]:
@@ -148,9 +163,20 @@ def format_description(d: Mapping[str, Any]) -> str:
         for name, io in sigs.items():
             lines += ["", f"signature {name}"]
             lines += _io_lines(" inputs", io["inputs"]) + _io_lines(" outputs", io["outputs"])
-    ops = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in d["ops"].items())
-    lines += ["", f"ops ({d['op_total']} in total): {ops}"]
+    subs = d.get("subgraphs") or []
+    if len(subs) > 1:
+        lines += ["", f"ops per subgraph ({len(subs)} subgraphs):"]
+        for sub in subs:
+            name = f" {sub['name']}" if sub["name"] else ""
+            lines.append(f"  subgraph {sub['index']}{name} ({sub['op_total']}): {_ops(sub['ops'])}")
+        lines.append(f"  all subgraphs ({d['op_total']} in total): {_ops(d['ops'])}")
+    else:
+        lines += ["", f"ops ({d['op_total']} in total): {_ops(d['ops'])}"]
     return "\n".join(lines)
+
+
+def _ops(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items()) or "none"
 
 
 # --------------------------------------------------------------------------- predict
@@ -244,11 +270,13 @@ def _examples(t: TensorInfo, arr: Array, path: Path) -> list[Array]:
             return [arr[i : i + 1] for i in range(arr.shape[0])]
     hint = f"{shape}, {shape[1:]} or (N, *{shape[1:]})" if shape and shape[0] == 1 else str(shape)
     raise ShapeMismatch(
-        f"{path}: input {t.name!r} takes shape {shape}; the file has {arr.shape} (give {hint})"
+        f"{path}: input {t.name!r} takes shape {shape}; the file has {arr.shape} (give {hint}; "
+        "a recording of shape (samples, channels) is cut into windows with --stream)"
     )
 
 
-def _json_values(arr: Array) -> Any:
+def json_values(arr: Array) -> Any:
+    """``arr`` as nested lists; float32 values as their shortest round-trip repr (exact)."""
     if arr.dtype.kind == "f":
         # float32's shortest repr, not float64 noise (0.1, not 0.10000000149011612)
         flat = [float(np.format_float_positional(v, unique=True, trim="-")) for v in arr.ravel()]
@@ -266,8 +294,13 @@ def predict_file(
     reference_kernels: bool = False,
     labels: Sequence[str] | None = None,
     label: str = "model",
+    carry_state: bool = False,
 ) -> dict[str, Any]:
     """Run the model on every example of ``input_path``; JSON-able inputs, outputs, timing.
+
+    A stateful (streaming) model starts every example from a fresh state (a new interpreter),
+    so examples are independent; ``carry_state`` feeds them one after the other to one
+    interpreter instead (for a recording, ``predict_stream`` windows it as ``run`` does).
 
     ``labels`` (class names of the first output) add ``predictions``: the top label and
     score per example. Errors: ``ModelError`` (model), ``ShapeMismatch`` (shapes/names),
@@ -290,22 +323,29 @@ def predict_file(
     n = len(per_input[0])
     results: list[list[Array]] = []
     times = []
+    fresh = model.stateful and not carry_state
     for i in range(n):
         xs = [ex[i] for ex in per_input]
+        if fresh and i:
+            model.reset_state()
         t0 = time.perf_counter()
         results.append(model.run(xs))
         times.append(time.perf_counter() - t0)
     outputs = {}
     for j, t in enumerate(model.outputs):
         stacked = results[0][j] if n == 1 else np.concatenate([r[j] for r in results], axis=0)
-        outputs[t.name] = {"shape": list(stacked.shape), "values": _json_values(stacked)}
+        outputs[t.name] = {"shape": list(stacked.shape), "values": json_values(stacked)}
     out: dict[str, Any] = {
         "model": {
             "sha256": model.sha256,
             "size": model.size,
             "runtime": model.runtime_name,
             "signature": model.signature,
+            "reference_kernels": model.reference_kernels,
+            "num_threads": model.num_threads,
+            "stateful": model.stateful,
         },
+        "state": "carried" if model.stateful and carry_state else "fresh per example",
         "input_file": str(input_path),
         "examples": n,
         "inputs": {t.name: list(t.shape) for t in model.inputs},

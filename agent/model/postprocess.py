@@ -7,9 +7,14 @@ payloads are documented in docs/payloads-outputs.md.
 
 A call returns ``None`` for "do not publish" (classification with ``publish_on_change``).
 Non-finite outputs raise ``InferenceError`` so the caller counts them (an OTA health signal)
-instead of publishing invalid JSON. Floats are rounded to 6 significant digits. Per-stream
-state (smoothing, last label) is keyed by the stream name and capped at ``max_streams``
-streams (the oldest is forgotten first).
+instead of publishing invalid JSON. Floats are rounded to ``precision`` significant digits
+(default 6; ``'lossless'``: the float32 value exactly, as its shortest round-trip repr). Per-stream
+state (smoothing, last label, detection history) is keyed by the stream name and capped at
+``max_streams`` streams (the oldest is forgotten first).
+
+``detection`` (``agent.model.detection``) turns a stream of scores into events: rising edges of
+a sliding mean, with a refractory period; it reads each window's first-sample index to report
+the span of samples an event covers.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from agent.config import (
     MAX_STREAMS,
     AnomalyPost,
     ClassificationPost,
+    DetectionPost,
     PostprocessConfig,
     RawPost,
     RegressionPost,
 )
 from agent.errors import ConfigError, InferenceError, ShapeMismatch
+from agent.model.detection import DetectionPostprocessor
 from agent.model.runtime import TensorLike
 
 log = logging.getLogger(__name__)
@@ -46,14 +53,36 @@ def r6(x: float) -> float:
     return float("%.6g" % x)  # noqa: UP031  (2x faster than an f-string here)
 
 
+def _exact(x: float) -> float:
+    return x
+
+
+Rounder = Callable[[float], float]
+
+
+def rounder(precision: int | str = 6) -> Rounder:
+    """The rounding of ``postprocess.precision``: ``r6`` for 6 significant digits, the value
+    itself for ``'lossless'`` (a float32 output converts to a Python float exactly, and JSON
+    carries its shortest round-trip repr: the uint8/int8 output's dequantized value exactly)."""
+    if precision == "lossless":
+        return _exact
+    if precision == 6:
+        return r6
+    fmt = f"%.{int(precision)}g"
+    return lambda x: float(fmt % x)
+
+
 class Postprocessor(Protocol):
     """Turns one window's model outputs into a prediction's ``outputs`` object."""
 
     kind: str
 
-    def __call__(self, outputs: Sequence[Array], window: Array, stream: str) -> Payload | None:
+    def __call__(
+        self, outputs: Sequence[Array], window: Array, stream: str, sample: int = 0
+    ) -> Payload | None:
         """``outputs`` in the model's output order (float32), ``window`` the model input fed
-        (after preprocessing), ``stream`` the window's stream. None: do not publish."""
+        (after preprocessing), ``stream`` the window's stream, ``sample`` the stream-wide index
+        of the window's first sample. None: do not publish."""
         ...
 
     def reset(self) -> None:
@@ -150,7 +179,9 @@ class ClassificationPostprocessor:
         smoothing: int = 1,
         publish_on_change: bool = False,
         max_streams: int = MAX_STREAMS,
+        precision: int | str = 6,
     ) -> None:
+        self._r = rounder(precision)
         self.index = index
         self.name = name
         self.labels = list(labels)
@@ -174,7 +205,9 @@ class ClassificationPostprocessor:
             s = self._smoothers[stream] = _Smoother(self.smoothing, len(self.labels))
         return s
 
-    def __call__(self, outputs: Sequence[Array], window: Array, stream: str) -> Payload | None:
+    def __call__(
+        self, outputs: Sequence[Array], window: Array, stream: str, sample: int = 0
+    ) -> Payload | None:
         raw = outputs[self.index]
         if raw.size > _NUMPY_FROM and self.smoothing == 1:
             return self._many(raw.ravel(), stream)
@@ -188,18 +221,18 @@ class ClassificationPostprocessor:
             )
         if self.smoothing > 1:
             scores = self._smoother(stream).add(raw.ravel())
-        labels = self.labels
+        labels, r = self.labels, self._r
         if self.top_k == 1:
             best = max(scores)
             i = scores.index(best)  # the first of equal scores, as nlargest does
-            score = r6(best)
+            score = r(best)
             top = [{"label": labels[i], "score": score}]
         else:
             order = heapq.nlargest(self.top_k, range(len(scores)), key=scores.__getitem__)
             i = order[0]
             best = scores[i]
-            score = r6(best)
-            top = [{"label": labels[j], "score": r6(scores[j])} for j in order]
+            score = r(best)
+            top = [{"label": labels[j], "score": r(scores[j])} for j in order]
         return self._publish(stream, labels[i] if best >= self.threshold else None, score, top)
 
     def _many(self, flat: Array, stream: str) -> Payload | None:
@@ -221,8 +254,9 @@ class ClassificationPostprocessor:
             order = [int(j) for j in cand[np.argsort(-flat[cand], kind="stable")[:k]]]
         scores = flat[order].tolist()
         best = scores[0]
-        score = r6(best)
-        top = [{"label": labels[j], "score": r6(v)} for j, v in zip(order, scores, strict=True)]
+        r = self._r
+        score = r(best)
+        top = [{"label": labels[j], "score": r(v)} for j, v in zip(order, scores, strict=True)]
         label = labels[order[0]] if best >= self.threshold else None
         return self._publish(stream, label, score, top)
 
@@ -246,7 +280,10 @@ class RegressionPostprocessor:
 
     kind = "regression"
 
-    def __init__(self, index: int, name: str, names: Sequence[str]) -> None:
+    def __init__(
+        self, index: int, name: str, names: Sequence[str], precision: int | str = 6
+    ) -> None:
+        self._r = rounder(precision)
         self.index = index
         self.name = name
         self.names = list(names)
@@ -254,11 +291,14 @@ class RegressionPostprocessor:
     def reset(self) -> None:
         pass
 
-    def __call__(self, outputs: Sequence[Array], window: Array, stream: str) -> Payload | None:
+    def __call__(
+        self, outputs: Sequence[Array], window: Array, stream: str, sample: int = 0
+    ) -> Payload | None:
         values: list[float] = outputs[self.index].ravel().tolist()
         if not math.isfinite(sum(values)):
             raise _nonfinite(self.name, stream)
-        rounded = [r6(v) for v in values]
+        r = self._r
+        rounded = [r(v) for v in values]
         if self.names:
             if len(rounded) != len(self.names):
                 raise InferenceError(
@@ -277,7 +317,16 @@ class AnomalyPostprocessor:
 
     kind = "anomaly"
 
-    def __init__(self, index: int, name: str, threshold: float, *, mse: bool = False) -> None:
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        threshold: float,
+        *,
+        mse: bool = False,
+        precision: int | str = 6,
+    ) -> None:
+        self._r = rounder(precision)
         self.index = index
         self.name = name
         self.threshold = threshold
@@ -286,7 +335,9 @@ class AnomalyPostprocessor:
     def reset(self) -> None:
         pass
 
-    def __call__(self, outputs: Sequence[Array], window: Array, stream: str) -> Payload | None:
+    def __call__(
+        self, outputs: Sequence[Array], window: Array, stream: str, sample: int = 0
+    ) -> Payload | None:
         out = outputs[self.index]
         if self.mse:
             flat = out.ravel()
@@ -303,7 +354,11 @@ class AnomalyPostprocessor:
             score = float(out.item(0))
         if not math.isfinite(score):
             raise _nonfinite(self.name, stream)
-        return {"anomaly": score > self.threshold, "score": r6(score), "threshold": self.threshold}
+        return {
+            "anomaly": score > self.threshold,
+            "score": self._r(score),
+            "threshold": self.threshold,
+        }
 
 
 # --------------------------------------------------------------------------- raw
@@ -314,18 +369,22 @@ class RawPostprocessor:
 
     kind = "raw"
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], precision: int | str = 6) -> None:
+        self._r = rounder(precision)
         self.names = list(names)
 
     def reset(self) -> None:
         pass
 
-    def __call__(self, outputs: Sequence[Array], window: Array, stream: str) -> Payload | None:
+    def __call__(
+        self, outputs: Sequence[Array], window: Array, stream: str, sample: int = 0
+    ) -> Payload | None:
         tensors: dict[str, Any] = {}
         for name, out in zip(self.names, outputs, strict=True):
             if not np.isfinite(out).all():
                 raise _nonfinite(name, stream)
-            flat = [r6(v) for v in out.ravel().tolist()]
+            r = self._r
+            flat = [r(v) for v in out.ravel().tolist()]
             tensors[name] = np.asarray(flat, np.float64).reshape(out.shape).tolist()
         return {"tensors": tensors}
 
@@ -341,10 +400,13 @@ class BuildContext:
     labels_from_manifest: Sequence[str] | None
     input_size: int | None
     max_streams: int
+    window_length: int = 1
 
 
-def _build_classification(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocessor:
-    assert isinstance(cfg, ClassificationPost)
+def _labels(
+    cfg: ClassificationPost | DetectionPost, ctx: BuildContext
+) -> tuple[int, TensorLike, list[str], str]:
+    """The output's index and info, its labels and where they came from, checked."""
     index = _pick(ctx.outputs, cfg.output)
     info = ctx.outputs[index]
     classes = _size(info)
@@ -363,6 +425,13 @@ def _build_classification(cfg: PostprocessConfig, ctx: BuildContext) -> Postproc
         )
     if len(set(labels)) != len(labels):
         raise ShapeMismatch(f"{origin} has repeated labels: {labels}")
+    return index, info, labels, where
+
+
+def _build_classification(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocessor:
+    assert isinstance(cfg, ClassificationPost)
+    index, info, labels, where = _labels(cfg, ctx)
+    classes = len(labels)
     if cfg.top_k > classes:
         raise ShapeMismatch(f"postprocess.top_k = {cfg.top_k} but {where}")
     return ClassificationPostprocessor(
@@ -374,6 +443,7 @@ def _build_classification(cfg: PostprocessConfig, ctx: BuildContext) -> Postproc
         smoothing=cfg.smoothing,
         publish_on_change=cfg.publish_on_change,
         max_streams=ctx.max_streams,
+        precision=cfg.precision,
     )
 
 
@@ -389,7 +459,7 @@ def _build_regression(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocesso
         )
     if len(set(cfg.names)) != len(cfg.names):
         raise ShapeMismatch(f"postprocess.names has repeated names: {cfg.names}")
-    return RegressionPostprocessor(index, info.name, cfg.names)
+    return RegressionPostprocessor(index, info.name, cfg.names, cfg.precision)
 
 
 def _build_anomaly(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocessor:
@@ -413,7 +483,9 @@ def _build_anomaly(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocessor:
                 f"model output {info.name!r} {_fmt(info.shape)} has {size} values and the "
                 f"input {ctx.input_size} (window.length x channels)"
             )
-    return AnomalyPostprocessor(index, info.name, cfg.threshold, mse=cfg.score == "mse")
+    return AnomalyPostprocessor(
+        index, info.name, cfg.threshold, mse=cfg.score == "mse", precision=cfg.precision
+    )
 
 
 def _build_raw(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocessor:
@@ -424,7 +496,31 @@ def _build_raw(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocessor:
     for i, info in enumerate(ctx.outputs):
         name = info.name or f"output_{i}"
         names.append(name if name not in names else f"{name}_{i}")
-    return RawPostprocessor(names)
+    return RawPostprocessor(names, cfg.precision)
+
+
+def _build_detection(cfg: PostprocessConfig, ctx: BuildContext) -> Postprocessor:
+    assert isinstance(cfg, DetectionPost)
+    index, info, labels, _ = _labels(cfg, ctx)
+    unknown = sorted((set(cfg.thresholds) | set(cfg.ignore)) - set(labels))
+    if unknown:
+        raise ShapeMismatch(
+            f"postprocess.thresholds / postprocess.ignore name label(s) {unknown} the model "
+            f"output {info.name!r} does not have; its labels are {labels}"
+        )
+    return DetectionPostprocessor(
+        index,
+        info.name,
+        labels,
+        average=cfg.average_windows,
+        thresholds=[cfg.thresholds.get(label, cfg.threshold) for label in labels],
+        ignore=cfg.ignore,
+        refractory=cfg.refractory_windows,
+        heartbeat=cfg.heartbeat_windows,
+        window_length=ctx.window_length,
+        max_streams=ctx.max_streams,
+        round_=rounder(cfg.precision),
+    )
 
 
 Builder = Callable[[PostprocessConfig, BuildContext], Postprocessor]
@@ -434,6 +530,7 @@ REGISTRY: dict[str, Builder] = {
     "regression": _build_regression,
     "anomaly": _build_anomaly,
     "raw": _build_raw,
+    "detection": _build_detection,
 }
 
 
@@ -444,17 +541,20 @@ def build_postprocessor(
     *,
     input_size: int | None = None,
     max_streams: int = MAX_STREAMS,
+    window_length: int = 1,
 ) -> Postprocessor:
     """Check ``cfg`` against the model's outputs and build its postprocessor.
 
     ``labels_from_manifest`` are used when ``postprocess.labels`` is empty; ``input_size``
-    (window.length x channels) is required for anomaly ``score = 'mse'``.
+    (window.length x channels) is required for anomaly ``score = 'mse'``; ``window_length``
+    (samples per window) gives the sample spans of detection events.
     """
     try:
         builder = REGISTRY[cfg.type]
     except KeyError:
         problem = f"{cfg.type!r} is not one of {sorted(REGISTRY)}"
         raise ConfigError([("postprocess.type", problem)]) from None
-    post = builder(cfg, BuildContext(output_infos, labels_from_manifest, input_size, max_streams))
+    ctx = BuildContext(output_infos, labels_from_manifest, input_size, max_streams, window_length)
+    post = builder(cfg, ctx)
     log.info("postprocess: %s on outputs %s", cfg.type, _describe(output_infos))
     return post

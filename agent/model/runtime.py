@@ -56,7 +56,14 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import InferenceError, ModelError, RuntimeUnavailable, ShapeMismatch
-from agent.model.tflite_graph import WrappedTensor, float_io, op_counts, variable_tensors
+from agent.model.tflite_graph import (
+    SubgraphOps,
+    WrappedTensor,
+    float_io,
+    op_counts,
+    subgraph_ops,
+    variable_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,21 @@ INT_RANGES = {
     "int16": (-32768, 32767),
 }
 _STATE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
+_RESOURCE_OPS = _STATE_OPS | {"CALL_ONCE"}  # CALL_ONCE runs the variables' init subgraph
+# Ops that may keep state in *variable* tensors (old-style streaming: SVDF, LSTMs, RNNs).
+# A DELEGATE node is not among them: XNNPACK takes stateless math kernels only, so the ops
+# above (and the resource-variable ops) stay visible as nodes of their own.
+_VARIABLE_OPS = frozenset(
+    {
+        "SVDF",
+        "LSTM",
+        "RNN",
+        "UNIDIRECTIONAL_SEQUENCE_LSTM",
+        "UNIDIRECTIONAL_SEQUENCE_RNN",
+        "BIDIRECTIONAL_SEQUENCE_LSTM",
+        "BIDIRECTIONAL_SEQUENCE_RNN",
+    }
+)
 # np.clip is a Python wrapper costing ~3 us on a tiny array; its ufunc costs ~1 us.
 _core = getattr(np, "_core", None) or getattr(np, "core", None)
 fast_clip: Callable[..., Any] = getattr(getattr(_core, "umath", None), "clip", None) or np.clip
@@ -640,6 +662,13 @@ class Model:
                 self._op_counts = dict(Counter(n for n in names if n != "DELEGATE"))
         return dict(self._op_counts)
 
+    def subgraph_ops(self) -> list[SubgraphOps]:
+        """Op counts per subgraph (index, name, ops). Without the runtime's flatbuffer schema
+        module: the main subgraph's nodes only, as ``op_counts`` then gives them."""
+        if self._schema is not None:
+            return subgraph_ops(self._content, self._schema)
+        return [SubgraphOps(0, "", self.op_counts())]
+
     @property
     def content(self) -> bytes:
         """The model bytes as loaded (verified), e.g. for a second interpreter."""
@@ -661,12 +690,48 @@ class Model:
         """Builtin op names the model uses, sorted."""
         return sorted(self.op_counts())
 
-    @property
+    @functools.cached_property
     def stateful(self) -> bool:
-        """True when the model keeps state between invokes (resource or variable tensors)."""
+        """True when the model keeps state between invokes (resource or variable tensors).
+
+        Read from the running interpreter's own node list when that decides it (resource
+        variable ops, or only ops that keep no state), so the streaming pipeline does not pay
+        the flatbuffer schema module's import (~4 MB RSS); else from the flatbuffer."""
+        names = self._node_names()
+        if names is not None:
+            if _RESOURCE_OPS & names:
+                return True
+            if not _VARIABLE_OPS & names:
+                return False
         if _STATE_OPS & set(self.op_counts()):
             return True
         return self._schema is not None and variable_tensors(self._content, self._schema) > 0
+
+    def _node_names(self) -> set[str] | None:
+        """Op names of the subgraph that runs (None when the runtime cannot say)."""
+        if self._subgraph(self._interp) != 0:
+            return None
+        try:
+            return {str(d["op_name"]) for d in self._interp._get_ops_details()}
+        except (AttributeError, KeyError, RuntimeError, ValueError):
+            return None
+
+    def memory_estimate(self) -> int:
+        """Bytes one more interpreter of this model may take: the model bytes plus every
+        tensor of the running subgraph (an upper bound on its arena; constant tensors point
+        into the model). What a per-stream interpreter of a stateful model is charged."""
+        total = self.size
+        try:
+            details = self._interp.get_tensor_details()
+        except (AttributeError, RuntimeError, ValueError):
+            return 4 * total
+        for d in details:
+            try:
+                item = np.dtype(d["dtype"]).itemsize
+            except TypeError:
+                continue
+            total += int(np.prod(d["shape"])) * item
+        return total
 
     def __repr__(self) -> str:
         return (

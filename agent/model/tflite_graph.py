@@ -21,6 +21,23 @@ from typing import Any
 
 def op_counts(content: bytes, schema: ModuleType) -> dict[str, int]:
     """Builtin op name -> uses over all subgraphs; custom ops as ``CUSTOM:<code>``."""
+    counts: Counter[str] = Counter()
+    for sub in subgraph_ops(content, schema):
+        counts.update(sub.ops)
+    return dict(counts)
+
+
+@dataclass(frozen=True)
+class SubgraphOps:
+    """One subgraph's name (may be empty) and its op name -> uses."""
+
+    index: int
+    name: str
+    ops: dict[str, int]
+
+
+def subgraph_ops(content: bytes, schema: ModuleType) -> list[SubgraphOps]:
+    """Op counts per subgraph, in subgraph order (custom ops as ``CUSTOM:<code>``)."""
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     m = schema.Model.GetRootAs(content, 0)
     codes = []
@@ -32,12 +49,15 @@ def op_counts(content: bytes, schema: ModuleType) -> dict[str, int]:
             custom = oc.CustomCode()
             name = f"CUSTOM:{custom.decode(errors='replace') if custom else '?'}"
         codes.append(name)
-    counts: Counter[str] = Counter()
+    out = []
     for s in range(m.SubgraphsLength()):
         sg = m.Subgraphs(s)
+        counts: Counter[str] = Counter()
         for j in range(sg.OperatorsLength()):
             counts[codes[sg.Operators(j).OpcodeIndex()]] += 1
-    return dict(counts)
+        raw = sg.Name()
+        out.append(SubgraphOps(s, raw.decode(errors="replace") if raw else "", dict(counts)))
+    return out
 
 
 def variable_tensors(content: bytes, schema: ModuleType) -> int:

@@ -36,6 +36,7 @@ from agent.config import (
     AnomalyPost,
     ClassificationPost,
     Config,
+    DetectionPost,
     PostprocessConfig,
     RegressionPost,
 )
@@ -149,6 +150,8 @@ def prediction_state_template(post: PostprocessConfig) -> str:
         value = f"p.outputs['values']{key}"
     elif isinstance(post, AnomalyPost):
         value = "p.outputs.score"
+    elif isinstance(post, DetectionPost):  # events (and heartbeats): the label that rose
+        value = "p.outputs.label if p.outputs.type == 'event' else 'none'"
     else:
         value = "p.outputs.tensors | tojson | truncate(250)"
     return _LAST + "{{ " + value + " }}"

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import agent
-from agent.config import ClassificationPost, Config
+from agent.config import ClassificationPost, Config, DetectionPost
 from agent.errors import EdgeAgentError, UpdateError
 from agent.ingest.preprocess import check_model_input
 from agent.model.postprocess import build_postprocessor
@@ -117,7 +117,7 @@ def check_output(manifest: Manifest, cfg: Config) -> None:
         )
     post = cfg.postprocess
     if (
-        isinstance(post, ClassificationPost)
+        isinstance(post, ClassificationPost | DetectionPost)
         and post.labels
         and manifest.labels
         and list(post.labels) != list(manifest.labels)

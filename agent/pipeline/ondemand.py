@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import ClassificationPost, Config
+from agent.config import ClassificationPost, Config, DetectionPost
 from agent.errors import InferenceError, SampleError
 from agent.ingest.preprocess import Preprocessor
 from agent.ingest.samples import make_block
@@ -58,6 +58,10 @@ class OnDemandRunner:
             post_cfg = self.cfg.postprocess
             if isinstance(post_cfg, ClassificationPost):
                 post_cfg = post_cfg.model_copy(update={"smoothing": 1, "publish_on_change": False})
+            elif isinstance(post_cfg, DetectionPost):  # one window: no history to average
+                post_cfg = post_cfg.model_copy(
+                    update={"average_windows": 1, "refractory_windows": 0, "heartbeat_windows": 0}
+                )
             self._post = build_postprocessor(
                 post_cfg,
                 self._model.outputs,
@@ -101,6 +105,8 @@ class OnDemandRunner:
             try:
                 outs = model.run([x])
                 latency = time.perf_counter() - t0
+                if post.kind == "detection":
+                    post.reset()  # each on-demand window is judged on its own
                 result = post(outs, x, stream)
             except InferenceError as exc:
                 self.metrics.inc("on_demand_errors", reason=exc.reason)

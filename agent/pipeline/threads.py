@@ -23,6 +23,12 @@ encode for. Each queued item carries the stages it was encoded for and runs on t
 the switch falls between two windows of every stream: no sample is dropped or processed twice,
 windows already queued finish on the old model, and every prediction names the version that
 made it.
+
+State per stream: a stateful (streaming) model gets one interpreter per stream
+(``agent.pipeline.streams``), chosen once per queued item (an item holds one stream's windows);
+a stateless model runs every stream on the one interpreter, with no per-window cost added.
+Every prediction carries its stream and the index of its window's first sample
+(``(windows.first + i) * hop``).
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ from agent.ingest.window import StreamWindowers, Windows
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.postprocess import AnomalyPostprocessor, Postprocessor, build_postprocessor
-from agent.model.runtime import Array
+from agent.model.runtime import Array, Model
 from agent.pipeline.ondemand import OnDemandRunner
+from agent.pipeline.streams import PerStream, stream_models
 from agent.wire.topics import Topics
 
 if TYPE_CHECKING:  # imported when used: a device without drift or shadows does not pay for them
@@ -77,6 +84,10 @@ class _Stages:
     window: Callable[[Array], Array] | None
     """Turns an encoded window back into the normalised float one, for a postprocessor that
     reads the input (``score = 'mse'``); None when it is not needed (or already float)."""
+    models: PerStream[Model] | None = None
+    """A stateful model's interpreter per stream; None: every stream runs on ``active.model``."""
+    hop: int = 1
+    """Samples between window starts: window k of a stream starts at sample k * hop."""
     drift: DriftMonitor | None = None
     """The model's drift monitor (agent/pipeline/drift.py) when its package has a reference."""
 
@@ -111,7 +122,10 @@ def build_stages(
         model.outputs,
         active.labels or None,
         input_size=cfg.window.length * cfg.channels,
+        max_streams=cfg.window.max_streams,
+        window_length=cfg.window.length,
     )
+    models = stream_models(model, cfg.window.max_streams, cfg.model.stream_state_limit_mb)
     encoder = Encoder(Preprocessor(cfg.preprocess, cfg.channels), model.feed)
     reads_input = isinstance(post, AnomalyPostprocessor) and post.mse
     return _Stages(
@@ -121,6 +135,8 @@ def build_stages(
         topic=topics.prediction(active.name),
         encoder=encoder,
         window=encoder.decode if reads_input and encoder.quantized else None,
+        models=models,
+        hop=cfg.window.hop,
         drift=_drift_monitor(cfg, active, encoder, on_drift),
     )
 
@@ -269,7 +285,9 @@ class Pipeline:
         """The ``emit`` a source calls with each block, in its own thread: window and encode
         the block, then run the windows it completed or queue them."""
         cfg = self.cfg
-        windowers = StreamWindowers(cfg.window.length, cfg.window.hop, cfg.channels)
+        windowers = StreamWindowers(
+            cfg.window.length, cfg.window.hop, cfg.channels, max_streams=cfg.window.max_streams
+        )
         metrics = self.metrics
         clock = time.perf_counter
         idle_from = 0.0  # when this source's previous emit returned
@@ -385,7 +403,17 @@ class Pipeline:
         n = len(windows)
         self.metrics.inc("windows_run", n)
         x_all, ts_all, t_in = windows.data, windows.ts.tolist(), windows.t_in
-        run = st.active.model.run_native
+        hop = st.hop
+        s0 = windows.first * hop
+        if st.models is None:
+            run = st.active.model.run_native
+        else:
+            try:
+                run = st.models.get(stream).run_native  # this stream's own state
+            except SampleError as exc:
+                self.metrics.inc("windows_dropped", n, reason=exc.reason)
+                self._warn.warning("streams", "dropped windows of %s: %s", stream, exc.detail)
+                return
         post, shape, window = st.postprocessor, st.input_shape, st.window
         topic, name, version = st.topic, st.active.name, st.active.version
         clock, submit, record = time.perf_counter, self._publisher.submit_many, PredictionRecord
@@ -397,13 +425,14 @@ class Pipeline:
         try:
             for i in range(n):
                 x = x_all[i].reshape(shape)
+                sample = s0 + i * hop  # the window's first sample in its stream
                 t0 = clock()
                 try:
                     outs = run(x)
                     latency = clock() - t0
                     if kept:
                         kept[i] = outs
-                    result = post(outs, x if window is None else window(x), stream)
+                    result = post(outs, x if window is None else window(x), stream, sample)
                 except InferenceError as exc:
                     self.metrics.inc("inference_errors", reason=exc.reason)
                     self._warn.warning("infer", "inference failed on %s: %s", stream, exc)
@@ -425,6 +454,7 @@ class Pipeline:
                         result,
                         round(latency * 1000, 4),
                         t_in,
+                        sample,
                     )
                 )
                 if t0 + latency >= out_due:

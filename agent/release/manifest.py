@@ -281,7 +281,7 @@ class PreprocessSpec(_Schema):
 class PostprocessSpec(_Schema):
     """How the agent reads the model's output (the ``type`` of its ``[postprocess]`` table)."""
 
-    type: Literal["classification", "regression", "anomaly", "raw"] = Field(
+    type: Literal["classification", "regression", "anomaly", "raw", "detection"] = Field(
         default="classification", description="Output interpretation."
     )
     threshold: float | None = Field(

@@ -5,6 +5,12 @@ that output against these models. docs/payloads.md documents each one.
 """
 
 from agent.wire.base import Wire
+from agent.wire.detection import (
+    DetectionEventV1,
+    DetectionHeartbeatV1,
+    DetectionHit,
+    DetectionOutputs,
+)
 from agent.wire.fieldcheck import (
     DriftAlertV1,
     DriftScoreV1,
@@ -25,6 +31,10 @@ from agent.wire.topics import Topics
 __all__ = [
     "METRICS_SCHEMA",
     "PREDICTION_SCHEMA",
+    "DetectionEventV1",
+    "DetectionHeartbeatV1",
+    "DetectionHit",
+    "DetectionOutputs",
     "DownloadProgress",
     "DriftAlertV1",
     "DriftScoreV1",

@@ -32,6 +32,11 @@ class PredictionV1(Wire):
     model: ModelRef
     stream: str = Field(description="Source stream the window came from.")
     ts: float = Field(description="Timestamp (epoch seconds) of the window's last sample.")
+    sample: int = Field(
+        ge=0,
+        description="Index of the window's first sample in its stream (window k of a stream "
+        "starts at sample k * window.hop): places the prediction in a recording.",
+    )
     outputs: dict[str, Any] = Field(description="Postprocessed outputs (docs/payloads.md).")
     latency_ms: float = Field(description="Inference latency (preprocess + invoke), ms.")
 
@@ -51,6 +56,7 @@ def prediction_dict(
     ts: float,
     outputs: dict[str, Any],
     latency_ms: float,
+    sample: int = 0,
 ) -> dict[str, Any]:
     """The JSON object of ``PredictionV1``, built without a model instance."""
     return {
@@ -60,6 +66,7 @@ def prediction_dict(
         "model": {"name": model_name, "version": model_version},
         "stream": stream,
         "ts": ts,
+        "sample": sample,
         "outputs": outputs,
         "latency_ms": latency_ms,
     }

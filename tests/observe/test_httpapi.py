@@ -488,10 +488,12 @@ def test_view_health(
     pipe = _Pipe(*pipe_args)  # built here: a heartbeat made at collection time would be stale
 
     from agent.metrics import Metrics
-    from agent.observe.view import RunningAgentView
+    from agent.observe.view import STALL_S, RunningAgentView
 
     running = SimpleNamespace(pipeline=pipe, publisher=_Alive(), link=_Alive(link_ok))
-    agent = SimpleNamespace(cfg=None, metrics=Metrics(), ready=threading.Event(), running=running)
+    agent = SimpleNamespace(
+        cfg=None, metrics=Metrics(), ready=threading.Event(), running=running, stall_s=STALL_S
+    )
     if ready:
         agent.ready.set()
     h = RunningAgentView(agent).health()
