@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import MAX_STREAMS, ClassificationPost, Config
-from agent.errors import EdgeAgentError, InferenceError, ShapeMismatch
+from agent.config import ClassificationPost, Config
+from agent.errors import EdgeAgentError, SampleError, ShapeMismatch
 from agent.ingest.preprocess import Encoder, Preprocessor, check_model_input
 from agent.ingest.window import Windows
 from agent.metrics import LatencyWindow
 from agent.model.active import ActiveModel
 from agent.model.runtime import INT_RANGES, Model
+from agent.pipeline.streams import stream_models
 from agent.wire.fieldcheck import DisagreementV1, LatencyPairMs, OutputDiffV1, ShadowReportV1
 from agent.wire.predictions import ModelRef
 
@@ -76,8 +77,11 @@ class ShadowRunner:
         self._shape = check_model_input(model.inputs[0], cfg.window.length, cfg.channels)
         self._encoder = Encoder(Preprocessor(cfg.preprocess, cfg.channels), model.feed)
         self._classify = isinstance(cfg.postprocess, ClassificationPost)
-        self._stateful = model.stateful
-        self._per_stream: dict[str, Model] = {}
+        # a stateful candidate: its own interpreter per stream (agent/pipeline/streams.py), so
+        # it never shares state with the active model or across streams
+        self._per_stream = stream_models(
+            model, cfg.window.max_streams, cfg.model.stream_state_limit_mb
+        )
         self._active_latency = active_latency
         self._queue: queue.Queue[_Item | _Stop] = queue.Queue(maxsize=cfg.shadow.max_queue)
         self._lock = threading.Lock()
@@ -140,15 +144,9 @@ class ShadowRunner:
                 self.idle.set()
 
     def _model(self, stream: str) -> Model:
-        if not self._stateful:
+        if self._per_stream is None:
             return self.candidate.model
-        m = self._per_stream.get(stream)
-        if m is None:
-            if len(self._per_stream) >= MAX_STREAMS:
-                raise InferenceError("too_many_streams", f"shadow: more than {MAX_STREAMS} streams")
-            m = self.candidate.model.clone(label=f"shadow:{stream}")
-            self._per_stream[stream] = m
-        return m
+        return self._per_stream.get(stream)  # SampleError('too_many_streams') past the cap
 
     def _encode(self, active: Encoder, data: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """The windows in the candidate's input type (the same bytes when the types agree)."""
@@ -171,7 +169,11 @@ class ShadowRunner:
         self, active: Encoder, windows: Windows, stream: str, outs: list[Outputs | None]
     ) -> None:
         data = self._encode(active, windows.data)
-        model = self._model(stream)
+        try:
+            model = self._model(stream)
+        except SampleError as exc:
+            self._count_error(exc.reason)
+            return
         run, shape, clock = model.run_native, self._shape, time.perf_counter
         mine: list[Outputs] = []
         theirs: list[Outputs] = []

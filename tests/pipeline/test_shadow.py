@@ -174,7 +174,7 @@ def test_a_stateful_candidate_keeps_its_own_state_per_stream() -> None:
     assert runner.compared == 5 and runner.errors == {}
     counts = {}
     for stream in ("a", "b"):
-        res = runner._per_stream[stream].run_native(np.ones((1, 3), np.float32))
+        res = runner._model(stream).run_native(np.ones((1, 3), np.float32))
         counts[stream] = float(
             np.asarray(res[[t.name for t in candidate.outputs].index("count")]).reshape(-1)[0]
         )
