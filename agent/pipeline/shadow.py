@@ -29,15 +29,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import ClassificationPost, Config
+from agent.config import ClassificationPost, Config, DetectionPost
 from agent.errors import EdgeAgentError, SampleError, ShapeMismatch
 from agent.ingest.preprocess import Encoder, Preprocessor, check_model_input
 from agent.ingest.window import Windows
 from agent.metrics import LatencyWindow
 from agent.model.active import ActiveModel
+from agent.model.postprocess import build_postprocessor
 from agent.model.runtime import INT_RANGES, Model
 from agent.pipeline.streams import stream_models
-from agent.wire.fieldcheck import DisagreementV1, LatencyPairMs, OutputDiffV1, ShadowReportV1
+from agent.wire.fieldcheck import (
+    DisagreementV1,
+    EventAgreementV1,
+    LatencyPairMs,
+    OutputDiffV1,
+    ShadowReportV1,
+)
 from agent.wire.predictions import ModelRef
 
 log = logging.getLogger(__name__)
@@ -76,7 +83,7 @@ class ShadowRunner:
         self.candidate = candidate
         self._shape = check_model_input(model.inputs[0], cfg.window.length, cfg.channels)
         self._encoder = Encoder(Preprocessor(cfg.preprocess, cfg.channels), model.feed)
-        self._classify = isinstance(cfg.postprocess, ClassificationPost)
+        self._classify = isinstance(cfg.postprocess, ClassificationPost | DetectionPost)
         # a stateful candidate: its own interpreter per stream (agent/pipeline/streams.py), so
         # it never shares state with the active model or across streams
         self._per_stream = stream_models(
@@ -97,6 +104,9 @@ class ShadowRunner:
         self._abs_max = np.zeros(n_out)
         self._latency = LatencyWindow()
         self._samples: deque[DisagreementV1] = deque(maxlen=cfg.shadow.disagreement_samples)
+        self._events: EventMatcher | None = None
+        if isinstance(cfg.postprocess, DetectionPost):
+            self._events = EventMatcher(cfg, candidate)
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self.idle = threading.Event()
         self.idle.set()
@@ -179,6 +189,7 @@ class ShadowRunner:
         theirs: list[Outputs] = []
         rows: list[int] = []
         latencies: list[float] = []
+        hop, s0 = self.cfg.window.hop, windows.first * self.cfg.window.hop
         for i, a in enumerate(outs):
             if a is None:
                 continue  # the active model failed on it: nothing to compare
@@ -192,6 +203,8 @@ class ShadowRunner:
             mine.append(c)
             theirs.append(a)
             rows.append(i)
+            if self._events is not None:
+                self._events.window(a, c, stream, s0 + i * hop)
         self._latency.observe_many(latencies)
         if mine:
             self._tally(mine, theirs, rows, windows, stream, data)
@@ -306,4 +319,61 @@ class ShadowRunner:
             latency_ms=latency,
             errors=errors,
             disagreements=samples,
+            events=self._events.report() if self._events is not None else None,
+        )
+
+
+class EventMatcher:
+    """Detection: the events each model raises on the same windows, and how they match.
+
+    Both sides run a detection postprocessor of their own (the configured one, with its own
+    per-stream state) on the windows the shadow compared; an event of one model matches an
+    unmatched event of the other with the same label whose sample span overlaps it. Unmatched
+    events wait (the last ``PENDING`` per stream and side) for a partner raised a little later.
+    Runs on the shadow thread only.
+    """
+
+    PENDING = 64
+
+    def __init__(self, cfg: Config, candidate: ActiveModel) -> None:
+        model = candidate.model
+        kw: dict[str, Any] = {
+            "input_size": cfg.window.length * cfg.channels,
+            "max_streams": cfg.window.max_streams,
+            "window_length": cfg.window.length,
+        }
+        labels = candidate.labels or None
+        self._post = [
+            build_postprocessor(cfg.postprocess, model.outputs, labels, **kw) for _ in range(2)
+        ]  # [active side, candidate side]
+        self._zeros = np.zeros((1, cfg.window.length, cfg.channels), np.float32)
+        self.counts = [0, 0]
+        self.matched = 0
+        self._pending: dict[str, tuple[deque[tuple[str, int, int]], ...]] = {}
+
+    def window(self, active: Outputs, candidate: Outputs, stream: str, sample: int) -> None:
+        pend = self._pending.get(stream)
+        if pend is None:
+            pend = self._pending[stream] = (deque(maxlen=self.PENDING), deque(maxlen=self.PENDING))
+        for side, outs in enumerate((active, candidate)):
+            res = self._post[side](outs, self._zeros, stream, sample)
+            if res is None or res.get("type") != "event":
+                continue
+            self.counts[side] += 1
+            ev = (str(res["label"]), int(res["start_sample"]), int(res["end_sample"]))
+            other = pend[1 - side]
+            hit = next((o for o in other if o[0] == ev[0] and o[1] < ev[2] and ev[1] < o[2]), None)
+            if hit is not None:
+                other.remove(hit)
+                self.matched += 1
+            else:
+                pend[side].append(ev)
+
+    def report(self) -> EventAgreementV1:
+        a, c = self.counts
+        return EventAgreementV1(
+            active=a,
+            candidate=c,
+            matched=self.matched,
+            agreement=self.matched / max(a, c) if max(a, c) else None,
         )

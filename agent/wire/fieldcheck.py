@@ -89,6 +89,17 @@ class DisagreementV1(Wire):
     )
 
 
+class EventAgreementV1(Wire):
+    active: int = Field(ge=0, description="Detection events the active model raised.")
+    candidate: int = Field(ge=0, description="Detection events the candidate raised.")
+    matched: int = Field(
+        ge=0, description="Pairs of events with the same label whose sample spans overlap."
+    )
+    agreement: float | None = Field(
+        None, ge=0, le=1, description="matched / max(active, candidate); null: no events yet."
+    )
+
+
 class ShadowReportV1(Wire):
     """Retained on ``<prefix>/<device>/shadow/<model>`` while a candidate is shadowed."""
 
@@ -118,4 +129,7 @@ class ShadowReportV1(Wire):
     )
     disagreements: list[DisagreementV1] = Field(
         default_factory=list, description="A bounded sample of windows where top-1 differs."
+    )
+    events: EventAgreementV1 | None = Field(
+        None, description="Detection (postprocess.type = 'detection'): the events each raised."
     )

@@ -198,3 +198,30 @@ def test_a_full_shadow_queue_skips_and_counts_without_blocking() -> None:
     assert runner.skipped == 7
     report = runner.report("dev", ActiveModel(load_model(content), "m", "1"))
     assert report.windows_skipped == 7 and report.windows_compared == 0
+
+
+def test_detection_events_are_counted_and_matched_by_overlapping_spans() -> None:
+    from agent.pipeline.shadow import EventMatcher
+
+    cfg = parse_config(
+        {
+            "window": {"length": 32, "hop": 16},
+            "postprocess": {
+                "type": "detection",
+                "labels": ["bg", "knock"],
+                "ignore": ["bg"],
+                "average_windows": 1,
+            },
+        }
+    )
+    model = load_model(zoo.tiny_classifier("float32").content)
+    matcher = EventMatcher(cfg, ActiveModel(model, "m", "2"))
+    off, on = np.array([[0.9, 0.1]], np.float32), np.array([[0.1, 0.9]], np.float32)
+    active_on, candidate_on = {3, 10}, {3, 4, 20}  # knock rises at 3 (both), 10 / 20 (one each)
+    for k in range(30):
+        a = [on if k in active_on else off]
+        c = [on if k in candidate_on else off]
+        matcher.window(a, c, "s", k * 16)
+    report = matcher.report()
+    assert (report.active, report.candidate, report.matched) == (2, 2, 1)
+    assert report.agreement == 0.5
