@@ -288,6 +288,43 @@ def _burst(client: paho.Client) -> Iterator[None]:
                     wake.send(b"\0")
 
 
+def tls_problems(settings: MqttSection) -> list[tuple[str, str]]:
+    """Every TLS file that is missing or does not parse, as ``(key path, reason)``.
+
+    Start-up and ``check-config`` run this before anything connects: a missing CA file is a
+    configuration error naming the file, not a connection that fails forever.
+    """
+    tls = settings.tls
+    if not tls.enabled:
+        return []
+    problems: list[tuple[str, str]] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(tls.ca_file))
+        except FileNotFoundError:
+            problems.append(("mqtt.tls.ca_file", f"{tls.ca_file} does not exist"))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            problems.append(("mqtt.tls.ca_file", f"{tls.ca_file} is not a PEM CA bundle: {exc}"))
+    if tls.cert_file is not None and tls.key_file is not None:
+        missing = [(k, p) for k, p in (("cert_file", tls.cert_file), ("key_file", tls.key_file))
+                   if not p.is_file()]  # fmt: skip
+        for key, path in missing:
+            problems.append((f"mqtt.tls.{key}", f"{path} does not exist"))
+        if not missing:
+            try:
+                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                problems.append(
+                    (
+                        "mqtt.tls.cert_file",
+                        f"{tls.cert_file} / {tls.key_file} are not a certificate and its "
+                        f"private key: {exc}",
+                    )
+                )
+    return problems
+
+
 def _make_client(settings: MqttSection, client_id: str, password: str | None) -> paho.Client:
     v5 = settings.protocol == "5"
     client = _Client(
@@ -316,7 +353,8 @@ def _make_client(settings: MqttSection, client_id: str, password: str | None) ->
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise PublishError(PublishError.TLS, f"TLS setup failed: {exc}") from exc
+            files = ", ".join(f"{k} {v}" for k, v in tls_problems(settings)) or str(exc)
+            raise PublishError(PublishError.TLS, f"TLS setup failed: {exc} ({files})") from exc
         if tls.insecure:
             client.tls_insecure_set(True)
     return client
@@ -734,3 +772,81 @@ def collect_retained(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+@dataclass(frozen=True)
+class ProbeStep:
+    """One step of reaching the broker: ``ok`` None when it was not tried."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+def probe_broker(
+    settings: MqttSection, client_id: str, password: str | None, timeout_s: float = 5.0
+) -> list[ProbeStep]:
+    """TCP connect, TLS handshake (when enabled), CONNACK with the configured credentials.
+
+    ``client_id`` must not be the running agent's (the broker would drop that session).
+    """
+    where = f"{settings.host}:{settings.port}"
+    skipped = "not tried: the previous step failed"
+    try:
+        sock = socket.create_connection((settings.host, settings.port), timeout=timeout_s)
+    except OSError as exc:
+        return [
+            ProbeStep("broker TCP", False, f"{where}: {exc}"),
+            ProbeStep("broker TLS", None, skipped),
+            ProbeStep("broker CONNACK", None, skipped),
+        ]
+    steps = [ProbeStep("broker TCP", True, f"{where} reachable")]
+    tls = settings.tls
+    with sock:
+        if tls.enabled:
+            ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+            if tls.insecure:
+                ctx.check_hostname = False
+            try:
+                if tls.cert_file is not None and tls.key_file is not None:
+                    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+                with ctx.wrap_socket(sock, server_hostname=settings.host) as tsock:
+                    steps.append(ProbeStep("broker TLS", True, f"{tsock.version()} handshake OK"))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                steps.append(ProbeStep("broker TLS", False, f"{where}: {exc}"))
+                steps.append(ProbeStep("broker CONNACK", None, skipped))
+                return steps
+        else:
+            steps.append(ProbeStep("broker TLS", None, "off (mqtt.tls.enabled = false)"))
+    try:
+        client = _make_client(settings, client_id, password)
+    except PublishError as exc:
+        steps.append(ProbeStep("broker CONNACK", False, str(exc)))
+        return steps
+    answered = threading.Event()
+    reasons: list[ReasonCode] = []
+
+    def on_connect(
+        c: paho.Client, u: Any, flags: Any, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        reasons.append(reason)
+        answered.set()
+
+    client.on_connect = on_connect
+    try:
+        _start_short_lived(client, settings)
+    except PublishError as exc:
+        steps.append(ProbeStep("broker CONNACK", False, str(exc)))
+        return steps
+    try:
+        who = f"as {settings.username!r}" if settings.username else "anonymously"
+        if not answered.wait(timeout_s):
+            steps.append(ProbeStep("broker CONNACK", False, f"no CONNACK in {timeout_s:g}s"))
+        elif reasons[0].is_failure:
+            steps.append(ProbeStep("broker CONNACK", False, f"refused {who}: {reasons[0]}"))
+        else:
+            steps.append(ProbeStep("broker CONNACK", True, f"accepted {who}"))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return steps

@@ -161,7 +161,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _targets(args: argparse.Namespace) -> Targets:
-    return Targets(groups=args.groups, percent=args.percent, shadow=args.shadow)
+    return Targets(groups=args.groups, percent=args.percent, shadow=args.shadow or None)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -232,7 +232,7 @@ def _gate(args: argparse.Namespace, settings: MqttSection, pw: str | None) -> Ga
 
 def cmd_promote(args: argparse.Namespace) -> int:
     settings = mqtt_settings(args)
-    targets = _targets(args).model_copy(update={"shadow": False})
+    targets = _targets(args).model_copy(update={"shadow": None})
     gate = None
     if args.min_agreement is not None:
         gate = _gate(args, settings, password(settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.model.runtime import Model
+from agent.release.manifest import Manifest
 from agent.release.reference import Reference
 
 
@@ -17,5 +18,12 @@ class ActiveModel:
     version: str
     labels: list[str] = field(default_factory=list)
     sha256: str = ""
+    manifest: Manifest | None = None
+    """The signed manifest when the model came from a package: it decides the pipeline
+    (``agent.model.compat.resolve``)."""
     reference: Reference | None = None
-    """The package's reference statistics (drift monitoring), when it carries them."""
+    """The reference statistics for drift monitoring: the manifest's unless given."""
+
+    def __post_init__(self) -> None:
+        if self.reference is None and self.manifest is not None:
+            self.reference = self.manifest.reference

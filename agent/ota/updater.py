@@ -92,6 +92,11 @@ class SwappablePipeline(Protocol):
     def shadow(self) -> ShadowRunner | None: ...
 
 
+def _awaiting(pipeline: SwappablePipeline) -> bool:
+    """No model runs yet (``agent.app.provisioning.AwaitingModel``): provisioning over OTA."""
+    return bool(getattr(pipeline, "awaiting", False))
+
+
 def _claimed_version(offer: Offer | None) -> str | None:
     """The version an offer claims (unverified: for the refusal report only)."""
     if offer is None:
@@ -230,7 +235,12 @@ class Updater:
         return Running(a.version, a.sha256)
 
     def _report(self, progress: tuple[int, int] | None = None) -> None:
-        msg = self._reporter.state(self._sm.record, self.pipeline.active.version, progress)
+        msg = self._reporter.state(
+            self._sm.record,
+            self.pipeline.active.version,
+            progress,
+            awaiting=_awaiting(self.pipeline),
+        )
         self.metrics.set("ota_state", msg.state)
 
     def _check_stop(self) -> None:
@@ -303,7 +313,8 @@ class Updater:
         }
         try:
             content = self._obtain(acc, fields)
-            smoke = smoke_test(content, m, self.cfg.model, self.pipeline.active.model)
+            running = None if _awaiting(self.pipeline) else self.pipeline.active.model
+            smoke = smoke_test(content, m, self.cfg.model, running)
             signature = None
             if acc.signer is not None and acc.offer.signature is not None:
                 signature = SignatureFile(
@@ -378,7 +389,7 @@ class Updater:
             version=m.version,
             labels=list(m.labels) or self.cfg.postprocess_labels(),
             sha256=acc.sha256,
-            reference=m.reference,
+            manifest=m,
         )
         try:
             self.pipeline.swap_model(new)

@@ -32,7 +32,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -53,13 +55,7 @@ def canonical_json(obj: BaseModel | Any) -> bytes:
     These are the bytes that are hashed and signed; ``json.loads`` of them gives back the same
     data. Pydantic models are dumped in JSON mode first (datetimes become ISO 8601 strings).
     """
-    if isinstance(obj, BaseModel):
-        # Optional fields added after a schema was released are left out when null, so a
-        # package without them is byte-for-byte what an older agent reads (extra="forbid").
-        omit = {k for k in getattr(obj, "OMIT_IF_NONE", ()) if getattr(obj, k) is None}
-        data = obj.model_dump(mode="json", exclude=omit or None)
-    else:
-        data = obj
+    data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
     return json.dumps(
         data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
@@ -167,6 +163,22 @@ _SHA256_RE = r"^[0-9a-f]{64}$"
 
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Additive(_Schema):
+    """A schema that grew optional fields after schema_version 1 shipped: they are left out of
+    the JSON while None, so a manifest that does not use them is byte-for-byte what an older
+    agent (which forbids unknown fields) reads."""
+
+    _added: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self._added:
+            if data.get(key, ...) is None:
+                del data[key]
+        return data
 
 
 # --------------------------------------------------------------------------- arrays
@@ -317,8 +329,30 @@ class OutputMetrics(_Schema):
     mean_abs_error: float = Field(ge=0, description="Mean |candidate - reference|.")
 
 
-class VerificationReport(_Schema):
+class SourceComparison(_Schema):
+    """One converted variant against the *source* model run by its own framework (Keras /
+    TensorFlow for Keras and SavedModel sources, onnxruntime for ONNX), on the validation data
+    in the source's layout."""
+
+    variant: str = Field(description="'reference' (float32 .tflite) or 'candidate'.")
+    mode: str = Field(description="Conversion mode of the variant.")
+    framework: str = Field(description="What ran the source, with its version.")
+    output: str = Field(description="Output tensor name (of the converted model).")
+    max_abs_error: float = Field(ge=0, description="Largest |variant - source|.")
+    relative_error: float = Field(
+        ge=0, description="max_abs_error over the range of the source's output values."
+    )
+    top1_agreement: float | None = Field(
+        default=None, description="Share of samples with the source's argmax (class scores)."
+    )
+    max_relative_error: float = Field(ge=0, description="The gate applied to relative_error.")
+    passed: bool = Field(description="relative_error <= max_relative_error.")
+
+
+class VerificationReport(_Additive):
     """Result of running the reference and the converted model on a validation set."""
+
+    _added: ClassVar[frozenset[str]] = frozenset({"source"})
 
     schema_version: Literal[1] = Field(default=1, description="Version of this report's schema.")
     samples: int = Field(ge=0, description="Validation samples run through both models.")
@@ -330,6 +364,11 @@ class VerificationReport(_Schema):
     min_agreement: float | None = Field(default=None, description="Threshold applied, if any.")
     passed: bool = Field(description="True when every threshold held.")
     failures: list[str] = Field(default_factory=list, description="Why it did not pass.")
+    source: list[SourceComparison] | None = Field(
+        default=None,
+        description="Every variant against the source model run by its own framework (null: "
+        "the source was a .tflite, or this report predates source verification).",
+    )
 
 
 # --------------------------------------------------------------------------- manifest
@@ -370,6 +409,48 @@ class GoldenSample(_Schema):
         return problems
 
 
+class InputLayout(_Schema):
+    """How data laid out as the source model takes it becomes the .tflite input.
+
+    Converters change layouts (onnx2tf turns ``[1, 16, 96]`` into ``[1, 96, 16]``): a sample
+    ``x`` in the source's layout is fed as ``x.transpose(permutation)`` (batch axis included),
+    then reshaped to the .tflite input's shape. ``edge-agent predict`` applies it to input
+    files; the converter verified the model through it.
+    """
+
+    input: str = Field(description="The .tflite input tensor (``TensorSpec.name``).")
+    source_name: str = Field(description="The source model's input name.")
+    source_shape: list[int] = Field(description="The source input's shape (-1: dynamic).")
+    permutation: list[int] | None = Field(
+        default=None, description="Axes of the source array in .tflite order; null: as is."
+    )
+
+    @model_validator(mode="after")
+    def _perm(self) -> InputLayout:
+        if self.permutation is not None and sorted(self.permutation) != list(
+            range(len(self.source_shape))
+        ):
+            raise ValueError(
+                f"permutation {self.permutation} is not a permutation of the "
+                f"{len(self.source_shape)} axes of {self.source_shape}"
+            )
+        return self
+
+    def to_model(self, x: npt.NDArray[Any], model_shape: list[int]) -> npt.NDArray[Any]:
+        """``x`` (one sample, or a batch along axis 0) in the source's layout -> .tflite's."""
+        arr = np.asarray(x)
+        if arr.ndim == len(self.source_shape) - 1:
+            arr = arr[None]
+        if arr.ndim != len(self.source_shape):
+            raise ValueError(
+                f"input {self.source_name!r}: data of shape {arr.shape} is not laid out as the "
+                f"source model takes it {self.source_shape}"
+            )
+        if self.permutation is not None:
+            arr = arr.transpose(self.permutation)
+        return np.ascontiguousarray(arr).reshape((-1, *model_shape[1:]))
+
+
 class Artifact(_Schema):
     """The model file the manifest vouches for."""
 
@@ -395,10 +476,10 @@ class BuildInfo(_Schema):
     source_sha256: str | None = Field(default=None, pattern=_SHA256_RE, description="sha256 of it.")
 
 
-class Manifest(_Schema):
+class Manifest(_Additive):
     """Everything a device needs to know about one model version, signed as a whole."""
 
-    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("reference",)
+    _added: ClassVar[frozenset[str]] = frozenset({"layout", "reference"})
 
     schema_version: Literal[1] = Field(default=1, description="Version of this manifest's schema.")
     name: TopicId = Field(description="Model name: the OTA topic part and store directory.")
@@ -418,6 +499,11 @@ class Manifest(_Schema):
     )
     postprocess: PostprocessSpec = Field(
         default_factory=PostprocessSpec, description="How the output is read."
+    )
+    layout: list[InputLayout] | None = Field(
+        default=None,
+        description="Per input: how the source model's layout maps to the .tflite input "
+        "(null: the package predates it, or the layouts are the same).",
     )
     min_agent_version: SemverStr = Field(description="Oldest agent that may load this package.")
     build: BuildInfo = Field(description="Converter, TensorFlow and runtime versions.")
@@ -483,7 +569,7 @@ def utc_now() -> datetime:
 # --------------------------------------------------------------------------- announcement
 
 
-class Targets(_Schema):
+class Targets(_Additive):
     """Which devices an announcement is for."""
 
     groups: list[TopicId] = Field(
@@ -497,18 +583,19 @@ class Targets(_Schema):
         "id, model, version) < percent.",
     )
 
-    devices: list[TopicId] = Field(
-        default_factory=list,
-        description="Device ids; empty means any device (of the groups). `edge-fleet promote "
+    devices: list[TopicId] | None = Field(
+        default=None,
+        description="Device ids; null means any device (of the groups). `edge-fleet promote "
         "--min-agreement` names the devices whose shadow reports passed.",
     )
-    shadow: bool = Field(
-        default=False,
-        description="Install as a shadow: verify and smoke-test, then run beside the active "
-        "model on the same windows without publishing its predictions (docs/shadow-and-drift.md).",
+    shadow: bool | None = Field(
+        default=None,
+        description="true: install as a shadow: verify and smoke-test, then run beside the "
+        "active model on the same windows without publishing its predictions "
+        "(docs/shadow-and-drift.md); null: install as usual.",
     )
 
-    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("devices", "shadow")
+    _added: ClassVar[frozenset[str]] = frozenset({"devices", "shadow"})
 
     def includes(self, device_id: str, groups: list[str], model: str, version: str) -> bool:
         """Whether a device (with its groups) is targeted by this announcement."""
@@ -553,8 +640,4 @@ class Announcement(_Schema):
         return self.manifest.encode("utf-8")
 
     def to_bytes(self) -> bytes:
-        data = self.model_dump(mode="json")
-        for key in Targets.OMIT_IF_DEFAULT:  # older agents refuse fields they do not know
-            if not data["targets"][key]:
-                del data["targets"][key]
-        return canonical_json(data)
+        return canonical_json(self)

@@ -9,7 +9,15 @@ from pydantic import Field
 from agent.wire.base import Wire
 
 Phase = Literal[
-    "idle", "downloading", "verifying", "staged", "shadow", "active", "rolled_back", "failed"
+    "awaiting_model",
+    "idle",
+    "downloading",
+    "verifying",
+    "staged",
+    "shadow",
+    "active",
+    "rolled_back",
+    "failed",
 ]
 
 

@@ -76,8 +76,8 @@ def test_rollout_shadow_flag_becomes_the_targets_flag_and_promote_clears_it() ->
 
     p = build_parser()
     args = p.parse_args(["rollout", "--package", "x.eapkg", "--channel", "shadow", "--shadow"])
-    assert _targets(args).shadow is True and _targets(args).devices == []
+    assert _targets(args).shadow is True and _targets(args).devices is None
     args = p.parse_args(["rollout", "--package", "x.eapkg", "--channel", "canary"])
-    assert _targets(args).shadow is False
+    assert _targets(args).shadow is None
     args = p.parse_args(["promote", "--model", "m", "--min-agreement", "0.98"])
     assert args.min_agreement == 0.98 and args.min_windows == 1000
