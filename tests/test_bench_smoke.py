@@ -29,6 +29,9 @@ SMOKE_ROWS = (
     "16 shadow: active latency p50 tiny",
     "16 shadow: active windows/s tiny",
     "16 drift: CPU/window tiny",
+    "fleet 200: status complete view",
+    "fleet 200: canary 10% abort",
+    "19 dashboard devices page 1",
 )
 
 
@@ -40,7 +43,7 @@ def test_smoke_run_prints_every_row_and_writes_the_report(tmp_path: Path) -> Non
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
         check=False,
     )
     # 0: every target met, 1: some missed (a busy CI machine); 2 would be a crashed family

@@ -13,6 +13,7 @@ the agent unready: predictions are queued, and on-demand inference works offline
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -64,9 +65,18 @@ def is_live(checks: dict[str, bool]) -> bool:
     return checks["inference"] and checks["publisher"] and checks["mqtt_link"]
 
 
+class OtaStateSource(Protocol):
+    """What the view reads of the OTA updater (``agent.ota.Updater`` fits)."""
+
+    def ota_state(self) -> dict[str, Any] | None: ...
+
+
 class Running(Protocol):
     """The live components of one configuration that the view reads
     (``agent.app.service.Running`` fits)."""
+
+    @property
+    def updater(self) -> OtaStateSource | None: ...
 
     cfg: Config
     topics: Topics
@@ -92,6 +102,20 @@ def _version() -> str:
     from agent import __version__
 
     return __version__
+
+
+def recent_predictions(payloads: list[bytes], keep: int = 5) -> list[dict[str, Any]]:
+    """The newest ``keep`` predictions (newest first) from spooled payloads (single or batch)."""
+    out: list[dict[str, Any]] = []
+    for raw in payloads:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        items = obj.get("batch") if isinstance(obj, dict) and "batch" in obj else [obj]
+        if isinstance(items, list):
+            out.extend(p for p in items if isinstance(p, dict))
+    return out[::-1][:keep]
 
 
 class RunningAgentView:
@@ -194,6 +218,8 @@ class RunningAgentView:
                 "last_error": r.link.last_error,
             },
             "metrics": self.collect().model_dump(mode="json"),
+            "ota": None if r.updater is None else r.updater.ota_state(),
+            "recent_predictions": recent_predictions(r.publisher.recent()),
         }
 
     # ---------------------------------------------------------------- inference
