@@ -306,7 +306,10 @@ class FleetView:
             return
         device, kind = parts
         try:
-            if kind == "status":
+            if kind in self._kinds:  # a feature's own parser first (FleetView.add_kind)
+                parse = self._kinds[kind]
+                self._update(device, lambda st: parse(st, payload))
+            elif kind == "status":
                 self._status(device, payload)
             elif kind == "ota":
                 self._ota(device, payload)
@@ -316,9 +319,6 @@ class FleetView:
                 self._drift(device, payload)
             elif kind == "shadow":
                 self._shadow(device, payload)
-            elif kind in self._kinds:
-                parse = self._kinds[kind]
-                self._update(device, lambda st: parse(st, payload))
         except Exception:  # a malformed message must not kill the network thread
             log.exception("cannot read %s", topic)
 
