@@ -24,6 +24,7 @@ from agent.errors import ConfigError, EdgeAgentError, PackageError
 from agent.release.manifest import Manifest, VerificationReport
 from agent.release.package import check_package, read_package, write_package
 from agent.release.signing import load_trusted_keys, write_keypair
+from agent.terminal import console, is_terminal
 from converters.convert import MODES
 from converters.settings import BuildSettings, PublishSettings, validate_settings
 from converters.verify import VerificationFailed, format_report
@@ -36,15 +37,18 @@ EXIT_VERIFICATION = 3
 
 
 def _setup_logging(verbose: bool) -> None:
-    tty = sys.stderr.isatty()
+    stream = console()  # a copy of fd 2: still the user's while TF's own stderr is captured
+    tty = is_terminal(stream)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s" if tty else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        stream=stream,
     )
     if not verbose:
-        for noisy in ("tensorflow", "absl", "h5py", "agent.model.runtime"):
+        for noisy in ("tensorflow", "absl", "h5py", "agent.model.runtime", "litert"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # TensorFlow's C++ stderr (agent.model.native_stderr): its W lines are its internals
+        logging.getLogger("tensorflow.native").setLevel(logging.ERROR)
 
 
 def _csv(text: str) -> list[str]:

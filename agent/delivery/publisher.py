@@ -204,6 +204,14 @@ class Publisher:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def queue_depth(self) -> int:
+        """Messages the broker has not acknowledged yet (any thread). The spool's depth less
+        the acks that arrived but wait for the publisher's next round: at a trickle they are
+        taken with the next prediction, and the spool alone would report the last message
+        as queued until then."""
+        return max(0, self._spool.depth - len(self._acks))
+
     def drained(self) -> bool:
         """Everything submitted so far is spooled, published and acknowledged (nothing
         queued for the thread, no open batch, an empty spool). For batch evaluation: once the

@@ -57,6 +57,7 @@ from agent.fleet.view import (
     watch_fleet,
 )
 from agent.release.manifest import Announcement, Targets, utc_now
+from agent.terminal import CLEAR_SCREEN, is_terminal
 
 EXIT_OK = 0
 EXIT_ABORTED = 1
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-fleet", description="Fleet status and model rollouts over MQTT."
     )
+    parser.add_argument("--version", action="version", version=f"edge-fleet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("status", help="devices: online, model, OTA state, rate, queue")
@@ -225,9 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-CLEAR_SCREEN = "\033[2J\033[H"
-
-
 def status_json(devices: list[DeviceState], now: float | None = None) -> dict[str, Any]:
     """What ``status --json`` prints: the summary and one object per device."""
     now = time.time() if now is None else now
@@ -237,7 +236,7 @@ def status_json(devices: list[DeviceState], now: float | None = None) -> dict[st
 def watch_frames(view: FleetView, out: TextIO, every_s: float = 2.0) -> None:
     """Show the table again and again: on a terminal in place, into a pipe or a file as plain
     frames separated by a blank line (no terminal control codes)."""
-    tty = out.isatty()
+    tty = is_terminal(out)  # the one TTY rule (agent/terminal.py): TERM=dumb is no terminal
     while True:
         table = format_table(view.devices())
         out.write((CLEAR_SCREEN + table + "\n") if tty else (table + "\n\n"))
@@ -496,6 +495,12 @@ COMMANDS = {
     "serve": cmd_serve,
     "simulate": cmd_simulate,
 }
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

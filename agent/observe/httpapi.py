@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from agent.config import HttpSection
 from agent.errors import ConfigError, EdgeAgentError, InferenceError, SampleError, ShapeMismatch
-from agent.observe.telemetry import PROMETHEUS_CONTENT_TYPE
+from agent.observe.prometheus import PROMETHEUS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 

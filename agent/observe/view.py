@@ -19,13 +19,13 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.errors import EdgeAgentError
-from agent.metrics import Metrics
+from agent.metrics import KNOWN_COUNTERS, ON_DEMAND_COUNTERS, OTA_COUNTERS, Metrics
+from agent.observe.prometheus import render_prometheus
 from agent.observe.telemetry import (
     LinuxProcessStats,
     ProcessStats,
     RateMeter,
     build_metrics,
-    render_prometheus,
 )
 from agent.wire.metrics import MetricsV1
 
@@ -97,6 +97,10 @@ class AgentLike(Protocol):
     @property
     def running(self) -> Running | None: ...
 
+    def request_reload(self) -> None:
+        """Re-read the config and rebuild (SIGHUP; the restart button). Only sets events."""
+        ...
+
 
 def _version() -> str:
     from agent import __version__
@@ -145,7 +149,7 @@ class RunningAgentView:
             model_name=active.name,
             model_version=active.version,
             link=r.link,
-            queue_depth=r.spool.depth,
+            queue_depth=r.publisher.queue_depth,
             rates=self._rates,
             process=self._process,
         )
@@ -179,7 +183,21 @@ class RunningAgentView:
         }
 
     def metrics_text(self) -> str:
-        return render_prometheus(self.collect())
+        return render_prometheus(self.collect(), self.known_counters())
+
+    def known_counters(self) -> dict[str, tuple[str, ...]]:
+        """Every counter this configuration can move, with its label values (shown at 0)."""
+        cfg = self._running().cfg
+        known = dict(KNOWN_COUNTERS)
+        sources = tuple(s.name for s in cfg.sources)
+        known["source_failures"] = sources
+        if any(s.type == "command" for s in cfg.sources):
+            known["source_restarts"] = tuple(s.name for s in cfg.sources if s.type == "command")
+        if cfg.ota.enabled:
+            known.update(OTA_COUNTERS)
+        if cfg.http.enabled:
+            known.update(ON_DEMAND_COUNTERS)
+        return known
 
     # ---------------------------------------------------------------- health & status
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.observe.telemetry import render_prometheus
+from agent.observe.prometheus import render_prometheus
 from agent.wire.fieldcheck import DriftScoreV1, DriftV1
 from agent.wire.metrics import MetricsV1
 from agent.wire.predictions import ModelRef
