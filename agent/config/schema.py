@@ -629,6 +629,56 @@ class HomeAssistantSection(_Table):
     discovery_prefix: str = Field("homeassistant", description="HA discovery prefix.")
 
 
+class DriftSection(_Table):
+    enabled: bool = Field(
+        True,
+        description="Monitor drift when the model's package carries reference statistics "
+        "(a model without them is never monitored).",
+    )
+    window_samples: int = Field(
+        4096, ge=64, description="Rolling window: the last N samples per input channel."
+    )
+    window_predictions: int = Field(
+        1024, ge=16, description="Rolling window: the last N predictions (output drift)."
+    )
+    chunks: int = Field(
+        8, ge=2, le=64, description="The rolling windows move in this many steps (memory bound)."
+    )
+    threshold: float = Field(
+        0.25, gt=0, description="Raise the drift alert when a channel's PSI reaches this."
+    )
+    clear_below: float = Field(
+        0.1, gt=0, description="Clear it when every PSI is below this (hysteresis)."
+    )
+    min_fill: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Judge only once this share of the rolling window has been seen.",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> DriftSection:
+        if self.clear_below > self.threshold:
+            raise ValueError("clear_below must not be above threshold")
+        return self
+
+
+class ShadowSection(_Table):
+    enabled: bool = Field(
+        True, description="Run releases announced as shadows (refused when false)."
+    )
+    max_queue: int = Field(
+        8, ge=1, description="Blocks waiting for the shadow model; more are skipped and counted."
+    )
+    disagreement_samples: int = Field(
+        5, ge=0, le=100, description="Disagreeing windows kept in the report (0: none)."
+    )
+    max_sample_bytes: int = Field(
+        4096, ge=0, description="Cap on the bytes of one kept window's values."
+    )
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -656,6 +706,12 @@ class Config(_Table):
     http: HttpSection = Field(default_factory=lambda: HttpSection(), description="Local HTTP API.")
     homeassistant: HomeAssistantSection = Field(
         default_factory=lambda: HomeAssistantSection(), description="Home Assistant discovery."
+    )
+    drift: DriftSection = Field(
+        default_factory=lambda: DriftSection(), description="Drift monitoring."
+    )
+    shadow: ShadowSection = Field(
+        default_factory=lambda: ShadowSection(), description="Shadow models."
     )
 
     @model_validator(mode="after")

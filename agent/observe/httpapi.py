@@ -7,6 +7,7 @@ library's ``ThreadingHTTPServer``: no web framework on a Pi for four routes.
     GET  /healthz      200 when live and ready, 503 otherwise (JSON body says which check failed)
     GET  /metrics      Prometheus text (exposition format 0.0.4)
     GET  /status       JSON: device, model, broker connection, queue, the metrics snapshot
+    GET  /drift        JSON: drift scores (``DriftV1``) and the shadow report, if any
     POST /v1/predict   {"samples": [[c0, c1, ...], ...], "stream": "name"} -> one prediction
 
 Limits, because anything on the device can connect: request bodies above
@@ -80,6 +81,10 @@ class AgentView(Protocol):
 
     def metrics_text(self) -> str:
         """Prometheus text exposition."""
+        ...
+
+    def field(self) -> dict[str, Any]:
+        """JSON-able drift scores and shadow report (``GET /drift``)."""
         ...
 
     def predict(self, samples: object, stream: str) -> dict[str, Any]:
@@ -471,6 +476,10 @@ class _Handler(BaseHTTPRequestHandler):
                 with self.server.work_slot():
                     obj = self.server.api.view.status()
                 self._json(HTTPStatus.OK, obj)
+            elif path == "/drift":
+                with self.server.work_slot():
+                    obj = self.server.api.view.field()
+                self._json(HTTPStatus.OK, obj)
             else:
                 self._predict()
         except _ApiError as err:
@@ -561,6 +570,7 @@ _ROUTES = {
     "/healthz": "GET",
     "/metrics": "GET",
     "/status": "GET",
+    "/drift": "GET",
     "/v1/predict": "POST",
 }
 

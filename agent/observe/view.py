@@ -156,7 +156,7 @@ class RunningAgentView:
         """One snapshot of the agent's metrics (the MQTT payload and the /metrics source)."""
         r = self._running()
         active = r.pipeline.active
-        return build_metrics(
+        m = build_metrics(
             self._agent.metrics,
             device=r.cfg.agent.device_id,
             groups=r.cfg.agent.groups,
@@ -169,6 +169,34 @@ class RunningAgentView:
             rates=self._rates,
             process=self._process,
         )
+        return self._field(m, r)
+
+    def _field(self, m: MetricsV1, r: Running) -> MetricsV1:
+        drift = r.pipeline.drift
+        shadow = r.pipeline.shadow
+        agreement = None
+        if shadow is not None and shadow.compared:
+            agreement = round(shadow.agreements / shadow.compared, 6)
+        if drift is None and agreement is None:
+            return m
+        return m.model_copy(
+            update={
+                "drift": drift.snapshot() if drift is not None else None,
+                "shadow_agreement": agreement,
+            }
+        )
+
+    def field(self) -> dict[str, Any]:
+        """``GET /drift``: the drift scores (null: the package has no reference) and the
+        shadow report (null: no shadow runs)."""
+        r = self._running()
+        d, s = r.pipeline.drift, r.pipeline.shadow
+        return {
+            "drift": d.snapshot().model_dump(mode="json") if d is not None else None,
+            "shadow": s.report(r.cfg.agent.device_id, r.pipeline.active).model_dump(mode="json")
+            if s is not None
+            else None,
+        }
 
     def metrics_text(self) -> str:
         return render_prometheus(self.collect(), self.known_counters())

@@ -31,6 +31,7 @@ _PHASE: dict[State, Phase] = {
     State.DOWNLOADING: "downloading",
     State.VERIFYING: "verifying",
     State.STAGED: "staged",
+    State.SHADOW: "shadow",
     State.ACTIVATING: "staged",
     State.TRIAL: "active",
     State.ACTIVE: "active",

@@ -4,8 +4,9 @@
         │  an offer is accepted
         ▼
     downloading ──▶ verifying ──▶ staged ──▶ activating ──▶ trial ──▶ active
-        │               │            │            │            │
-        └───────────────┴────────────┴────────────┴──▶ failed  └──▶ rolled_back
+        │               │            │  │         │            │
+        └───────────────┴────────────┴──┼─────────┴──▶ failed  └──▶ rolled_back
+                                        └──▶ shadow (resting: runs beside the active model)
 
 Every transition is checked against ``ALLOWED`` and written to ``state.json`` before the step
 it announces starts (temp file, fsync, rename, fsync the directory), so after a kill at any
@@ -48,6 +49,8 @@ class State(StrEnum):
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     STAGED = "staged"
+    SHADOW = "shadow"
+    """Resting: the staged version runs as a shadow beside the active one (targets.shadow)."""
     ACTIVATING = "activating"
     TRIAL = "trial"
     ACTIVE = "active"
@@ -55,7 +58,7 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-RESTING = frozenset({State.IDLE, State.ACTIVE, State.ROLLED_BACK, State.FAILED})
+RESTING = frozenset({State.IDLE, State.ACTIVE, State.ROLLED_BACK, State.FAILED, State.SHADOW})
 """Nothing in progress: a new attempt may start from here."""
 
 _START = frozenset({State.DOWNLOADING, State.VERIFYING, State.ROLLED_BACK})
@@ -67,9 +70,10 @@ ALLOWED: Mapping[State, frozenset[State]] = {
     State.ACTIVE: _START,
     State.ROLLED_BACK: _START,
     State.FAILED: _START,
+    State.SHADOW: _START,
     State.DOWNLOADING: frozenset({State.VERIFYING, State.FAILED, State.IDLE}),
     State.VERIFYING: frozenset({State.STAGED, State.FAILED, State.IDLE}),
-    State.STAGED: frozenset({State.ACTIVATING, State.FAILED, State.IDLE}),
+    State.STAGED: frozenset({State.ACTIVATING, State.SHADOW, State.FAILED, State.IDLE}),
     State.ACTIVATING: frozenset({State.TRIAL, State.FAILED, State.IDLE, State.ROLLED_BACK}),
     State.TRIAL: frozenset({State.TRIAL, State.ACTIVE, State.ROLLED_BACK}),
 }

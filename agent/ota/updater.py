@@ -28,7 +28,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import ClockStatus
 from agent.config import Config
@@ -62,6 +62,9 @@ from agent.release.signing import load_trusted_keys
 from agent.wire.ota import MARKED_BAD_REASONS, TufStatus
 from agent.wire.topics import INSTALL, Topics
 
+if TYPE_CHECKING:
+    from agent.pipeline.shadow import ShadowRunner
+
 log = logging.getLogger(__name__)
 
 CLOCK_RETRY_S = 30.0
@@ -93,6 +96,11 @@ class SwappablePipeline(Protocol):
     def active(self) -> ActiveModel: ...
 
     def swap_model(self, active: ActiveModel) -> None: ...
+
+    def set_shadow(self, candidate: ActiveModel | None) -> None: ...
+
+    @property
+    def shadow(self) -> ShadowRunner | None: ...
 
 
 def _awaiting(pipeline: SwappablePipeline) -> bool:
@@ -345,6 +353,10 @@ class Updater:
                 self._refused(*_claimed(offer), exc, job.source)
             self._intake.done(job, exc.reason)
             return
+        if self._shadowing(accepted):
+            _close(offer)
+            self._intake.done(job, "up_to_date")
+            return
         try:
             outcome = self._apply(accepted)
         finally:
@@ -448,6 +460,19 @@ class Updater:
                 f"is {m.name} {m.version}",
             )
 
+    def _shadowing(self, acc: Accepted) -> bool:
+        """The offer is a shadow of the build shadowed now (a retained announcement delivered
+        again on reconnect): keep it running, with its counts."""
+        targets = acc.offer.targets
+        current = self.pipeline.shadow
+        if targets is None or not targets.shadow or current is None:
+            return False
+        cand = current.candidate
+        if (cand.version, cand.sha256) != (acc.version, acc.sha256):
+            return False
+        log.info("%s runs as a shadow already", acc.version)
+        return True
+
     def _refused(
         self, version: str | None, sha256: str | None, exc: UpdateError, source: str
     ) -> None:
@@ -479,7 +504,10 @@ class Updater:
             self._store.stage(m, acc.offer.manifest_bytes, signature, content)
             self._paths.part(acc.sha256).unlink(missing_ok=True)
             self._transition(State.STAGED)
-            self._activate(acc, smoke)
+            if acc.offer.targets is not None and acc.offer.targets.shadow:
+                self._shadow(acc, smoke)
+            else:
+                self._activate(acc, smoke)
         except UpdateError as exc:
             if exc.reason == "cancelled":
                 log.info("update to %s interrupted: the agent is stopping", m.version)
@@ -539,6 +567,7 @@ class Updater:
     def _activate(self, acc: Accepted, smoke: SmokeResult) -> None:
         m = acc.manifest
         old = self.pipeline.active
+        self.pipeline.set_shadow(None)  # a new active model ends any shadow
         self._transition(State.ACTIVATING, baseline_latency_s=smoke.running_latency_s)
         new = ActiveModel(
             model=smoke.model,
@@ -561,6 +590,27 @@ class Updater:
         self._previous_active = old
         self._transition(State.TRIAL, boots=0, trial_started=time.time())
         self._start_watch(smoke.model, smoke.running_latency_s)
+
+    def _shadow(self, acc: Accepted, smoke: SmokeResult) -> None:
+        """Run the staged version beside the active one (targets.shadow): it serves nothing;
+        a later announcement of the same version without the flag activates it from the store."""
+        m = acc.manifest
+        if not self.cfg.shadow.enabled:
+            raise UpdateError("shadow_disabled", f"{m.version}: shadow.enabled = false here")
+        candidate = ActiveModel(
+            model=smoke.model,
+            name=m.name,
+            version=m.version,
+            labels=list(m.labels) or self.cfg.postprocess_labels(),
+            sha256=acc.sha256,
+            reference=m.reference,
+        )
+        try:
+            self.pipeline.set_shadow(candidate)
+        except EdgeAgentError as exc:
+            raise UpdateError("incompatible_pipeline", f"{m.version}: {exc}") from exc
+        self._transition(State.SHADOW, detail=f"shadowing {self.pipeline.active.version}")
+        log.info("%s runs as a shadow beside %s", m.version, self.pipeline.active.version)
 
     def _fail(self, acc: Accepted, exc: UpdateError) -> None:
         log.error("update to %s failed: %s", acc.version, exc)

@@ -28,6 +28,7 @@ Phase = Literal[
     "downloading",
     "verifying",
     "staged",
+    "shadow",
     "active",
     "rolled_back",
     "failed",

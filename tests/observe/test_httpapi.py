@@ -49,6 +49,9 @@ class FakeView:
     def metrics_text(self) -> str:
         return '# HELP x X.\n# TYPE x gauge\nx{device="fake"} 1\n'
 
+    def field(self) -> dict[str, Any]:
+        return {"drift": None, "shadow": None}
+
     def predict(self, samples: object, stream: str) -> dict[str, Any]:
         self.calls.append((samples, stream))
         if stream == "slow":
@@ -137,6 +140,8 @@ def test_healthz_status_metrics(api: HttpApi, view: FakeView) -> None:
     assert status == 503 and json.loads(body)["status"] == "starting"
     status, _, body = request(api, "GET", "/status")
     assert status == 200 and json.loads(body)["device"] == "fake"
+    status, _, body = request(api, "GET", "/drift")
+    assert status == 200 and json.loads(body) == {"drift": None, "shadow": None}
     status, hdrs, body = request(api, "GET", "/metrics")
     assert status == 200 and hdrs["content-type"] == PROMETHEUS_CONTENT_TYPE
     parse_prometheus(body.decode())
