@@ -89,7 +89,7 @@ def test_shift_in_one_channel_raises_and_clears_the_retained_alert(
         def calm(ms: list[Received]) -> bool:
             last = [m for m in ms if m.topic == "edge/dev-1/metrics"][-1]
             d = MetricsV1.model_validate_json(last.payload).drift
-            return d is not None and not d.alert
+            return d is not None and d.judged and not d.alert  # not the snapshot at connect
 
         msgs = col.wait_for(calm, 30)  # the metrics after the clear say so too
         last = [m for m in msgs if m.topic == "edge/dev-1/metrics"][-1]
