@@ -236,13 +236,13 @@ class _Client(paho.Client):
     """
 
     write_timeout_s = 30.0
-    _net_thread: threading.Thread | None = None
-    """The thread running this client's network loop (``loop_forever``)."""
+    _net_ident: int | None = None
+    """``threading.get_ident()`` of the thread running this client's network loop."""
 
     def loop_forever(
         self, timeout: float = 1.0, retry_first_connection: bool = False
     ) -> MQTTErrorCode:
-        self._net_thread = threading.current_thread()
+        self._net_ident = threading.get_ident()
         return super().loop_forever(timeout, retry_first_connection)
 
     def _create_socket(self) -> Any:
@@ -252,16 +252,21 @@ class _Client(paho.Client):
         return sock
 
     def want_write(self) -> bool:
+        # called on every loop turn and after every publish: paho's own queue is read here
+        # directly (what paho's want_write reads), one Python call less each time
+        if self._out_packet:
+            return True
         sock = self._sock
-        return super().want_write() or (isinstance(sock, _TcpBuffer) and sock.pending_out())
+        return isinstance(sock, _TcpBuffer) and sock.pending_out()
 
     def loop_write(self) -> MQTTErrorCode:
         sock = self._sock
-        if isinstance(sock, _TcpBuffer):
+        # paho calls this on the network thread (its loop), and on the publishing thread
+        # after every publish; inside a burst the buffer is held and ``release`` writes it
+        # all, so there is nothing to flush then
+        if isinstance(sock, _TcpBuffer) and not sock._hold:
             try:  # noqa: SIM105 (contextlib.suppress: 3 Python calls more per loop turn)
-                # paho calls this on the network thread (its loop), and on a publishing
-                # thread inside a publish (a burst: the buffer is held, nothing is written)
-                sock.flush(wait=threading.current_thread() is self._net_thread)
+                sock.flush(wait=threading.get_ident() == self._net_ident)
             except OSError:  # closed: the read side reports it
                 pass
         return super().loop_write()
