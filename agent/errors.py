@@ -7,9 +7,11 @@ are translated at the boundary with ``raise ... from exc`` and carry context
 
     EdgeAgentError
     ├── ConfigError            bad config.toml / environment override (key path + reason)
+    │   └── PackageConflict    the config sets a key the model package decides, differently
     ├── ModelError             a model cannot be loaded or does not fit the pipeline
     │   ├── RuntimeUnavailable no usable TFLite runtime (names the package to install)
-    │   └── ShapeMismatch      window/preprocess/postprocess disagree with the model's tensors
+    │   ├── ShapeMismatch      window/preprocess/postprocess disagree with the model's tensors
+    │   └── IncompatibleModel  a package's manifest does not fit the pipeline (``reason``)
     ├── InferenceError         invoke() or quantisation failed for one window (``reason``)
     ├── SampleError            one malformed sensor message (counted per ``reason`` and skipped)
     ├── SourceError            a sample source cannot start (file missing, program not found)
@@ -39,6 +41,28 @@ class ConfigError(EdgeAgentError):
         super().__init__("\n".join(lines))
 
 
+class PackageConflict(ConfigError):
+    """The config sets a key the model package decides, to another value (exit 78 at start).
+
+    ``conflicts`` holds ``(key, config value, package value, reason)``; ``reason`` is the OTA
+    refusal reason of the first one (``wrong_model``, ``incompatible_preprocess``, ...).
+    """
+
+    def __init__(
+        self, package: str, conflicts: list[tuple[str, object, object, str]], source: str = "config"
+    ) -> None:
+        self.package = package
+        self.conflicts = conflicts
+        self.reason = conflicts[0][3] if conflicts else "incompatible_preprocess"
+        super().__init__(
+            [
+                (key, f"config says {cv!r}, package {package} says {pv!r}")
+                for key, cv, pv, _ in conflicts
+            ],
+            source,
+        )
+
+
 class ModelError(EdgeAgentError):
     """A model file cannot be loaded, or does not fit the configured pipeline."""
 
@@ -49,6 +73,17 @@ class RuntimeUnavailable(ModelError):
 
 class ShapeMismatch(ModelError):
     """The configured window/preprocess/postprocess disagree with the model's tensors."""
+
+
+class IncompatibleModel(ModelError):
+    """A package's manifest does not fit the configured pipeline. ``reason`` is a stable label
+    (``agent_too_old``, ``incompatible_input``, ``incompatible_output``,
+    ``incompatible_postprocess``, ``incompatible_preprocess``) that OTA reports as it is."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
 
 
 class InferenceError(EdgeAgentError):

@@ -14,14 +14,27 @@ from typing import Any
 
 from agent.errors import ConversionError
 from agent.model.runtime import Model, load_model
-from agent.release.manifest import VerificationReport
+from agent.release.manifest import InputLayout, VerificationReport
 from agent.release.package import Package
 from agent.release.signing import SigningKey, load_private_key
 from converters.convert import SourceModel, convert_source, load_source
 from converters.dataset import Dataset, RawData, fit_to_inputs, load_dataset, read_data
 from converters.packaging import PackageSpec, infer_mode, package_model
 from converters.settings import BuildSettings
-from converters.verify import Thresholds, VerificationFailed, compare, model_inputs
+from converters.source import (
+    SourceRunner,
+    infer_layout,
+    match_inputs,
+    source_runner,
+    to_model_layout,
+)
+from converters.verify import (
+    Thresholds,
+    VerificationFailed,
+    compare,
+    compare_with_source,
+    model_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,46 +52,87 @@ class Converted:
     source_kind: str
     source_name: str | None
     source_sha256: str | None
+    layout: list[InputLayout] | None = None
+    """How the source's input layout maps to the .tflite's (None: a .tflite source)."""
 
 
 def convert_and_verify(source: Path | Any, settings: BuildSettings) -> Converted:
-    """Convert ``source`` in ``settings.mode`` and verify it against the float32 reference.
+    """Convert ``source`` in ``settings.mode`` and verify it against the float32 reference and
+    against the source model run by its own framework (data in the source's layout).
 
     Raises ``VerificationFailed`` (report attached) when a threshold is missed.
     """
     thresholds = Thresholds(settings.max_accuracy_drop, settings.min_agreement)
     raw_validation = _read_validation(settings, thresholds)  # fail fast, before converting
-    with load_source(source) as src:
-        reference, candidate, mode = _convert(src, settings)
+    with load_source(source, onnx2tf_args=settings.onnx2tf_args) as src:
+        runner = source_runner(src.kind, src.path, src.saved_model_dir)
+        reference, candidate, mode = _convert(src, settings, runner)
         kind = src.kind
         name = src.path.name if src.path is not None else None
         sha = src.sha256
-    ref_model = load_model(reference, runtime=settings.runtime)
-    cand_model = ref_model
-    if candidate is not reference:
-        cand_model = load_model(candidate, runtime=settings.runtime)
-    validation = None
-    report = None
-    if raw_validation is None:
-        log.warning("no validation data: %s model is packaged unverified", mode)
-    else:
-        validation = fit_to_inputs(raw_validation, model_inputs(cand_model), settings.labels)
-        validation = validation.take(settings.validation_samples)
-        report = compare(
-            ref_model,
-            cand_model,
-            validation,
-            reference_mode="float32" if kind != "tflite" else mode,
-            candidate_mode=mode,
-            thresholds=thresholds,
-        )
-        if not report.passed:
-            raise VerificationFailed(report)
-    return Converted(mode, candidate, reference, cand_model, validation, report, kind, name, sha)
+        ref_model = load_model(reference, runtime=settings.runtime)
+        cand_model = ref_model
+        if candidate is not reference:
+            cand_model = load_model(candidate, runtime=settings.runtime)
+        layout = match_inputs(runner, cand_model.inputs) if runner is not None else None
+        validation = None
+        report = None
+        if raw_validation is None:
+            log.warning("no validation data: %s model is packaged unverified", mode)
+        else:
+            if runner is None or layout is None:
+                validation = fit_to_inputs(
+                    raw_validation, model_inputs(cand_model), settings.labels
+                )
+            else:  # the user's data is laid out as the source model takes it
+                src_inputs = [s.as_input_shape() for s in runner.inputs]
+                src_data = fit_to_inputs(raw_validation, src_inputs, settings.labels)
+                src_data = src_data.take(settings.validation_samples)
+                validation = to_model_layout(src_data, layout, [t.shape for t in cand_model.inputs])
+            validation = validation.take(settings.validation_samples)
+            report = compare(
+                ref_model,
+                cand_model,
+                validation,
+                reference_mode="float32" if kind != "tflite" else mode,
+                candidate_mode=mode,
+                thresholds=thresholds,
+            )
+            if runner is not None and layout is not None:
+                variants = [("reference", "float32", ref_model)]
+                if cand_model is not ref_model:
+                    variants.append(("candidate", mode, cand_model))
+                ordered = _source_order(runner, layout)
+                comparisons, failures = compare_with_source(
+                    runner, src_data.take(len(validation)), ordered, variants
+                )
+                report = report.model_copy(
+                    update={
+                        "source": comparisons,
+                        "failures": [*report.failures, *failures],
+                        "passed": report.passed and not failures,
+                    }
+                )
+            if not report.passed:
+                raise VerificationFailed(report)
+    return Converted(
+        mode, candidate, reference, cand_model, validation, report, kind, name, sha, layout
+    )
 
 
-def _convert(src: SourceModel, settings: BuildSettings) -> tuple[bytes, bytes, str]:
-    """(reference, candidate, mode) bytes; the same object twice when nothing differs."""
+def _source_order(runner: SourceRunner, layout: list[InputLayout]) -> list[InputLayout]:
+    """``layout`` (in the model's input order) in the source's input order, as the data is."""
+    by_source = {lay.source_name: lay for lay in layout}
+    return [by_source[s.name] for s in runner.inputs]
+
+
+def _convert(
+    src: SourceModel, settings: BuildSettings, runner: SourceRunner | None = None
+) -> tuple[bytes, bytes, str]:
+    """(reference, candidate, mode) bytes; the same object twice when nothing differs.
+
+    The calibration data is laid out as the source takes it (``runner``'s inputs) and mapped
+    to the SavedModel's layout (onnx2tf moves channels last)."""
     if src.tflite is not None:
         model = load_model(src.tflite, runtime=settings.runtime)
         return src.tflite, src.tflite, infer_mode(model)
@@ -86,9 +140,21 @@ def _convert(src: SourceModel, settings: BuildSettings) -> tuple[bytes, bytes, s
     if settings.mode == "int8":
         if settings.calibration is None:
             raise ConversionError("mode int8 needs a calibration (representative) dataset")
-        calibration = load_dataset(settings.calibration, src.inputs(), settings.labels).take(
-            settings.calibration_samples
-        )
+        targets = src.inputs()
+        if runner is not None and src.kind == "onnx":
+            src_cal = load_dataset(
+                settings.calibration, [s.as_input_shape() for s in runner.inputs], settings.labels
+            ).take(settings.calibration_samples)
+            shapes = [(1, *(d or 1 for d in t.shape)) for t in targets]
+            layouts = [
+                infer_layout(s, t.name, shape)
+                for s, t, shape in zip(runner.inputs, targets, shapes, strict=True)
+            ]
+            calibration = to_model_layout(src_cal, layouts, shapes)
+        else:
+            calibration = load_dataset(settings.calibration, targets, settings.labels).take(
+                settings.calibration_samples
+            )
     reference = convert_source(src, "float32")
     if settings.mode == "float32":
         return reference, reference, "float32"
@@ -145,6 +211,7 @@ def build_package(
         min_agent_version=settings.min_agent_version,
         source=converted.source_name,
         source_sha256=converted.source_sha256,
+        layout=converted.layout,
     )
     pkg = package_model(
         spec,

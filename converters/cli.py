@@ -8,6 +8,7 @@ configuration, 3 verification thresholds missed (nothing written, nothing packag
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -50,6 +51,37 @@ def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+LABEL_FILE_SUFFIXES = (".txt", ".json", ".csv", ".labels")
+
+
+def _labels(text: str) -> list[str]:
+    """``a,b,c``, or a file: a JSON list, or one name per line (a single line may be a,b,c)."""
+    path = Path(text)
+    looks_like_file = path.suffix.lower() in LABEL_FILE_SUFFIXES or "/" in text
+    if not path.is_file():
+        if looks_like_file:
+            raise argparse.ArgumentTypeError(f"labels file {text} does not exist")
+        return _csv(text)
+    try:
+        body = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read labels file {text}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            names = json.loads(body)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text} is not JSON: {exc}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise argparse.ArgumentTypeError(f"{text} must hold a JSON list of strings")
+        return names
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    if len(lines) == 1 and "," in lines[0]:
+        return _csv(lines[0])
+    if not lines:
+        raise argparse.ArgumentTypeError(f"labels file {text} is empty")
+    return lines
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(p) for p in _csv(text)]
@@ -89,11 +121,23 @@ def _add_build_args(p: argparse.ArgumentParser, *, package: bool) -> None:
     )
     p.add_argument("--validation", type=Path, help="validation data (default: calibration)")
     p.add_argument("--validation-samples", type=int, help="use the first N validation samples")
-    p.add_argument("--labels", type=_csv, help="class names in output order: a,b,c")
+    p.add_argument(
+        "--labels",
+        type=_labels,
+        help="class names in output order: a,b,c, or a file (one per line, or a JSON list)",
+    )
     p.add_argument("--max-accuracy-drop", type=float, help="fail above this drop (e.g. 0.02)")
     p.add_argument("--min-agreement", type=float, help="fail below this top-1 agreement")
     p.add_argument("--runtime", choices=("auto", "litert", "tflite-runtime", "tensorflow"))
     p.add_argument("--report", type=Path, help="write the verification report (JSON) here")
+    p.add_argument(
+        "--onnx2tf-arg",
+        action="append",
+        dest="onnx2tf_args",
+        metavar="ARG",
+        help="ONNX sources: one onnx2tf argument, repeatable in order "
+        "(--onnx2tf-arg=-kat --onnx2tf-arg=x --onnx2tf-arg=-b --onnx2tf-arg=1)",
+    )
     if not package:
         p.add_argument("-o", "--output", type=Path, help="output .tflite")
         return
@@ -133,6 +177,7 @@ _BUILD_KEYS = (
     "private_key",
     "min_agent_version",
     "golden_samples",
+    "onnx2tf_args",
 )
 
 

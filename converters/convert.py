@@ -113,8 +113,10 @@ def sha256_of_file(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def load_source(source: Path | str | Any) -> SourceModel:
-    """Open a model file/directory (or take a live Keras model) for conversion."""
+def load_source(source: Path | str | Any, onnx2tf_args: Sequence[str] = ()) -> SourceModel:
+    """Open a model file/directory (or take a live Keras model) for conversion.
+
+    ``onnx2tf_args``: extra onnx2tf command-line arguments for an ONNX source."""
     if isinstance(source, str):
         source = Path(source)
     if not isinstance(source, Path):
@@ -139,7 +141,7 @@ def load_source(source: Path | str | Any) -> SourceModel:
             raise ConversionError(f"cannot load Keras model {path}: {exc}") from exc
         return _from_keras_model(model, path)
     if suffix == ".onnx":
-        return _from_onnx(path)
+        return _from_onnx(path, onnx2tf_args)
     raise ConversionError(
         f"{path}: unknown model format {suffix!r} (use .keras, .h5, .tflite, .onnx or a "
         "SavedModel directory)"
@@ -161,23 +163,45 @@ def _from_keras_model(model: Any, path: Path | None) -> SourceModel:
     return SourceModel("keras", path, saved_model_dir=out, sha256=sha, _tmp=tmp)
 
 
-def _from_onnx(path: Path) -> SourceModel:
-    try:
-        import onnx2tf
-    except ImportError as exc:
-        raise ConversionError(
-            f"{path}: ONNX models need onnx2tf: pip install 'edge-agent[onnx]'"
-        ) from exc
+ONNX2TF_RUN = "import sys, onnx2tf; sys.argv = ['onnx2tf', *sys.argv[1:]]; sys.exit(onnx2tf.main())"
+"""onnx2tf's command line, run by the interpreter that has it (its options as documented)."""
+ONNX2TF_TIMEOUT_S = 3600.0
+
+
+def _from_onnx(path: Path, args: Sequence[str] = ()) -> SourceModel:
+    """onnx2tf's command line in a child process: every option reachable (``args``), and a
+    failure shown with onnx2tf's own output (the last lines of its traceback), not one key."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if "onnx2tf" in sys.modules:
+        installed = sys.modules["onnx2tf"] is not None
+    else:
+        try:
+            installed = importlib.util.find_spec("onnx2tf") is not None
+        except (ImportError, ValueError):
+            installed = False
+    if not installed:
+        raise ConversionError(f"{path}: ONNX models need onnx2tf: pip install 'edge-agent[onnx]'")
     tmp = tempfile.TemporaryDirectory(prefix="edge-convert-onnx-")
     out = Path(tmp.name) / "saved_model"
+    cmd = [sys.executable, "-c", ONNX2TF_RUN, "-i", str(path), "-o", str(out), *args]
     try:
-        with step(f"onnx2tf {path.name}"), _quiet():
-            onnx2tf.convert(
-                input_onnx_file_path=str(path), output_folder_path=str(out), non_verbose=True
+        with step(f"onnx2tf {path.name}"):
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False
             )
-    except Exception as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         tmp.cleanup()
         raise ConversionError(f"onnx2tf could not convert {path}: {exc}") from exc
+    if res.returncode != 0 or not (out / "saved_model.pb").exists():
+        tmp.cleanup()
+        output = "\n".join((res.stdout + res.stderr).strip().splitlines()[-40:])
+        raise ConversionError(
+            f"onnx2tf could not convert {path} (exit {res.returncode}; arguments "
+            f"{' '.join(args) or 'none'}; pass its options with --onnx2tf-arg):\n{output}"
+        )
     return SourceModel("onnx", path, saved_model_dir=out, sha256=sha256_of_file(path), _tmp=tmp)
 
 

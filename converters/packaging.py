@@ -18,12 +18,15 @@ import numpy as np
 import numpy.typing as npt
 
 import agent
+from agent.errors import ConversionError, IncompatibleModel
+from agent.model.compat import check_package
 from agent.model.runtime import Model, TensorInfo, load_model
 from agent.release.manifest import (
     Artifact,
     BuildInfo,
     EncodedArray,
     GoldenSample,
+    InputLayout,
     Manifest,
     PostprocessSpec,
     PreprocessSpec,
@@ -124,6 +127,21 @@ class PackageSpec:
     min_agent_version: str = agent.__version__
     source: str | None = None
     source_sha256: str | None = None
+    layout: Sequence[InputLayout] | None = None
+    """How the source's input layout maps to the .tflite's; recorded when it is not the same."""
+
+
+def _changed(layout: Sequence[InputLayout] | None, model: Model) -> list[InputLayout] | None:
+    """``layout`` when some input is not fed as is (a transpose or another shape), else None:
+    a package without a layout change stays readable by agents that predate the field."""
+    if not layout:
+        return None
+    shapes = {t.name: list(t.shape[1:]) for t in model.inputs}
+    if all(
+        lay.permutation is None and lay.source_shape[1:] == shapes.get(lay.input) for lay in layout
+    ):
+        return None
+    return list(layout)
 
 
 def build_manifest(
@@ -145,6 +163,7 @@ def build_manifest(
         labels=list(spec.labels),
         preprocess=spec.preprocess,
         postprocess=spec.postprocess,
+        layout=_changed(spec.layout, model),
         min_agent_version=spec.min_agent_version,
         build=BuildInfo(
             converter=f"edge-agent {agent.__version__}",
@@ -172,6 +191,13 @@ def package_model(
     model = model if model is not None else load_model(content)
     golden = golden_samples(content, model, data, golden_count)
     manifest = build_manifest(spec, content, model, golden, verification)
+    try:  # the device's own check: never sign what a device would refuse
+        check_package(manifest)
+    except IncompatibleModel as exc:
+        raise ConversionError(
+            f"{spec.name} {spec.version}: a device would refuse this package ({exc.reason}): "
+            f"{exc.detail}"
+        ) from exc
     pkg = make_package(manifest, content, key)
     log.info(
         "packaged %s %s (%s, %d bytes, %d golden samples, %s)",

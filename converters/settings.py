@@ -90,6 +90,11 @@ class BuildSettings(_Settings):
         default=None, ge=0, le=1, description="Fail when top-1 agreement with float is lower."
     )
     golden_samples: int = Field(default=3, ge=1, le=32, description="Smoke-test samples.")
+    onnx2tf_args: list[str] = Field(
+        default_factory=list,
+        description="Extra onnx2tf command-line arguments for ONNX sources, as onnx2tf takes "
+        'them: ["-kat", "x", "-ois", "x:1,16,96", "-b", "1"].',
+    )
     private_key: Path | None = Field(
         default=None, description="Ed25519 private key (PEM) to sign with; unsigned if unset."
     )

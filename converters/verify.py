@@ -7,6 +7,12 @@ variant its size and median invoke latency. ``max_accuracy_drop`` / ``min_agreem
 report into a gate: ``VerificationFailed`` carries the report and nothing gets packaged.
 
 Labels apply to the first output with more than one value (the class scores).
+
+``compare_with_source`` then runs the *source* model in its own framework (TensorFlow for
+Keras/SavedModel, onnxruntime for ONNX) on the same data in the source's layout and compares
+every variant with it (``SourceComparison``): a conversion that changed the input layout, or
+an int8 build calibrated on wrongly laid-out data, fails here even when the two .tflite
+variants agree with each other.
 """
 
 from __future__ import annotations
@@ -23,9 +29,16 @@ import numpy.typing as npt
 
 from agent.errors import ConversionError
 from agent.model.runtime import Model
-from agent.release.manifest import OutputMetrics, VariantMetrics, VerificationReport
+from agent.release.manifest import (
+    InputLayout,
+    OutputMetrics,
+    SourceComparison,
+    VariantMetrics,
+    VerificationReport,
+)
 from converters.dataset import Dataset, InputShape
 from converters.progress import Progress
+from converters.source import SourceRunner, clean_name, run_source, to_model_layout
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +75,7 @@ def runtime_description(model: Model) -> str:
     return model.runtime_name
 
 
-def clean_tensor_name(name: str) -> str:
-    """``serving_default_window:0`` -> ``window``: the name the trained model gave the input."""
-    base = name.removeprefix("serving_default_")
-    head, sep, tail = base.rpartition(":")
-    return head if sep and tail.isdigit() else base
+clean_tensor_name = clean_name
 
 
 def model_inputs(model: Model) -> list[InputShape]:
@@ -243,13 +252,101 @@ def format_report(report: VerificationReport) -> str:
             f"{_fmt(o.accuracy):>7} {_fmt(o.accuracy_drop):>7} {o.max_abs_error:>9.4g} "
             f"{o.mean_abs_error:>9.4g}"
         )
+    if report.source:
+        lines += [
+            "",
+            f"against the source ({report.source[0].framework}):",
+            f"{'variant':<10} {'mode':<8} {'output':<24} {'max|err|':>9} {'of range':>9} "
+            f"{'allowed':>8} {'agree':>7}",
+        ]
+        for c in report.source:
+            lines.append(
+                f"{c.variant:<10} {c.mode:<8} {c.output[:24]:<24} {c.max_abs_error:>9.4g} "
+                f"{c.relative_error:>9.2%} {c.max_relative_error:>8.1%} "
+                f"{_fmt(c.top1_agreement):>7}{'' if c.passed else '  FAIL'}"
+            )
     lines.append("")
     gates = []
     if report.max_accuracy_drop is not None:
         gates.append(f"max_accuracy_drop={report.max_accuracy_drop:g}")
     if report.min_agreement is not None:
         gates.append(f"min_agreement={report.min_agreement:g}")
+    if report.source:
+        gates.append("error against the source within the allowed share of its range")
     verdict = "PASSED" if report.passed else "FAILED"
     lines.append(f"{verdict} ({', '.join(gates) if gates else 'no thresholds set'})")
     lines += [f"  - {f}" for f in report.failures]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- against the source
+
+MAX_SOURCE_ERROR = {"float32": 1e-3, "float16": 1e-2, "dynamic": 0.1, "int8": 0.25}
+"""Per conversion mode: the largest |variant - source| allowed, as a share of the range of the
+source's output values. Layout or calibration mistakes give errors of the order of the whole
+range (scores of 1.0 where the source gives 0); int8 rounding stays far below a quarter of it."""
+
+
+def compare_with_source(
+    runner: SourceRunner,
+    source_data: Dataset,
+    layouts: Sequence[InputLayout],
+    variants: Sequence[tuple[str, str, Model]],
+    max_relative_error: float | None = None,
+) -> tuple[list[SourceComparison], list[str]]:
+    """Every variant against the source model run by its own framework (see the module doc).
+
+    ``source_data`` is in the source's layout; each variant gets it through ``layouts``.
+    """
+    want = run_source(runner, source_data)
+    comparisons: list[SourceComparison] = []
+    failures: list[str] = []
+    for name, mode, model in variants:
+        data = to_model_layout(source_data, layouts, [t.shape for t in model.inputs])
+        got = run_dataset(model, data, f"verifying: {mode} {name} against the source").outputs
+        names = [clean_name(t.name) for t in model.outputs]
+        if set(names) <= set(runner.output_names):
+            order = [runner.output_names.index(n) for n in names]
+        else:
+            order = list(range(len(got)))
+        for info, raw, j in zip(model.outputs, got, order, strict=True):
+            s = want[j][: raw.shape[0]]
+            if raw.size != s.size:
+                raise ConversionError(
+                    f"output {info.name}: the converted model gives {raw.shape}, the source "
+                    f"{want[j].shape} ({runner.framework})"
+                )
+            g = raw.reshape(s.shape)
+            err = float(np.max(np.abs(g.astype(np.float64) - s))) if s.size else 0.0
+            spread = float(np.max(s) - np.min(s)) if s.size else 0.0
+            scale = spread or float(np.max(np.abs(s))) or 1.0
+            rel = err / scale
+            s1, g1 = _top1(s), _top1(g)
+            gate = (
+                max_relative_error
+                if max_relative_error is not None
+                else MAX_SOURCE_ERROR.get(mode, MAX_SOURCE_ERROR["int8"])
+            )
+            comparisons.append(
+                SourceComparison(
+                    variant=name,
+                    mode=mode,
+                    framework=runner.framework,
+                    output=info.name,
+                    max_abs_error=err,
+                    relative_error=rel,
+                    top1_agreement=float(np.mean(s1 == g1))
+                    if s1 is not None and g1 is not None
+                    else None,
+                    max_relative_error=gate,
+                    passed=rel <= gate,
+                )
+            )
+            if rel > gate:
+                failures.append(
+                    f"{name} ({mode}) output {info.name} differs from the source model run by "
+                    f"{runner.framework}: max |error| {err:.4g} is {rel:.1%} of the source's "
+                    f"output range (allowed {gate:.1%}): a wrong conversion, input layout or "
+                    "calibration"
+                )
+    return comparisons, failures

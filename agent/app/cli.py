@@ -2,6 +2,7 @@
 
     edge-agent run [--config config.toml]       run the daemon (no --config: embedded defaults)
     edge-agent check-config [--config ...]      validate, print the effective config
+    edge-agent doctor [--config ...]            broker, runtime, state dir, keys, clock: a table
     edge-agent inspect MODEL                    tensors, quantisation, ops, size of a .tflite/.eapkg
     edge-agent predict MODEL --input FILE       one-shot inference, JSON out (--stream: a
                                                 recording windowed as `run` does, state carried)
@@ -51,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config and print the effective values")
     _add_config(p)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check the environment beyond the config (broker, runtime, state dir, keys, "
+        "clock, credentials); exit 1 when something fails",
+    )
+    _add_config(p)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per broker step")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("inspect", help="describe a .tflite model or .eapkg package")
     p.add_argument("model", type=Path, help="model file")
@@ -142,6 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config and run every check start-up runs (``agent.app.preflight``); print
+    the effective configuration (what the model's package decided included)."""
+    from agent.app.preflight import check
     from agent.config import load_config
 
     try:
@@ -149,9 +162,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
         return 2
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    print(f"{args.config or 'embedded defaults'}: OK", file=sys.stderr)
+    eff, _, problems = check(cfg)
+    source = args.config or "embedded defaults"
+    if problems:
+        lines = [f"{source}: {len(problems)} problem(s)"]
+        lines += [f"  {p.key}: {p.reason}" for p in problems]
+        print("edge-agent: invalid configuration\n" + "\n".join(lines), file=sys.stderr)
+        return 2
+    print(json.dumps(eff.model_dump(mode="json"), indent=2))
+    print(f"{source}: OK", file=sys.stderr)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.app.doctor import diagnose, format_rows
+    from agent.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    rows = diagnose(cfg, dict(os.environ), timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps([{"check": r.check, "ok": r.ok, "detail": r.detail} for r in rows]))
+    else:
+        print(format_rows(rows))
+    return 1 if any(r.ok is False for r in rows) else 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -167,6 +206,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_stream(args)
     from agent.model.modelinfo import predict_file
 
+    if args.model.suffix == ".eapkg":
+        return _predict_package(args)
     out = predict_file(
         _model_bytes(args.model),
         args.input,
@@ -177,6 +218,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
         carry_state=args.carry_state,
         label=str(args.model),
     )
+    print(json.dumps(out))
+    return 0
+
+
+def _predict_package(args: argparse.Namespace) -> int:
+    """``predict`` on a package: its manifest decides, as at start-up (labels, normalisation,
+    the window layout, the source model's input layout)."""
+    from agent.app.packaged import package_inputs
+    from agent.model.loading import read_model_source
+    from agent.model.modelinfo import predict_file
+    from agent.release.package import read_package
+
+    pkg = read_package(read_model_source(str(args.model)))
+    m = pkg.manifest
+    out = predict_file(
+        pkg.model,
+        args.input,
+        runtime=args.runtime,
+        signature=args.signature,
+        num_threads=args.threads,
+        reference_kernels=args.reference_kernels,
+        carry_state=args.carry_state,
+        labels=list(m.labels) or None,
+        label=f"{m.name} {m.version}",
+        prepare=package_inputs(m),
+    )
+    out["package"] = {"name": m.name, "version": m.version, "sha256": m.artifact.sha256}
     print(json.dumps(out))
     return 0
 
@@ -209,6 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
+    "doctor": cmd_doctor,
     "inspect": cmd_inspect,
     "predict": cmd_predict,
     "demo": cmd_demo,

@@ -4,7 +4,12 @@
   spool, publish retained ``offline``, exit 0 — within ``agent.shutdown_timeout_s`` (< 5 s).
 - SIGHUP: read the config again; if it is valid, rebuild the pipeline with it (the spool keeps
   whatever was not yet delivered); if not, log every problem and keep running as before.
-- A model that is missing, corrupt or does not fit the pipeline is a start-up error (exit 2).
+- Before anything starts, ``agent.app.preflight`` runs every check ``check-config`` runs: a
+  model that is missing, corrupt or does not fit the pipeline is a start-up error (exit 2); a
+  config that contradicts its model package, a missing TLS/key file or a runtime that cannot
+  work here is a configuration error (exit 78: systemd does not restart it).
+- When the model comes from a package, its manifest decides (``agent.model.compat.resolve``):
+  the pipeline, the OTA updater and the reports run with the configuration it decided.
 - Batch evaluation (a replay source with ``exit_when_done = true``): once every source has
   finished and every prediction has been acknowledged by the broker (the spool is empty), shut
   down as on SIGTERM and exit 0 (1 if a source failed: a partial evaluation is no result).
@@ -19,8 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from agent.app.preflight import PreflightError, preflight
 from agent.app.systemd import Notifier, WatchdogPinger
 from agent.config import Config, load_config, read_password
 from agent.delivery.mqtt import MqttLink, OutgoingMessage
@@ -105,21 +111,26 @@ class Agent:
     # ---------------------------------------------------------------- lifecycle
 
     @staticmethod
-    def _startup_model(cfg: Config) -> ActiveModel:
+    def _startup_model(cfg: Config) -> ActiveModel | None:
         """With OTA on, an installed version (``<state_dir>/models/current``) wins over
-        ``model.path``; ``startup_model`` also finishes or rolls back an interrupted update."""
+        ``model.path``; ``startup_model`` also finishes or rolls back an interrupted update.
+        None: no model yet (``model.path = "none"``), the first comes over OTA."""
         if cfg.ota.enabled:
             from agent.ota import startup_model
 
             installed = startup_model(cfg)
             if installed is not None:
                 return installed
-        return load_active_model(cfg)
+        return None if cfg.awaiting_model else load_active_model(cfg)
 
     def build(self, cfg: Config) -> Running:
-        """Load the model and wire every component (raises EdgeAgentError on start-up errors)."""
+        """Load the model and wire every component (raises EdgeAgentError on start-up errors).
+
+        ``cfg`` is the operator's configuration; the components get the one the model's
+        package decided (``Running.cfg``)."""
+        prepared = preflight(cfg, self._startup_model)
+        cfg, active = prepared.cfg, prepared.active
         topics = Topics(cfg.mqtt.topic_prefix, cfg.agent.device_id)
-        active = self._startup_model(cfg)
         password = read_password(cfg.mqtt)
         link = MqttLink(
             cfg.mqtt,
@@ -139,8 +150,24 @@ class Agent:
             window=cfg.mqtt.max_inflight,
         )
         ctx = SourceContext(metrics=self.metrics, subscriber=link)
+        running: Running | None = None
+
+        def first_model(new: ActiveModel) -> Pipeline:
+            """The first release arrived (provisioning): the pipeline its package decides."""
+            eff = resolve_model(cfg, new)
+            p = Pipeline(eff, new, publisher, self.metrics, topics, ctx)
+            if running is not None:
+                running.cfg = eff
+            return p
+
         try:
-            pipeline = Pipeline(cfg, active, publisher, self.metrics, topics, ctx)
+            if active is None:  # provisioning: the updater installs the first model
+                from agent.app.provisioning import AwaitingModel
+
+                # AwaitingModel has the Pipeline surface the service, updater and view use
+                pipeline = cast(Pipeline, AwaitingModel(cfg.model.name, first_model))
+            else:
+                pipeline = Pipeline(cfg, active, publisher, self.metrics, topics, ctx)
             updater = None
             if cfg.ota.enabled:
                 from agent.ota import Updater
@@ -149,7 +176,8 @@ class Agent:
         except EdgeAgentError:
             spool.close()
             raise
-        return Running(cfg, topics, link, spool, publisher, pipeline, updater)
+        running = Running(cfg, topics, link, spool, publisher, pipeline, updater)
+        return running
 
     def start(self, r: Running) -> None:
         # the pipeline first: its MQTT sources subscribe before the link connects, so the
@@ -191,8 +219,14 @@ class Agent:
         if r is None:
             return "starting"
         m = self.metrics
+        awaiting = getattr(r.pipeline, "awaiting", False)
+        model = (
+            f"awaiting model {r.pipeline.active.name} over OTA"
+            if awaiting
+            else (f"model {r.pipeline.active.name} {r.pipeline.active.version}")
+        )
         return (
-            f"model {r.pipeline.active.name} {r.pipeline.active.version}; "
+            f"{model}; "
             f"mqtt {'up' if r.link.connected else 'down'}; "
             f"{m.counter('predictions_out')} predictions; queue {r.spool.depth}"
         )
@@ -227,7 +261,7 @@ class Agent:
             r = self.build(cfg)
         except EdgeAgentError as exc:
             log.error("cannot start: %s", exc)
-            return EXIT_STARTUP
+            return exit_code(exc)
         self.start(r)
         while True:
             while not self._wake.wait(0.2 if self.cfg.exit_when_done else 1.0):
@@ -271,6 +305,22 @@ class Agent:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded:\n%s", exc)
             return None
+
+
+def resolve_model(cfg: Config, active: ActiveModel) -> Config:
+    """The configuration ``active`` runs with: its package decides (``agent.model.compat``)."""
+    if active.manifest is None:
+        return cfg
+    from agent.model.compat import resolve_and_check
+
+    return resolve_and_check(cfg, active.manifest)
+
+
+def exit_code(exc: EdgeAgentError) -> int:
+    """78 when the configuration must change (systemd does not restart), else 2."""
+    if isinstance(exc, PreflightError):
+        return EXIT_CONFIG if exc.config else EXIT_STARTUP
+    return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_STARTUP
 
 
 def _version() -> str:

@@ -13,6 +13,7 @@ from agent.config.load import (
 from agent.config.schema import (
     BUILTIN_DEMO_MODEL,
     MAX_STREAMS,
+    NO_MODEL,
     RESERVED_DEVICE_IDS,
     AgentSection,
     AnomalyInjection,
@@ -46,6 +47,7 @@ __all__ = [
     "BUILTIN_DEMO_MODEL",
     "ENV_PREFIX",
     "MAX_STREAMS",
+    "NO_MODEL",
     "RESERVED_DEVICE_IDS",
     "AgentSection",
     "AnomalyInjection",

@@ -17,7 +17,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from agent.config.schema import Config, MqttSection, PostprocessConfig, SourceConfig
+from agent.config.schema import NO_MODEL, Config, MqttSection, PostprocessConfig, SourceConfig
 from agent.errors import ConfigError
 
 ENV_PREFIX = "EDGE_AGENT__"
@@ -115,7 +115,7 @@ def _resolve_paths(obj: BaseModel, base: Path) -> BaseModel:
         if isinstance(p, list):
             return [fix(x) for x in p]
         if isinstance(p, str):
-            if p.startswith("builtin:") or Path(p).is_absolute():
+            if p.startswith("builtin:") or p == NO_MODEL or Path(p).is_absolute():
                 return p
             return str(base / p)
         if not isinstance(p, Path) or p.is_absolute():

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 __all__ = [
     "BUILTIN_DEMO_MODEL",
     "MAX_STREAMS",
+    "NO_MODEL",
     "RESERVED_DEVICE_IDS",
     "AgentSection",
     "AnomalyInjection",
@@ -54,6 +55,9 @@ __all__ = [
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BUILTIN_DEMO_MODEL = "builtin:demo"
+NO_MODEL = "none"
+"""``model.path = "none"``: no model yet; with OTA on, the first release on the channel of
+``model.name`` is installed (the agent reports ``awaiting_model`` until then)."""
 RESERVED_DEVICE_IDS = frozenset({"ota"})
 MAX_STREAMS = 1024
 """Default cap on streams tracked at once (an MQTT wildcard must not grow state unbounded)."""
@@ -118,8 +122,9 @@ class AgentSection(_Table):
 class ModelSection(_Table):
     path: str = Field(
         BUILTIN_DEMO_MODEL,
-        description="A .tflite file, a signed .eapkg package, or 'builtin:demo' (the shipped demo "
-        "model). Relative paths are relative to the config file.",
+        description="A .tflite file, a signed .eapkg package, 'builtin:demo' (the shipped demo "
+        "model), or 'none' (OTA on: wait for the first release of model.name on the channel). "
+        "Relative paths are relative to the config file.",
         json_schema_extra={"path": True},
     )
     name: str = Field(
@@ -608,6 +613,11 @@ class Config(_Table):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
+        if self.model.path == NO_MODEL and not self.ota.enabled:
+            raise ValueError(
+                f"model.path = {NO_MODEL!r} needs ota.enabled = true (the first model comes "
+                "over OTA)"
+            )
         if not self.sources:
             raise ValueError("sources: at least one source is needed")
         names = [s.name for s in self.sources]
@@ -625,6 +635,11 @@ class Config(_Table):
             if vals is not None and len(vals) != n:
                 raise ValueError(f"preprocess.{key} has {len(vals)} values for {n} channels")
         return self
+
+    @property
+    def awaiting_model(self) -> bool:
+        """No model configured: the first one comes over OTA (``model.path = "none"``)."""
+        return self.model.path == NO_MODEL
 
     @property
     def channels(self) -> int:

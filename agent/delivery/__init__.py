@@ -2,7 +2,7 @@
 
 publisher.py  seq numbers, spooling, publishing in order within the in-flight window, acks
 spool.py      the SQLite (WAL) queue: committed before publishing, deleted on PUBACK
-mqtt.py       the only module importing paho: the self-reconnecting ``MqttLink`` and the
+mqtt/         the only package importing paho: the self-reconnecting ``MqttLink`` and the
               one-shot helpers (``publish_once``, ``collect_retained``)
 """
 

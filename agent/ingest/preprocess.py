@@ -10,15 +10,15 @@ the multiply into one pass.
 the model input's own quantization into one pass, so the windower (in the source thread)
 writes int8 windows the interpreter takes as they are (``Model.run_native``).
 
-``check_model_input`` validates at startup that the model input takes one window
-``(1, length, channels)`` or a layout with the same memory order, and returns the shape to
-reshape each window to. A mismatch raises ``ShapeMismatch`` naming the config keys to change.
+``check_model_input`` (``agent.model.compat``, re-exported here) validates at startup that the
+model input takes one window ``(1, length, channels)`` or a layout with the same memory order,
+and returns the shape to reshape each window to. A mismatch raises ``ShapeMismatch`` naming
+the config keys to change.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -27,7 +27,10 @@ import numpy.typing as npt
 
 from agent.config import PreprocessSection
 from agent.errors import ConfigError, ShapeMismatch
-from agent.model.runtime import INT_RANGES, TensorLike, fast_clip
+from agent.model.compat import check_model_input
+from agent.model.runtime import INT_RANGES, fast_clip
+
+__all__ = ["Encoder", "FeedSpec", "Preprocessor", "check_model_input"]
 
 log = logging.getLogger(__name__)
 
@@ -178,87 +181,3 @@ class Encoder:
         y -= np.float32(self.zero_point)
         y *= np.float32(self.scale)
         return y
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
-
-
-def check_model_input(input: TensorLike, window_length: int, channels: int) -> tuple[int, ...]:
-    """Check the model input takes one window; return the shape to reshape a window to.
-
-    Accepted: ``(1, length, channels)`` and every layout with the same memory order, i.e.
-    whose dimensions other than 1 are ``(length, channels)`` or ``(length * channels,)``:
-    ``(length, channels)``, ``(1, length, channels, 1)``, ``(1, length, 1, channels)``,
-    ``(1, length * channels)``. A dynamic batch dimension (-1) is fed as 1.
-    """
-    shape = tuple(int(d) for d in input.shape)
-    want = (1, window_length, channels)
-    target = shape
-    if shape and shape[0] <= 0:
-        target = (1, *shape[1:])
-    core = [d for d in target if d != 1]
-    fits = all(d > 0 for d in target) and (
-        core == [d for d in (window_length, channels) if d != 1]
-        or core == [d for d in (window_length * channels,) if d != 1]
-    )
-    if fits:
-        if target != want:
-            log.info(
-                "model input %r has shape %s: feeding each %dx%d window reshaped to %s",
-                input.name,
-                _fmt(shape),
-                window_length,
-                channels,
-                _fmt(target),
-            )
-        return target
-    raise ShapeMismatch(_mismatch_message(input.name, shape, window_length, channels))
-
-
-def _mismatch_message(name: str, shape: tuple[int, ...], length: int, channels: int) -> str:
-    want = (1, length, channels)
-    also = ", ".join(
-        _fmt(s) for s in ((length, channels), (1, length, channels, 1), (1, length * channels))
-    )
-    head = (
-        f"model input {name!r} has shape {_fmt(shape)}, but the pipeline feeds windows of "
-        f"window.length = {length} samples x {channels} channel(s) (shape {_fmt(want)}; "
-        f"also accepted: {also})."
-    )
-    dims = [d for d in shape[1:] if d != 1] if shape and shape[0] <= 1 else list(shape)
-    if any(d <= 0 for d in shape[1:]):
-        fix = "The model has a dynamic dimension other than the batch: export it with a fixed size."
-    elif len(shape) >= 2 and shape[0] > 1:
-        fix = (
-            f"The model has a fixed batch of {shape[0]}; windows are fed one at a time: "
-            f"re-export it with batch 1 (input shape {_fmt(want)})."
-        )
-    elif dims == [channels, length]:
-        fix = (
-            "The model looks channels-first (channels, length): windows are channels-last; "
-            f"re-export the model with input shape {_fmt(want)}."
-        )
-    elif len(dims) == 2:
-        fix = (
-            f"To use this model set window.length = {dims[0]} and channels = {dims[1]} in "
-            f"every [[sources]] table (with window.hop <= window.length), or use a model that "
-            f"takes {_fmt(want)}."
-        )
-    elif len(dims) == 1:
-        size = dims[0]
-        fix = (
-            f"A flat input of {size} values needs window.length x channels = {size} "
-            f"(now {length} x {channels} = {length * channels}): change window.length or "
-            f"the sources' channels."
-        )
-        if size % channels == 0:
-            fix += f" With {channels} channel(s): window.length = {size // channels}."
-    else:
-        n = math.prod(d for d in shape if d > 0)
-        fix = (
-            f"The model takes {n} values per invoke in a layout the window cannot be reshaped "
-            f"to; change window.length / the sources' channels, or re-export the model with "
-            f"input shape {_fmt(want)}."
-        )
-    return f"{head} {fix}"

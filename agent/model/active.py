@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.model.runtime import Model
+from agent.release.manifest import Manifest
 
 
 @dataclass
@@ -16,3 +17,6 @@ class ActiveModel:
     version: str
     labels: list[str] = field(default_factory=list)
     sha256: str = ""
+    manifest: Manifest | None = None
+    """The signed manifest when the model came from a package: it decides the pipeline
+    (``agent.model.compat.resolve``)."""

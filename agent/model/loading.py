@@ -12,7 +12,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from agent.config import BUILTIN_DEMO_MODEL, Config
+from agent.config import BUILTIN_DEMO_MODEL, NO_MODEL, Config
 from agent.errors import EdgeAgentError, ModelError
 from agent.model.active import ActiveModel
 from agent.model.runtime import load_model
@@ -29,6 +29,8 @@ def demo_model_bytes() -> bytes:
 def read_model_source(path: str) -> bytes:
     if path == BUILTIN_DEMO_MODEL:
         return demo_model_bytes()
+    if path == NO_MODEL:
+        raise ModelError(f"model.path = {NO_MODEL!r}: no model is configured (it comes over OTA)")
     if path.startswith("builtin:"):
         raise ModelError(f"unknown builtin model {path!r} (only {BUILTIN_DEMO_MODEL!r})")
     try:
@@ -46,6 +48,7 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
     path = cfg.model.path
     data = content if content is not None else read_model_source(path)
     name, version, labels = cfg.model.name, cfg.model.version, list(cfg.postprocess_labels())
+    manifest = None
     if path.endswith(".eapkg") and content is None:
         from agent.release.package import check_artifact, read_package, verify_package
         from agent.release.signing import load_trusted_keys
@@ -62,14 +65,20 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
         data = pkg.model
         name, version = pkg.manifest.name, pkg.manifest.version
         labels = list(pkg.manifest.labels) or labels
+        manifest = pkg.manifest
     elif path == BUILTIN_DEMO_MODEL and not labels:
         labels = DEMO_LABELS
+    window = (cfg.window.length, cfg.channels)
+    spec = manifest.preprocess if manifest is not None else None
+    if spec is not None:  # the package decides the window (agent.model.compat.resolve)
+        window = (spec.window, spec.channels or cfg.channels)
     model = load_model(
         data,
         runtime=cfg.model.runtime,
         num_threads=cfg.model.num_threads,
         reference_kernels=cfg.model.reference_kernels,
         signature=cfg.model.signature,
+        window=window,
     )
     return ActiveModel(
         model=model,
@@ -77,4 +86,5 @@ def load_active_model(cfg: Config, content: bytes | None = None) -> ActiveModel:
         version=version,
         labels=labels,
         sha256=hashlib.sha256(data).hexdigest(),
+        manifest=manifest,
     )

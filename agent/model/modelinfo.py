@@ -25,7 +25,7 @@ import csv
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +294,7 @@ def predict_file(
     reference_kernels: bool = False,
     labels: Sequence[str] | None = None,
     label: str = "model",
+    prepare: Callable[[TensorInfo, Array], Array] | None = None,
     carry_state: bool = False,
 ) -> dict[str, Any]:
     """Run the model on every example of ``input_path``; JSON-able inputs, outputs, timing.
@@ -303,8 +304,10 @@ def predict_file(
     interpreter instead (for a recording, ``predict_stream`` windows it as ``run`` does).
 
     ``labels`` (class names of the first output) add ``predictions``: the top label and
-    score per example. Errors: ``ModelError`` (model), ``ShapeMismatch`` (shapes/names),
-    ``SampleError`` with reason ``bad_input_file`` (the input file).
+    score per example. ``prepare(tensor, array)`` turns the file's array for an input into
+    what the tensor takes (a package's normalisation and layout). Errors: ``ModelError``
+    (model), ``ShapeMismatch`` (shapes/names), ``SampleError`` with reason ``bad_input_file``
+    (the input file).
     """
     input_path = Path(input_path)
     model = load_model(
@@ -316,6 +319,8 @@ def predict_file(
         label=label,
     )
     named = _by_name(model, read_inputs(input_path), input_path)
+    if prepare is not None:
+        named = {t.name: prepare(t, named[t.name]) for t in model.inputs}
     per_input = [_examples(t, named[t.name], input_path) for t in model.inputs]
     counts = {t.name: len(ex) for t, ex in zip(model.inputs, per_input, strict=True)}
     if len(set(counts.values())) > 1:

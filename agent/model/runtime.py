@@ -149,11 +149,15 @@ class RuntimeEntry:
     package: str
     module: str
     load: Callable[[], Backend]
+    numpy_below: int | None = None
+    """The NumPy major version its wheels need to stay below (built against NumPy 1.x)."""
 
 
 RUNTIMES: dict[str, RuntimeEntry] = {
     "litert": RuntimeEntry("ai-edge-litert", "ai_edge_litert", _litert),
-    "tflite-runtime": RuntimeEntry("tflite-runtime", "tflite_runtime", _tflite_runtime),
+    "tflite-runtime": RuntimeEntry(
+        "tflite-runtime", "tflite_runtime", _tflite_runtime, numpy_below=2
+    ),
     "tensorflow": RuntimeEntry("tensorflow", "tensorflow", _tensorflow),
 }
 """Runtime name (config ``model.runtime``) -> package; ``auto`` tries them in this order."""
@@ -170,11 +174,31 @@ def available_runtimes() -> dict[str, bool]:
     return out
 
 
+def numpy_problem(name: str, numpy_version: str = np.__version__) -> str | None:
+    """Why the installed runtime ``name`` cannot work with this NumPy, or None (nothing is
+    imported: tflite-runtime under NumPy 2 prints to stderr and fails with SystemError)."""
+    entry = RUNTIMES.get(name)
+    if entry is None or entry.numpy_below is None or not available_runtimes().get(name):
+        return None  # not installed: loading it says which package to install
+    major = int(numpy_version.split(".", maxsplit=1)[0])
+    if major < entry.numpy_below:
+        return None
+    return (
+        f"runtime {name!r} ({entry.package}) is built for NumPy 1.x and needs "
+        f"'numpy<{entry.numpy_below}', but NumPy {numpy_version} is installed: "
+        f"pip install 'numpy<{entry.numpy_below}', or set model.runtime = 'litert' "
+        "(ai-edge-litert works with NumPy 2)"
+    )
+
+
 def _backend(name: str) -> Backend:
     entry = RUNTIMES[name]
+    problem = numpy_problem(name)
+    if problem is not None:
+        raise RuntimeUnavailable(problem)
     try:
         return entry.load()
-    except ImportError as exc:
+    except (ImportError, SystemError) as exc:
         raise RuntimeUnavailable(
             f"runtime {name!r} is not available ({exc}): pip install {entry.package}"
         ) from exc
@@ -280,7 +304,7 @@ def _interpreter(
             f"{label}: not a usable TFLite model ({len(content)} bytes, runtime "
             f"{backend.name}): {exc}"
         ) from exc
-    except (ImportError, AttributeError, TypeError) as exc:
+    except (ImportError, AttributeError, TypeError, SystemError) as exc:
         # tflite-runtime built for NumPy 1.x imports under NumPy 2 and fails only here.
         raise RuntimeUnavailable(
             f"runtime {backend.name!r} failed to create an interpreter ({exc}); "
@@ -311,8 +335,12 @@ class Model:
         signature: str | None,
         quantize_in_graph: bool,
         label: str,
+        window: tuple[int, int] | None = None,
     ) -> None:
         self.size = len(content)
+        self._window = window
+        self._resize_to: dict[int, tuple[int, ...]] = {}
+        """Input tensor index -> shape, for inputs with dynamic dimensions (``window``)."""
         self.sha256 = hashlib.sha256(content).hexdigest()
         self.runtime_name = backend.name
         self.num_threads = num_threads
@@ -364,10 +392,39 @@ class Model:
             return content, {}
 
     def _new_interpreter(self, content: bytes, reference_kernels: bool) -> Any:
-        return _interpreter(self._backend, content, self.num_threads, reference_kernels, self.label)
+        interp = _interpreter(
+            self._backend, content, self.num_threads, reference_kernels, self.label
+        )
+        if self._resize_to:
+            for index, shape in self._resize_to.items():
+                interp.resize_tensor_input(index, list(shape), strict=False)
+            interp.allocate_tensors()
+        return interp
+
+    def _plan_resize(self, ins: list[tuple[str, Mapping[str, Any]]]) -> None:
+        """Inputs with dynamic dimensions other than the batch are allocated as 1 by the
+        runtime; with a ``window`` they are resized to take one window (``dynamic_shape``)."""
+        if self._window is None:
+            return
+        for name, d in ins:
+            sig = d.get("shape_signature")
+            if sig is None or all(int(v) > 0 for v in list(sig)[1:]):
+                continue
+            shape = dynamic_shape(tuple(int(v) for v in sig), *self._window)
+            if shape is None:
+                raise ShapeMismatch(
+                    f"{self.label}: input {name!r} has dynamic shape {list(sig)}, which no "
+                    f"layout of a {self._window[0]} x {self._window[1]} window fills"
+                )
+            log.info("%s: input %r %s resized to %s", self.label, name, list(sig), shape)
+            self._resize_to[int(d["index"])] = shape
 
     def _build(self, wanted: str | None, wrapped: Mapping[int, WrappedTensor]) -> None:
         interp = self._new_interpreter(self._engine_content, self.reference_kernels)
+        if self._window is not None:
+            self._plan_resize([(d["name"], d) for d in interp.get_input_details()])
+            if self._resize_to:
+                interp = self._new_interpreter(self._engine_content, self.reference_kernels)
         sigs: dict[str, Any] = interp._get_full_signature_list() or {}
         if sigs:
             if wanted is None:
@@ -755,6 +812,26 @@ def _plain(t: TensorInfo) -> bool:
     return not t.quantized and t.dtype not in ("float16", "float64")
 
 
+def dynamic_shape(signature: tuple[int, ...], length: int, channels: int) -> tuple[int, ...] | None:
+    """The shape a window of ``length`` x ``channels`` fills in an input whose ``signature``
+    has dynamic (-1) dimensions: the first of the layouts the pipeline feeds ((1, L, C),
+    (1, L, C, 1), (1, L, 1, C), (1, L*C), (L, C), (L*C,)) of the same rank that agrees with
+    every fixed dimension; None when none does."""
+    for cand in (
+        (1, length, channels),
+        (1, length, channels, 1),
+        (1, length, 1, channels),
+        (1, length * channels),
+        (length, channels),
+        (length * channels,),
+    ):
+        if len(cand) == len(signature) and all(
+            s <= 0 or s == c for s, c in zip(signature, cand, strict=True)
+        ):
+            return cand
+    return None
+
+
 def _public(t: TensorInfo, wrapped: Mapping[int, WrappedTensor]) -> TensorInfo:
     q = wrapped.get(t.index)
     if q is None:
@@ -780,8 +857,12 @@ def load_model(
     signature: str | None = None,
     quantize_in_graph: bool = False,
     label: str = "model",
+    window: tuple[int, int] | None = None,
 ) -> Model:
     """Load a .tflite model from its bytes.
+
+    ``window`` (length, channels): an input with dynamic dimensions other than the batch
+    (``[-1, -1]``, ``[1, -1, 3]``: allocated as 1 by the runtime) is resized to take one window.
 
     ``runtime``: ``auto`` or a key of ``RUNTIMES``. ``reference_kernels`` selects the builtin
     kernels without the default XNNPACK delegate (bit-exact with TFLite's C library).
@@ -809,6 +890,7 @@ def load_model(
             signature=signature,
             quantize_in_graph=quantize_in_graph,
             label=label,
+            window=window,
         ),
     )
     log.info(

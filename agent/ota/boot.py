@@ -28,7 +28,7 @@ from agent.config import Config
 from agent.errors import EdgeAgentError, UpdateError
 from agent.model.active import ActiveModel
 from agent.model.runtime import load_model
-from agent.ota.compat import check_compatible
+from agent.ota.compat import resolve_installed
 from agent.ota.decide import check_signature
 from agent.ota.health import boot_verdict
 from agent.ota.layout import OtaPaths
@@ -55,7 +55,7 @@ def load_installed(
         keys,
         cfg.ota.allow_unsigned,
     )
-    check_compatible(inst.manifest, cfg)
+    resolve_installed(cfg, inst.manifest)
     m = cfg.model
     try:
         model = load_model(
@@ -74,6 +74,7 @@ def load_installed(
         version=version,
         labels=list(inst.manifest.labels) or cfg.postprocess_labels(),
         sha256=inst.manifest.artifact.sha256,
+        manifest=inst.manifest,
     )
 
 

@@ -70,9 +70,13 @@ class Reporter:
         record: Record,
         running: str,
         progress: tuple[int, int] | None = None,
+        awaiting: bool = False,
     ) -> OtaStateV1:
-        """Publish the state of ``record`` (``running``: the version serving now)."""
-        phase = _PHASE[record.state]
+        """Publish the state of ``record`` (``running``: the version serving now; ``awaiting``:
+        no model yet: ``idle`` is shown as ``awaiting_model``)."""
+        phase: Phase = _PHASE[record.state]
+        if awaiting and record.state is State.IDLE:
+            phase = "awaiting_model"
         version = record.version if record.state is not State.IDLE else running
         health: Literal["watching", "passed"] | None = None
         if record.state is State.TRIAL:

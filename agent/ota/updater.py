@@ -84,6 +84,11 @@ class SwappablePipeline(Protocol):
     def swap_model(self, active: ActiveModel) -> None: ...
 
 
+def _awaiting(pipeline: SwappablePipeline) -> bool:
+    """No model runs yet (``agent.app.provisioning.AwaitingModel``): provisioning over OTA."""
+    return bool(getattr(pipeline, "awaiting", False))
+
+
 def _claimed_version(offer: Offer | None) -> str | None:
     """The version an offer claims (unverified: for the refusal report only)."""
     if offer is None:
@@ -222,7 +227,12 @@ class Updater:
         return Running(a.version, a.sha256)
 
     def _report(self, progress: tuple[int, int] | None = None) -> None:
-        msg = self._reporter.state(self._sm.record, self.pipeline.active.version, progress)
+        msg = self._reporter.state(
+            self._sm.record,
+            self.pipeline.active.version,
+            progress,
+            awaiting=_awaiting(self.pipeline),
+        )
         self.metrics.set("ota_state", msg.state)
 
     def _check_stop(self) -> None:
@@ -279,7 +289,8 @@ class Updater:
         }
         try:
             content = self._obtain(acc, fields)
-            smoke = smoke_test(content, m, self.cfg.model, self.pipeline.active.model)
+            running = None if _awaiting(self.pipeline) else self.pipeline.active.model
+            smoke = smoke_test(content, m, self.cfg.model, running)
             signature = None
             if acc.signer is not None and acc.offer.signature is not None:
                 signature = SignatureFile(
@@ -350,6 +361,7 @@ class Updater:
             version=m.version,
             labels=list(m.labels) or self.cfg.postprocess_labels(),
             sha256=acc.sha256,
+            manifest=m,
         )
         try:
             self.pipeline.swap_model(new)

@@ -23,7 +23,7 @@ import math
 import re
 from datetime import UTC, datetime
 from functools import total_ordering
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +32,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -160,6 +162,22 @@ _SHA256_RE = r"^[0-9a-f]{64}$"
 
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Additive(_Schema):
+    """A schema that grew optional fields after schema_version 1 shipped: they are left out of
+    the JSON while None, so a manifest that does not use them is byte-for-byte what an older
+    agent (which forbids unknown fields) reads."""
+
+    _added: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self._added:
+            if data.get(key, ...) is None:
+                del data[key]
+        return data
 
 
 # --------------------------------------------------------------------------- arrays
@@ -310,8 +328,30 @@ class OutputMetrics(_Schema):
     mean_abs_error: float = Field(ge=0, description="Mean |candidate - reference|.")
 
 
-class VerificationReport(_Schema):
+class SourceComparison(_Schema):
+    """One converted variant against the *source* model run by its own framework (Keras /
+    TensorFlow for Keras and SavedModel sources, onnxruntime for ONNX), on the validation data
+    in the source's layout."""
+
+    variant: str = Field(description="'reference' (float32 .tflite) or 'candidate'.")
+    mode: str = Field(description="Conversion mode of the variant.")
+    framework: str = Field(description="What ran the source, with its version.")
+    output: str = Field(description="Output tensor name (of the converted model).")
+    max_abs_error: float = Field(ge=0, description="Largest |variant - source|.")
+    relative_error: float = Field(
+        ge=0, description="max_abs_error over the range of the source's output values."
+    )
+    top1_agreement: float | None = Field(
+        default=None, description="Share of samples with the source's argmax (class scores)."
+    )
+    max_relative_error: float = Field(ge=0, description="The gate applied to relative_error.")
+    passed: bool = Field(description="relative_error <= max_relative_error.")
+
+
+class VerificationReport(_Additive):
     """Result of running the reference and the converted model on a validation set."""
+
+    _added: ClassVar[frozenset[str]] = frozenset({"source"})
 
     schema_version: Literal[1] = Field(default=1, description="Version of this report's schema.")
     samples: int = Field(ge=0, description="Validation samples run through both models.")
@@ -323,6 +363,11 @@ class VerificationReport(_Schema):
     min_agreement: float | None = Field(default=None, description="Threshold applied, if any.")
     passed: bool = Field(description="True when every threshold held.")
     failures: list[str] = Field(default_factory=list, description="Why it did not pass.")
+    source: list[SourceComparison] | None = Field(
+        default=None,
+        description="Every variant against the source model run by its own framework (null: "
+        "the source was a .tflite, or this report predates source verification).",
+    )
 
 
 # --------------------------------------------------------------------------- manifest
@@ -363,6 +408,48 @@ class GoldenSample(_Schema):
         return problems
 
 
+class InputLayout(_Schema):
+    """How data laid out as the source model takes it becomes the .tflite input.
+
+    Converters change layouts (onnx2tf turns ``[1, 16, 96]`` into ``[1, 96, 16]``): a sample
+    ``x`` in the source's layout is fed as ``x.transpose(permutation)`` (batch axis included),
+    then reshaped to the .tflite input's shape. ``edge-agent predict`` applies it to input
+    files; the converter verified the model through it.
+    """
+
+    input: str = Field(description="The .tflite input tensor (``TensorSpec.name``).")
+    source_name: str = Field(description="The source model's input name.")
+    source_shape: list[int] = Field(description="The source input's shape (-1: dynamic).")
+    permutation: list[int] | None = Field(
+        default=None, description="Axes of the source array in .tflite order; null: as is."
+    )
+
+    @model_validator(mode="after")
+    def _perm(self) -> InputLayout:
+        if self.permutation is not None and sorted(self.permutation) != list(
+            range(len(self.source_shape))
+        ):
+            raise ValueError(
+                f"permutation {self.permutation} is not a permutation of the "
+                f"{len(self.source_shape)} axes of {self.source_shape}"
+            )
+        return self
+
+    def to_model(self, x: npt.NDArray[Any], model_shape: list[int]) -> npt.NDArray[Any]:
+        """``x`` (one sample, or a batch along axis 0) in the source's layout -> .tflite's."""
+        arr = np.asarray(x)
+        if arr.ndim == len(self.source_shape) - 1:
+            arr = arr[None]
+        if arr.ndim != len(self.source_shape):
+            raise ValueError(
+                f"input {self.source_name!r}: data of shape {arr.shape} is not laid out as the "
+                f"source model takes it {self.source_shape}"
+            )
+        if self.permutation is not None:
+            arr = arr.transpose(self.permutation)
+        return np.ascontiguousarray(arr).reshape((-1, *model_shape[1:]))
+
+
 class Artifact(_Schema):
     """The model file the manifest vouches for."""
 
@@ -388,8 +475,10 @@ class BuildInfo(_Schema):
     source_sha256: str | None = Field(default=None, pattern=_SHA256_RE, description="sha256 of it.")
 
 
-class Manifest(_Schema):
+class Manifest(_Additive):
     """Everything a device needs to know about one model version, signed as a whole."""
+
+    _added: ClassVar[frozenset[str]] = frozenset({"layout"})
 
     schema_version: Literal[1] = Field(default=1, description="Version of this manifest's schema.")
     name: TopicId = Field(description="Model name: the OTA topic part and store directory.")
@@ -409,6 +498,11 @@ class Manifest(_Schema):
     )
     postprocess: PostprocessSpec = Field(
         default_factory=PostprocessSpec, description="How the output is read."
+    )
+    layout: list[InputLayout] | None = Field(
+        default=None,
+        description="Per input: how the source model's layout maps to the .tflite input "
+        "(null: the package predates it, or the layouts are the same).",
     )
     min_agent_version: SemverStr = Field(description="Oldest agent that may load this package.")
     build: BuildInfo = Field(description="Converter, TensorFlow and runtime versions.")

@@ -8,7 +8,16 @@ from pydantic import Field
 
 from agent.wire.base import Wire
 
-Phase = Literal["idle", "downloading", "verifying", "staged", "active", "rolled_back", "failed"]
+Phase = Literal[
+    "awaiting_model",
+    "idle",
+    "downloading",
+    "verifying",
+    "staged",
+    "active",
+    "rolled_back",
+    "failed",
+]
 
 
 class DownloadProgress(Wire):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import agent.delivery.mqtt as mqtt_mod
+import agent.delivery.mqtt.client as mqtt_client
 from agent.config import MqttSection
-from agent.delivery.mqtt import MqttLink, OutgoingMessage
+from agent.delivery.mqtt import MqttLink, OutgoingMessage, publish_once
 from agent.delivery.publisher import PredictionRecord, Publisher
 from agent.delivery.spool import Spool
 from agent.metrics import Metrics
@@ -78,7 +78,7 @@ def test_a_broker_that_stops_reading_never_blocks_an_inline_producer(
     """30 MB of predictions towards a broker that reads nothing (far more than the socket
     buffers hold): the source thread publishing inline returns from every submit; the
     network thread holds the rest and delivers it all, in order, once the broker reads."""
-    monkeypatch.setattr(mqtt_mod._Client, "write_timeout_s", 3600.0)  # never give up here
+    monkeypatch.setattr(mqtt_client._Client, "write_timeout_s", 3600.0)  # never give up here
     link = MqttLink(_settings(broker), "stall")
     spool = Spool(tmp_path / "q.db")
     pub = Publisher(link, spool, "d", 1, Metrics())
@@ -106,7 +106,7 @@ def test_a_broker_that_stops_reading_never_blocks_an_inline_producer(
 def test_a_socket_stalled_past_the_write_timeout_is_closed_and_redelivered(
     tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mqtt_mod._Client, "write_timeout_s", 1.0)
+    monkeypatch.setattr(mqtt_client._Client, "write_timeout_s", 1.0)
     link = MqttLink(_settings(broker), "stall-timeout")
     spool = Spool(tmp_path / "q.db")
     pub = Publisher(link, spool, "d", 1, Metrics())
@@ -130,7 +130,7 @@ def test_an_ack_before_its_callback_is_registered_still_counts(
     """``publish_many`` registers callbacks after the burst is written: a PUBACK handled in
     between is kept (``_early``) and fires the callback at registration, exactly once."""
     link = MqttLink(_settings(broker), "early")
-    original = mqtt_mod._burst
+    original = mqtt_client._burst
 
     @contextlib.contextmanager
     def slow_burst(client: object) -> Iterator[None]:
@@ -141,7 +141,7 @@ def test_an_ack_before_its_callback_is_registered_still_counts(
 
     acked: list[int] = []
     with running(link):
-        monkeypatch.setattr(mqtt_mod, "_burst", slow_burst)
+        monkeypatch.setattr("agent.delivery.mqtt.link._burst", slow_burst)
         msgs = [OutgoingMessage(f"early/{i}", b"x") for i in range(3)]
         callbacks: list[Callable[[], None]] = [
             lambda i=i: acked.append(i)  # type: ignore[misc]
@@ -189,7 +189,7 @@ def test_birth_comes_after_the_subscriptions_are_acknowledged(broker: Broker) ->
             link.start()
             try:
                 col.wait_for(lambda m: len(m) >= 1)
-                mqtt_mod.publish_once(
+                publish_once(
                     _settings(broker),
                     f"sender-{attempt}",
                     [OutgoingMessage(f"dev{attempt}/in", b"1")],

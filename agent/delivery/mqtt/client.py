@@ -1,0 +1,356 @@
+"""The paho client as the agent uses it: a buffered socket, bursts, construction.
+
+``_TcpBuffer`` is the plain TCP socket paho talks to; ``_Client`` lets paho's network loop
+write what the buffer holds; ``_burst`` writes many PUBLISH packets at once. TCP_NODELAY is
+set on every socket: paho leaves Nagle on, and Nagle plus delayed ACK adds ~40 ms per hop to
+small QoS 1 messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from agent.config import MqttSection
+from agent.errors import PublishError
+
+log = logging.getLogger(__name__)
+
+
+def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # unix sockets, websockets
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
+
+
+class _TcpBuffer:
+    """The plain TCP socket paho talks to, with a buffer in each direction.
+
+    Every socket call drops and re-takes the GIL, and with a busy inference thread each
+    re-take can wait; paho makes several per message. So:
+
+    - reads: paho reads a packet in three ``recv`` calls (command byte, length, body); they
+      are served from one read of up to 64 KiB. ``pending()`` is the hook paho's loop uses for
+      TLS: while read-ahead bytes wait it reads them instead of sleeping in ``select``.
+    - writes: between ``hold()`` and ``release()`` (a burst of publishes, ``publish_many``)
+      ``send`` only appends to a buffer, and ``release`` writes the burst with one call.
+      Outside a burst a ``send`` goes out at once. Everything is written in the order it was
+      sent, by one thread at a time; a send never returns short, so paho's own queue stays
+      empty.
+    - no thread but the network thread ever waits for the socket: a write takes what the
+      socket accepts now and leaves the rest in the buffer, and the network thread (paho's
+      loop: ``_Client.want_write``/``loop_write``) writes it when the socket is writable. So a
+      broker that stops reading never blocks a source thread publishing inline, the
+      publisher thread, or the systemd watchdog. When the buffer has not moved for
+      ``timeout_s`` the network thread closes the connection (paho reports it lost; the
+      spool resends what was not acknowledged).
+    """
+
+    def __init__(self, sock: socket.socket, timeout_s: float) -> None:
+        self.tcp = sock
+        self.fileno = sock.fileno
+        self._timeout = timeout_s
+        self._rbuf = b""
+        self._rpos = 0
+        self._lock = threading.Lock()  # guards _out and _hold
+        self._writer = threading.Lock()  # held by the thread writing _out to the socket
+        self._out = bytearray()
+        self._hold = 0
+        self._stalled_since: float | None = None  # monotonic time the buffer last moved
+
+    # ---------------------------------------------------------------- reading (network thread)
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos < len(buf):
+            end = min(pos + n, len(buf))
+            self._rpos = end
+            return buf[pos:end]
+        data = self.tcp.recv(max(n, 65536))
+        if len(data) <= n:
+            self._rbuf, self._rpos = b"", 0
+            return data
+        self._rbuf, self._rpos = data, n
+        return data[:n]
+
+    def pending(self) -> int:
+        return len(self._rbuf) - self._rpos
+
+    # ---------------------------------------------------------------- writing (any thread)
+
+    def send(self, data: bytes | bytearray) -> int:
+        with self._lock:
+            self._out += data
+            if self._hold:
+                return len(data)
+        self.flush()
+        return len(data)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._hold += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold -= 1
+            if self._hold:
+                return
+        try:  # noqa: SIM105 (contextlib.suppress: 3 Python calls more per burst)
+            self.flush()
+        except OSError:  # the connection is closed: paho will notice
+            pass
+
+    def pending_out(self) -> bool:
+        """Bytes wait for the socket (and no burst is holding them)."""
+        with self._lock:
+            return bool(self._out) and not self._hold
+
+    def flush(self, wait: bool = False) -> None:
+        """Write what the socket takes now, in order, never waiting for it. A thread that
+        finds another one writing leaves its bytes to it (the writer looks again after
+        letting go); what the socket does not take waits for the network thread.
+
+        ``wait`` (the network thread only): wait for a thread that is writing to let go
+        first. A writer never waits on the socket (non-blocking sends), so this is short;
+        without it the network thread, woken by a writable socket while another thread's
+        write is still under way (or preempted on a busy machine), would spin through
+        ``select`` until that write ends.
+        """
+        if wait:
+            self._writer.acquire()
+            self._writer.release()
+        while self._writer.acquire(blocking=False):
+            try:
+                while True:
+                    with self._lock:
+                        if not self._out or self._hold:
+                            if not self._out:
+                                self._stalled_since = None
+                            break
+                        chunk = bytes(self._out)
+                    try:
+                        n = self.tcp.send(chunk)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError:
+                        self._fail("write failed")
+                    with self._lock:
+                        del self._out[:n]
+                        if n < len(chunk):  # the socket is full: the network thread goes on
+                            if n or self._stalled_since is None:
+                                self._stalled_since = time.monotonic()
+                            return
+            finally:
+                self._writer.release()
+            with self._lock:
+                if not self._out or self._hold:
+                    return
+
+    def check_stall(self) -> None:
+        """Close the connection when buffered bytes have not moved for ``timeout_s``."""
+        with self._lock:
+            since = self._stalled_since
+        if since is not None and self._out and time.monotonic() - since > self._timeout:
+            log.warning("MQTT socket: could not write for %.0fs; closing it", self._timeout)
+            with self._lock:
+                self._out.clear()
+                self._stalled_since = None
+            with contextlib.suppress(OSError):
+                self.tcp.shutdown(socket.SHUT_RDWR)  # paho's select/recv sees it
+
+    def _fail(self, why: str) -> NoReturn:
+        with self._lock:
+            self._out.clear()
+        with contextlib.suppress(OSError):
+            self.tcp.shutdown(socket.SHUT_RDWR)  # the network thread's select/recv sees it
+        raise ConnectionError(f"MQTT socket: {why}")
+
+    # ---------------------------------------------------------------- the rest
+
+    def close(self) -> None:
+        self.tcp.close()
+
+    def setblocking(self, flag: bool) -> None:
+        self.tcp.setblocking(flag)
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.tcp.setsockopt(level, option, value)
+
+
+class _Client(paho.Client):
+    """paho's client, with ``_TcpBuffer`` on plain TCP connections (TLS buffers on its own).
+
+    Its network loop also writes what the buffer holds when the socket becomes writable, and
+    closes a connection whose socket has taken nothing for ``write_timeout_s``.
+    """
+
+    write_timeout_s = 30.0
+    _net_ident: int | None = None
+    """``threading.get_ident()`` of the thread running this client's network loop."""
+
+    def loop_forever(
+        self, timeout: float = 1.0, retry_first_connection: bool = False
+    ) -> MQTTErrorCode:
+        self._net_ident = threading.get_ident()
+        return super().loop_forever(timeout, retry_first_connection)
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        if type(sock) is socket.socket:
+            return _TcpBuffer(sock, self.write_timeout_s)
+        return sock
+
+    def want_write(self) -> bool:
+        # called on every loop turn and after every publish: paho's own queue is read here
+        # directly (what paho's want_write reads), one Python call less each time
+        if self._out_packet:
+            return True
+        sock = self._sock
+        return isinstance(sock, _TcpBuffer) and sock.pending_out()
+
+    def loop_write(self) -> MQTTErrorCode:
+        sock = self._sock
+        # paho calls this on the network thread (its loop), and on the publishing thread
+        # after every publish; inside a burst the buffer is held and ``release`` writes it
+        # all, so there is nothing to flush then
+        if isinstance(sock, _TcpBuffer) and not sock._hold:
+            try:  # noqa: SIM105 (contextlib.suppress: 3 Python calls more per loop turn)
+                sock.flush(wait=threading.get_ident() == self._net_ident)
+            except OSError:  # closed: the read side reports it
+                pass
+        return super().loop_write()
+
+    def loop_misc(self) -> MQTTErrorCode:
+        sock = self._sock
+        if isinstance(sock, _TcpBuffer):
+            sock.check_stall()
+        return super().loop_misc()
+
+
+@contextlib.contextmanager
+def _burst(client: paho.Client) -> Iterator[None]:
+    """Write a burst of packets cheaply: in one write, with one wake-up of the network loop.
+
+    - On a ``_TcpBuffer`` the burst is held and written at once. On other sockets (TLS) it
+      is corked instead: TCP_NODELAY makes every small PUBLISH its own segment; corking
+      coalesces them and uncorking sends the rest at once, so nothing waits for Nagle.
+    - paho wakes its network loop (a byte on an internal socketpair) on every publish so that
+      it writes what the socket did not take; the burst needs that at most once, at its end,
+      and only when something is left (never with ``_TcpBuffer``, whose send takes all).
+    """
+    sock = client.socket()
+    buffered = sock if isinstance(sock, _TcpBuffer) else None
+    cork = buffered is None and _CORK is not None and isinstance(sock, socket.socket)
+    if buffered is not None:
+        buffered.hold()
+    elif cork:
+        assert isinstance(sock, socket.socket) and _CORK is not None
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+    wake: socket.socket | None = getattr(client, "_sockpairW", None)
+    if wake is not None:
+        client._sockpairW = None
+    try:
+        yield
+    finally:
+        if buffered is not None:
+            buffered.release()
+        elif cork:
+            assert isinstance(sock, socket.socket) and _CORK is not None
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+        if wake is not None:
+            client._sockpairW = wake
+            if client.want_write():  # paho holds bytes the socket did not take yet
+                with contextlib.suppress(OSError):
+                    wake.send(b"\0")
+
+
+def tls_problems(settings: MqttSection) -> list[tuple[str, str]]:
+    """Every TLS file that is missing or does not parse, as ``(key path, reason)``.
+
+    Start-up and ``check-config`` run this before anything connects: a missing CA file is a
+    configuration error naming the file, not a connection that fails forever.
+    """
+    tls = settings.tls
+    if not tls.enabled:
+        return []
+    problems: list[tuple[str, str]] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(tls.ca_file))
+        except FileNotFoundError:
+            problems.append(("mqtt.tls.ca_file", f"{tls.ca_file} does not exist"))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            problems.append(("mqtt.tls.ca_file", f"{tls.ca_file} is not a PEM CA bundle: {exc}"))
+    if tls.cert_file is not None and tls.key_file is not None:
+        missing = [(k, p) for k, p in (("cert_file", tls.cert_file), ("key_file", tls.key_file))
+                   if not p.is_file()]  # fmt: skip
+        for key, path in missing:
+            problems.append((f"mqtt.tls.{key}", f"{path} does not exist"))
+        if not missing:
+            try:
+                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                problems.append(
+                    (
+                        "mqtt.tls.cert_file",
+                        f"{tls.cert_file} / {tls.key_file} are not a certificate and its "
+                        f"private key: {exc}",
+                    )
+                )
+    return problems
+
+
+def _make_client(settings: MqttSection, client_id: str, password: str | None) -> paho.Client:
+    v5 = settings.protocol == "5"
+    client = _Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else True,
+        reconnect_on_failure=False,
+    )
+    client.on_socket_open = _nodelay
+    # paho's own in-flight cap walks every unacknowledged message on each PUBACK (O(window)
+    # per ack: ~125 µs at a window of 1000, the bottleneck of the whole agent). The window is
+    # enforced by our publisher instead (settings.max_inflight), so paho gets none.
+    client.max_inflight_messages_set(0)
+    client.max_queued_messages_set(0)
+    if settings.username:
+        client.username_pw_set(settings.username, password)
+    tls = settings.tls
+    if tls.enabled:
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            files = ", ".join(f"{k} {v}" for k, v in tls_problems(settings)) or str(exc)
+            raise PublishError(PublishError.TLS, f"TLS setup failed: {exc} ({files})") from exc
+        if tls.insecure:
+            client.tls_insecure_set(True)
+    return client
+
+
+def _connect(client: paho.Client, settings: MqttSection) -> None:
+    if settings.protocol == "5":
+        client.connect(settings.host, settings.port, settings.keepalive_s, clean_start=True)
+    else:
+        client.connect(settings.host, settings.port, settings.keepalive_s)
