@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-_FILE = os.environ.get("BENCH_COUNT_CALLS")
+_FILE = os.environ.get("BENCH_COUNT_CALLS", "")
 if _FILE:
     _counts: collections.Counter[str] = collections.Counter()
 
