@@ -26,7 +26,8 @@ if _FILE:
     def _hook(frame: object, event: str, arg: object) -> None:
         if event == "call":
             code = frame.f_code  # type: ignore[attr-defined]
-            _counts[f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}"] += 1
+            # the last three path parts: paho/mqtt/client.py is not delivery/mqtt/client.py
+            _counts[f"{'/'.join(code.co_filename.rsplit('/', 3)[-3:])}:{code.co_name}"] += 1
             _threads[_ident()] += 1
         elif event == "c_call":
             _counts["C " + getattr(arg, "__qualname__", getattr(arg, "__name__", "?"))] += 1
