@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import convert, forward, models, startup, steady, swap, throughput
+from bench import convert, fleet, forward, models, startup, steady, swap, throughput
 from bench.context import Context
 from bench.procs import OUT, REPO, load_average, machine, versions
 from bench.report import CALIBRATION_MODELS, Row, calibration, table, write_doc
@@ -26,8 +26,11 @@ FAMILIES: dict[str, Callable[[Context], list[Row]]] = {
     "forward": forward.run,
     "swap": swap.run,
     "convert": convert.run,
+    "fleet": fleet.run,
 }
 DOC = REPO / "docs" / "benchmarks.md"
+MODEL_FREE = {"fleet"}
+"""Families that need none of the benchmark models (nothing is built for them)."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = DOC
     t_start = time.monotonic()
     names = ["tiny", "tiny-b"] if args.smoke else list(models.SPECS)
-    models.ensure(names)
+    if set(only) - MODEL_FREE:
+        models.ensure(names)
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=OUT))
     broker = Broker(workdir / "broker")

@@ -7,7 +7,8 @@ Rules (docs/manifest.md):
 * Within a channel versions only go up: announcing a version older than the channel's current
   one is refused unless ``force``.
 * Publishing is idempotent: the same version with the same hash uploads nothing new and
-  re-announces (a fresh ``published_at``, possibly new targets).
+  re-announces (a fresh ``published_at``, possibly new targets) -- after re-hashing the stored
+  model: a copy that no longer matches the manifest is uploaded again from the package.
 
 The checks run before anything is uploaded, and the announcement goes out only after every
 file is in the store, so a device never hears of a version it cannot download.
@@ -15,6 +16,7 @@ file is in the store, so a device never hears of a version it cannot download.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -113,6 +115,27 @@ def check_publishable(pkg: Package, store: ArtifactStore, settings: PublishSetti
     return stored_sha is not None
 
 
+def stored_model_intact(pkg: Package, store: ArtifactStore, keys: ArtifactKeys) -> bool:
+    """Re-hash the stored model of an already published version against the manifest: a file
+    corrupted in the store must never be announced again. Logs both hashes when it differs."""
+    m = pkg.manifest
+    data = store.get(keys.model, m.artifact.size + 1)
+    digest = None if data is None else hashlib.sha256(data).hexdigest()
+    if data is not None and len(data) == m.artifact.size and digest == m.artifact.sha256:
+        return True
+    found = "missing" if data is None else f"{len(data)} bytes, sha256 {digest}"
+    log.warning(
+        "%s in %s is not the published model (%s; the manifest says %d bytes, sha256 %s): "
+        "uploading it again before announcing",
+        keys.model,
+        store.description,
+        found,
+        m.artifact.size,
+        m.artifact.sha256,
+    )
+    return False
+
+
 def upload(pkg: Package, store: ArtifactStore, keys: ArtifactKeys) -> None:
     """Model and package first, manifest and signature last: a manifest means complete."""
     files = [(keys.model, pkg.model), (keys.package, pkg.to_bytes())]
@@ -133,6 +156,8 @@ def publish_package(
     m = pkg.manifest
     already = check_publishable(pkg, store, settings)
     keys = ArtifactKeys.of(m.name, m.version)
+    if already and not stored_model_intact(pkg, store, keys):
+        already = False  # the package's verified bytes replace the corrupted copy
     if already:
         log.info(
             "%s %s is already in %s: not uploading again", m.name, m.version, store.description

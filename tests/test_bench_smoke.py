@@ -27,6 +27,8 @@ SMOKE_ROWS = (
     "7 enqueue, broker down",
     "7 drain after reconnect",
     "8 hot swap at 200/s",
+    "fleet 200: status complete view",
+    "fleet 200: canary 10% abort",
 )
 
 
@@ -38,7 +40,7 @@ def test_smoke_run_prints_every_row_and_writes_the_report(tmp_path: Path) -> Non
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
         check=False,
     )
     # 0: every target met, 1: some missed (a busy CI machine); 2 would be a crashed family

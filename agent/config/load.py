@@ -17,6 +17,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from agent.config.profiles import profile_problems
 from agent.config.schema import NO_MODEL, Config, MqttSection, PostprocessConfig, SourceConfig
 from agent.errors import ConfigError
 
@@ -148,13 +149,17 @@ def _apply_state_directory(cfg: Config, environ: dict[str, str]) -> Config:
 def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     """Validate a config mapping, reporting every problem with its key path."""
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
             msg = err["msg"].removeprefix("Value error, ")
             problems.append((_loc_to_path(tuple(err["loc"])), msg))
         raise ConfigError(problems, source) from None
+    platform = profile_problems(cfg)
+    if platform:
+        raise ConfigError(platform, source)
+    return cfg
 
 
 def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Config:

@@ -471,6 +471,11 @@ class MqttSection(_Table):
     keepalive_s: int = Field(30, ge=5, le=65535, description="Keepalive interval.")
     topic_prefix: str = Field("edge", description="First topic level of everything we publish.")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of predictions.")
+    profile: Literal["generic", "aws-iot-core", "emqx", "hivemq"] = Field(
+        "generic",
+        description="The broker platform; its limits (QoS, payload size, topic depth, client "
+        "id, MQTT 5) are checked against the whole config (agent/config/profiles.py).",
+    )
     username: str | None = Field(None, description="User name.")
     password_file: Path | None = Field(
         None,

@@ -2,9 +2,10 @@
 
     view.py        what every device reports (retained status/OTA state, the metrics stream)
     rollout.py     announce a version to a channel, follow it, abort on failures; promote
+    simulator.py   thousands of simulated devices in one process (``edge-fleet simulate``)
     connection.py  broker options of the command line -> ``agent.config.MqttSection``
-    cli.py         the ``edge-fleet`` command (status, rollout, promote)
+    cli.py         the ``edge-fleet`` command (status, rollout, promote, simulate)
 
 Everything goes through ``agent.delivery.mqtt`` (``MqttLink``, ``collect_retained``,
-``publish_once``).
+``publish_once``); the simulator through ``agent.delivery.mqtt.Swarm``.
 """

@@ -5,6 +5,7 @@
                        [--percent P] [--max-failure-fraction F] [--timeout S] [--no-follow]
     edge-fleet rollout --model NAME --from-channel staging --channel canary ...
     edge-fleet promote --model NAME [--from canary] [--to stable] [--version V]
+    edge-fleet simulate --devices N [--behave refuse:version_reused=0.02 ...] [--duration S]
 
 Broker options are the agent's ``[mqtt]`` table (``--config agent.toml``) or flags.
 
@@ -19,20 +20,28 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TextIO
 
 from agent.errors import EdgeAgentError
 from agent.fleet.connection import add_broker_args, mqtt_settings, password
 from agent.fleet.rollout import (
     Outcome,
     RolloutPolicy,
+    RolloutReport,
+    RolloutStore,
+    abort_rollout,
     announcement_from_package,
     current_announcements,
     manifest_version,
     promote,
+    resume_rollout,
     run_rollout,
+    synced_and_reported,
 )
-from agent.fleet.view import all_reported, format_table, watch_fleet
+from agent.fleet.simulator import Script, SimSpec, Simulator
+from agent.fleet.view import DeviceState, FleetView, format_table, summary, watch_fleet
 from agent.release.manifest import Announcement, Targets, utc_now
 
 EXIT_OK = 0
@@ -78,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--package", type=Path, help="the .eapkg to announce")
     src.add_argument("--from-channel", help="announce what this channel announces now")
+    src.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue following the rollout of --model on --channel kept in --state-dir",
+    )
+    src.add_argument(
+        "--abort",
+        action="store_true",
+        help="abort the rollout of --model on --channel kept in --state-dir (restores the "
+        "previous announcement)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where rollouts are kept (default $XDG_STATE_HOME/edge-fleet/rollouts)",
+    )
     p.add_argument("--base-url", help="artifact store URL the package was uploaded to")
     p.add_argument("--model", help="model name (needed with --from-channel)")
     p.add_argument("--version", help="expected version (checked against the manifest)")
@@ -106,28 +131,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dest", default="stable", help="destination channel (stable)")
     p.add_argument("--version", help="expected version on the source channel")
     _add_targets(p)
+
+    p = sub.add_parser("simulate", help="run N simulated devices (real MQTT clients) here")
+    add_broker_args(p)
+    p.add_argument("--devices", type=int, default=100, help="how many (default 100)")
+    p.add_argument("--id-prefix", default="sim-", help="device ids are PREFIX00000, ...")
+    p.add_argument("--model", default="demo", help="model name the devices run (demo)")
+    p.add_argument("--version", default="1.0.0", help="version they run at start (1.0.0)")
+    p.add_argument("--sha256", help="artifact sha256 of that build (default: a fixed value)")
+    p.add_argument("--groups", default="", help="comma-separated groups, assigned round-robin")
+    p.add_argument("--channels", default="canary,stable", help="OTA channels followed")
+    p.add_argument("--metrics-interval", type=float, default=10.0, help="seconds (10)")
+    p.add_argument(
+        "--prediction-rate", type=float, default=0.1, help="predictions/s per device (0.1)"
+    )
+    p.add_argument("--install-time", type=float, default=1.0, help="offer to running, s (1)")
+    p.add_argument("--health-window", type=float, default=5.0, help="seconds (5)")
+    p.add_argument(
+        "--behave",
+        action="append",
+        default=[],
+        metavar="BEHAVIOUR[:ARG]=SHARE",
+        help="scripted share of the fleet: refuse[:REASON], fail_health, offline[:AFTER_S], "
+        "flap[:PERIOD_S]; the rest accept (repeat)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="which devices get which behaviour")
+    p.add_argument("--connect-rate", type=float, default=2000.0, help="connections/s (2000)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument(
+        "--clear-on-exit",
+        action="store_true",
+        help="remove the devices' retained messages when stopping (default: leave 'offline')",
+    )
     return parser
 
 
 # --------------------------------------------------------------------------- commands
 
 
+CLEAR_SCREEN = "\033[2J\033[H"
+
+
+def status_json(devices: list[DeviceState], now: float | None = None) -> dict[str, Any]:
+    """What ``status --json`` prints: the summary and one object per device."""
+    now = time.time() if now is None else now
+    return {"summary": summary(devices), "devices": [d.to_json(now) for d in devices]}
+
+
+def watch_frames(view: FleetView, out: TextIO, every_s: float = 2.0) -> None:
+    """Show the table again and again: on a terminal in place, into a pipe or a file as plain
+    frames separated by a blank line (no terminal control codes)."""
+    tty = out.isatty()
+    while True:
+        table = format_table(view.devices())
+        out.write((CLEAR_SCREEN + table + "\n") if tty else (table + "\n\n"))
+        out.flush()
+        time.sleep(every_s)  # a refresh rate, not synchronisation
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = mqtt_settings(args)
     with watch_fleet(settings, password(settings)) as view:
-        time.sleep(min(0.5, args.wait))  # retained status/OTA arrive right after SUBACK
-        view.wait_for(all_reported, max(0.0, args.wait - 0.5))
+        # every retained status/OTA/metrics message is in once our sync marker came back
+        view.wait_for(synced_and_reported(view), args.wait)
         if args.watch:
             try:
-                while True:
-                    print("\033[2J\033[H" + format_table(view.devices()), flush=True)
-                    time.sleep(2.0)
-            except KeyboardInterrupt:
+                watch_frames(view, sys.stdout)
+            except (KeyboardInterrupt, BrokenPipeError):
                 return EXIT_OK
         devices = view.devices()
     if args.json:
-        now = time.time()
-        print(json.dumps([d.to_json(now) for d in devices], indent=2))
+        print(json.dumps(status_json(devices), indent=2))
     else:
         print(format_table(devices))
     return EXIT_OK
@@ -137,9 +211,55 @@ def _targets(args: argparse.Namespace) -> Targets:
     return Targets(groups=args.groups, percent=args.percent)
 
 
+def _show(quiet: bool) -> Callable[[str], None]:
+    def show(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
+
+    return show
+
+
+def _finish(args: argparse.Namespace, report: RolloutReport) -> int:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        reasons = ", ".join(f"{n} {why}" for why, n in report.failure_reasons().items())
+        print(
+            f"{report.outcome.value}: {len(report.succeeded)} succeeded"
+            + (f" ({len(report.already)} already on it)" if report.already else "")
+            + f", {len(report.failed)} failed"
+            + (f" ({reasons})" if reasons else "")
+            + f", {len(report.pending)} pending of {len(report.targeted)} targeted"
+            + (f"; {report.restored_text}" if report.restored_text else "")
+        )
+    return {
+        Outcome.ABORTED: EXIT_ABORTED,
+        Outcome.TIMED_OUT: EXIT_TIMEOUT,
+    }.get(report.outcome, EXIT_OK)
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     settings = mqtt_settings(args)
     pw = password(settings)
+    store = RolloutStore(args.state_dir or RolloutStore.default_dir())
+    if args.resume or args.abort:
+        if not args.model:
+            raise EdgeAgentError("--resume and --abort need --model (and --channel)")
+        if args.abort:
+            rollout = store.load(args.channel, args.model)
+            text = abort_rollout(settings, pw, rollout, store=store)
+            print(f"aborted {args.model} {rollout.tracker.version} on {args.channel}: {text}")
+            return EXIT_ABORTED
+        report = resume_rollout(
+            settings,
+            pw,
+            store,
+            args.channel,
+            args.model,
+            timeout_s=args.timeout,
+            on_event=_show(args.json),
+        )
+        return _finish(args, report)
     if args.package is not None:
         if not args.base_url:
             raise EdgeAgentError("--package needs --base-url (where the store serves it)")
@@ -165,26 +285,17 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         discover_s=args.discover,
     )
-    quiet = args.json
-
-    def show(line: str) -> None:
-        if not quiet:
-            print(line, flush=True)
-
     report = run_rollout(
-        settings, pw, ann, policy, follow=not args.no_follow, force=args.force, on_event=show
+        settings,
+        pw,
+        ann,
+        policy,
+        follow=not args.no_follow,
+        force=args.force,
+        on_event=_show(args.json),
+        store=store,
     )
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(
-            f"{report.outcome.value}: {len(report.succeeded)} succeeded, {len(report.failed)} "
-            f"failed, {len(report.pending)} pending of {len(report.targeted)} targeted"
-        )
-    return {
-        Outcome.ABORTED: EXIT_ABORTED,
-        Outcome.TIMED_OUT: EXIT_TIMEOUT,
-    }.get(report.outcome, EXIT_OK)
+    return _finish(args, report)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -207,7 +318,59 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": cmd_status, "rollout": cmd_rollout, "promote": cmd_promote}
+def cmd_simulate(args: argparse.Namespace) -> int:
+    settings = mqtt_settings(args)
+    if settings.tls.enabled or settings.username:
+        raise EdgeAgentError("the simulator connects without TLS or credentials (a test broker)")
+    spec = SimSpec(
+        devices=args.devices,
+        prefix=settings.topic_prefix,
+        id_prefix=args.id_prefix,
+        model=args.model,
+        version=args.version,
+        **({"sha256": args.sha256} if args.sha256 else {}),
+        groups=tuple(g for g in args.groups.split(",") if g),
+        channels=tuple(c for c in args.channels.split(",") if c),
+        metrics_interval_s=args.metrics_interval,
+        prediction_rate=args.prediction_rate,
+        install_s=args.install_time,
+        health_s=args.health_window,
+        scripts=tuple(Script.parse(b) for b in args.behave),
+        seed=args.seed,
+        connect_rate=args.connect_rate,
+    )
+    sim = Simulator(spec, settings.host, settings.port)
+    t0 = time.monotonic()
+    sim.start()
+    try:
+        sim.wait_online(spec.devices, 600.0)
+        up = time.monotonic() - t0
+        print(
+            json.dumps(
+                {"ready": sim.online, "devices": spec.devices, "seconds": round(up, 2)}
+                | {"behaviours": dict(sim.behaviours())}
+            ),
+            flush=True,
+        )
+        end = None if args.duration is None else t0 + args.duration
+        while end is None or time.monotonic() < end:
+            left = 10.0 if end is None else min(10.0, end - time.monotonic())
+            if left > 0:
+                time.sleep(left)  # the swarm thread does the work; this only reports
+            print(json.dumps({"online": sim.online} | dict(sim.counts)), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop(clear=args.clear_on_exit)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "rollout": cmd_rollout,
+    "promote": cmd_promote,
+    "simulate": cmd_simulate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

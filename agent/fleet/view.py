@@ -4,7 +4,8 @@
 
     <prefix>/+/status    retained "online" / "offline" (the agents' last will)
     <prefix>/+/ota       retained OTA state (JSON, written by the agents' updater)
-    <prefix>/+/metrics   periodic ``MetricsV1`` (not retained: seen as the agents report)
+    <prefix>/+/metrics   retained periodic ``MetricsV1`` (an offline device's are history:
+                         its rates are not shown as live)
 
 and keeps one ``DeviceState`` per device, updated from paho's network thread (the handler only
 parses and stores; waiting is done with a condition variable).
@@ -15,11 +16,12 @@ device does not send is shown as unknown instead of hiding the device.
 OTA state: the updater's retained ``OtaStateV1`` (agent/ota/report.py): ``state`` (idle,
 downloading, verifying, staged, active, rolled_back, failed), the ``version`` it is about,
 ``running``, ``health`` (watching/passed while active), ``reason`` and the last ``refusal``.
-A version *succeeded* on a device when it is ``active`` and through its health window; it
-*failed* when the device reports ``failed`` or ``rolled_back`` for it, or refused it for a
-reason other than "not for me" (``not_targeted``, ``up_to_date``, ``wrong_model``,
-``wrong_channel``). Every finished outcome is remembered per version
-(``DeviceState.outcomes``), so a rollout still sees a failure after the device moved on.
+A build (version + artifact sha256) *succeeded* on a device when it is ``active`` and through
+its health window; it *failed* when the device reports ``failed`` or ``rolled_back`` for it,
+or refused it for a reason other than "not for me" (``not_targeted``, ``up_to_date``,
+``wrong_model``, ``wrong_channel``). Every finished outcome is remembered per build
+(``DeviceState.outcomes``), the latest refusal and rollback per device too, so a rollout
+still sees a failure after the device moved on.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from agent.config import MqttSection
-from agent.delivery.mqtt import MqttLink
+from agent.delivery.mqtt import MqttLink, OutgoingMessage
 from agent.errors import PublishError
 from agent.wire.topics import FleetTopics
 
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 
 FAILED = frozenset({"failed", "rolled_back"})
 IN_PROGRESS = frozenset({"downloading", "verifying", "staged"})
+SYNC_EVERY_S = 0.5
+"""How often the view sends its sync marker until one comes back (``watch_fleet``)."""
+
 NOT_A_FAILURE = frozenset({"not_targeted", "up_to_date", "wrong_model", "wrong_channel"})
 """Refusal reasons that say "not for me", not "this package is bad"."""
 
@@ -52,15 +58,37 @@ NOT_A_FAILURE = frozenset({"not_targeted", "up_to_date", "wrong_model", "wrong_c
 class OtaReport:
     state: str
     version: str | None = None
+    sha256: str | None = None
+    """The artifact sha256 of the build this report is about (None: an older agent)."""
     running: str | None = None
+    running_sha256: str | None = None
     health: str | None = None
     model: str | None = None
     reason: str | None = None
     ts: float | None = None
 
+    def is_build(self, version: str, sha256: str) -> bool:
+        """About exactly this build (version and artifact hash)."""
+        return self.version == version and self.sha256 == sha256
+
+    def may_be_build(self, version: str, sha256: str) -> bool:
+        """About this build, or about this version from an agent that reports no hash."""
+        return self.version == version and self.sha256 in (sha256, None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "version": self.version,
+            "sha256": self.sha256,
+            "reason": self.reason,
+            "at": self.ts,
+        }
+
     @property
     def failed(self) -> bool:
-        return self.state in FAILED or self.state == "refused"
+        if self.state == "refused":
+            return self.reason not in NOT_A_FAILURE
+        return self.state in FAILED
 
     @property
     def succeeded(self) -> bool:
@@ -81,25 +109,50 @@ class DeviceState:
     groups: list[str] = field(default_factory=list)
     ota_channels: list[str] | None = None
     ota: OtaReport | None = None
-    outcomes: dict[str, OtaReport] = field(default_factory=dict)
-    """Version -> the last finished OTA report for it (success or failure)."""
+    outcomes: dict[tuple[str, str | None], OtaReport] = field(default_factory=dict)
+    """(version, sha256) -> the last finished OTA report for that build (success or failure);
+    sha256 is None for agents that do not report it."""
+    last_refusal: OtaReport | None = None
+    """The device's most recent refused offer, whatever the reason."""
+    last_rollback: OtaReport | None = None
+    """The most recent ``rolled_back`` or ``failed`` report."""
     last_seen: float | None = None
     prediction_rate: float | None = None
     queue_depth: int | None = None
     agent_version: str | None = None
     has_metrics: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Fields other features keep per device (``FleetView.add_kind``); merged into ``to_json``."""
+
+    @property
+    def running_sha256(self) -> str | None:
+        return None if self.ota is None else self.ota.running_sha256
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the newest data about this device was made."""
+        return None if self.last_seen is None else max(0.0, now - self.last_seen)
+
+    @property
+    def live(self) -> bool:
+        """Its rates describe now: online (an offline device's retained metrics are history)."""
+        return self.online is True
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
+        """The ``--json`` row; rates and queue are null when the device is not online (the
+        retained figures are its last ones, not live)."""
         now = time.time() if now is None else now
         ota = None
         if self.ota is not None:
             ota = {
                 "state": self.ota.state,
                 "version": self.ota.version,
+                "sha256": self.ota.sha256,
                 "running": self.ota.running,
+                "running_sha256": self.ota.running_sha256,
                 "health": self.ota.health,
                 "reason": self.ota.reason,
             }
+        age = self.age(now)
         return {
             "device": self.device,
             "online": self.online,
@@ -108,13 +161,13 @@ class DeviceState:
             "version": self.version,
             "agent_version": self.agent_version,
             "ota": ota,
+            "last_refusal": None if self.last_refusal is None else self.last_refusal.to_json(),
+            "last_rollback": None if self.last_rollback is None else self.last_rollback.to_json(),
             "last_seen": self.last_seen,
-            "last_seen_age_s": None
-            if self.last_seen is None
-            else round(max(0.0, now - self.last_seen), 1),
-            "prediction_rate": self.prediction_rate,
-            "queue_depth": self.queue_depth,
-        }
+            "last_seen_age_s": None if age is None else round(age, 1),
+            "prediction_rate": self.prediction_rate if self.live else None,
+            "queue_depth": self.queue_depth if self.live else None,
+        } | self.extra
 
 
 def _str(v: object) -> str | None:
@@ -136,8 +189,8 @@ def parse_ota_state(payload: bytes) -> tuple[OtaReport | None, OtaReport | None]
     """The retained ``OtaStateV1`` (agent/ota/report.py), read leniently: (state, refusal).
 
     ``refusal`` is the device's most recent refused offer as a ``refused`` report (None when
-    there is none, or when its reason only means "not for me"). An empty message (cleared)
-    gives (None, None).
+    there is none); ``refusal.failed`` is False when its reason only means "not for me". An
+    empty message (cleared) gives (None, None).
     """
     if not payload.strip():
         return None, None
@@ -151,7 +204,9 @@ def parse_ota_state(payload: bytes) -> tuple[OtaReport | None, OtaReport | None]
     report = OtaReport(
         state=state.lower(),
         version=_str(obj.get("version")),
+        sha256=_str(obj.get("sha256")),
         running=_str(obj.get("running")),
+        running_sha256=_str(obj.get("running_sha256")),
         health=_str(obj.get("health")),
         model=_str(obj.get("model")),
         reason=_str(obj.get("reason")),
@@ -159,17 +214,16 @@ def parse_ota_state(payload: bytes) -> tuple[OtaReport | None, OtaReport | None]
     )
     refusal = None
     ref = obj.get("refusal")
-    if isinstance(ref, dict) and _str(ref.get("version")):
-        reason = _str(ref.get("reason")) or "refused"
+    if isinstance(ref, dict):
         at = ref.get("at")
-        if reason not in NOT_A_FAILURE:
-            refusal = OtaReport(
-                state="refused",
-                version=_str(ref.get("version")),
-                model=report.model,
-                reason=reason,
-                ts=float(at) if isinstance(at, int | float) else report.ts,
-            )
+        refusal = OtaReport(
+            state="refused",
+            version=_str(ref.get("version")),
+            sha256=_str(ref.get("sha256")),
+            model=report.model,
+            reason=_str(ref.get("reason")) or "refused",
+            ts=float(at) if isinstance(at, int | float) else report.ts,
+        )
     return report, refusal
 
 
@@ -183,14 +237,30 @@ class FleetView:
         self._devices: dict[str, DeviceState] = {}
         self._cond = threading.Condition()
         self._changes = 0
+        self.synced = threading.Event()
+        """Set when ``sync_topic``'s marker came back: every retained message the broker had
+        when we subscribed has been delivered before it (one client's messages stay in order)."""
+        self.sync_topic = f"{prefix}/fleet-sync/{uuid.uuid4().hex[:12]}"
+        self._kinds: dict[str, Callable[[DeviceState, bytes], None]] = {}
 
     def filters(self) -> list[str]:
-        return self.topics.filters
+        return self.topics.filters + [f"{self.prefix}/+/{kind}" for kind in self._kinds]
+
+    def add_kind(self, kind: str, parse: Callable[[DeviceState, bytes], None]) -> None:
+        """Follow ``<prefix>/+/<kind>`` too (before the view is subscribed): ``parse`` updates
+        the device's state (e.g. ``extra``) from each message, under the view's lock."""
+        self._kinds[kind] = parse
 
     # ---------------------------------------------------------------- input
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One message from the broker (paho's network thread): parse and store."""
+        if topic == self.sync_topic:
+            self.synced.set()
+            with self._cond:
+                self._changes += 1
+                self._cond.notify_all()
+            return
         parts = self.topics.split(topic)
         if parts is None:
             return
@@ -202,6 +272,9 @@ class FleetView:
                 self._ota(device, payload)
             elif kind == "metrics":
                 self._metrics(device, payload)
+            elif kind in self._kinds:
+                parse = self._kinds[kind]
+                self._update(device, lambda st: parse(st, payload))
         except Exception:  # a malformed message must not kill the network thread
             log.exception("cannot read %s", topic)
 
@@ -230,13 +303,18 @@ class FleetView:
         def remember(st: DeviceState, r: OtaReport) -> None:
             if not (r.finished and r.version):
                 return
-            done = st.outcomes.get(r.version)
+            key = (r.version, r.sha256)
+            done = st.outcomes.get(key)
             if r.state == "refused" and done is not None and done.succeeded:
-                return  # a refusal of a version the device already runs says nothing new
-            st.outcomes[r.version] = r if r.ts is not None else replace(r, ts=received)
+                return  # a refusal of the build the device already runs says nothing new
+            st.outcomes[key] = r if r.ts is not None else replace(r, ts=received)
 
         def fn(st: DeviceState) -> None:
             st.ota = report
+            if refusal is not None:
+                st.last_refusal = refusal
+            if report is not None and report.state in FAILED:
+                st.last_rollback = report
             for r in (report, refusal):
                 if r is not None:
                     remember(st, r)
@@ -246,6 +324,8 @@ class FleetView:
         self._update(device, fn)
 
     def _metrics(self, device: str, payload: bytes) -> None:
+        if not payload.strip():
+            return  # a cleared retained message
         obj = json.loads(payload)
         if not isinstance(obj, dict):
             return
@@ -286,25 +366,41 @@ class FleetView:
                     st,
                     groups=list(st.groups),
                     outcomes=dict(st.outcomes),
+                    extra=dict(st.extra),
                     ota_channels=None if st.ota_channels is None else list(st.ota_channels),
                 )
                 for _, st in sorted(self._devices.items())
             ]
 
-    def wait_for(self, predicate: Callable[[list[DeviceState]], bool], timeout: float) -> bool:
-        """Block until ``predicate(devices())`` holds (re-checked on every change)."""
+    def wait_for(
+        self,
+        predicate: Callable[[list[DeviceState]], bool],
+        timeout: float,
+        min_interval: float = 0.05,
+    ) -> bool:
+        """Block until ``predicate(devices)`` holds (it must only read them: it gets the live
+        states, under the view's lock), re-checked after changes but at most
+        every ``min_interval`` seconds (a fleet of thousands changes thousands of times a
+        second while retained messages arrive; checking each would be quadratic)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
                 seen = self._changes
-            if predicate(self.devices()):
-                return True
+                checked = time.monotonic()
+                # the live states, not copies (10,000 copies per check would dominate): a
+                # predicate only reads them
+                if predicate(list(self._devices.values())):
+                    return True
             with self._cond:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 if self._changes == seen:
                     self._cond.wait(left)
+                # coalesce the burst of changes that follows the first one
+                rest = min(deadline, checked + min_interval) - time.monotonic()
+                if rest > 0:
+                    self._cond.wait_for(lambda: False, rest)
 
     def wait_change(self, timeout: float) -> None:
         """Return after the next change, or after ``timeout``."""
@@ -324,12 +420,34 @@ def watch_fleet(
     settings: MqttSection,
     password: str | None = None,
     connect_timeout_s: float = 10.0,
+    view: FleetView | None = None,
 ) -> Iterator[FleetView]:
-    """A ``FleetView`` fed by a live subscription for the duration of the ``with`` block."""
-    view = FleetView(settings.topic_prefix)
+    """A ``FleetView`` fed by a live subscription for the duration of the ``with`` block.
+
+    The state topics are subscribed at QoS 0: each is retained and the newest wins, and a
+    broker sends the retained set of a QoS 0 subscription without its per-client queue limit
+    (Mosquitto's ``max_queued_messages``, 1000 by default, drops most of a 10,000-device
+    fleet's retained messages for a QoS 1 subscriber). Knowing when the retained set is
+    complete: a marker published to ``view.sync_topic`` after the subscriptions comes back
+    after every retained message queued before it (one client's messages stay in order). A
+    broker with a full queue for us drops the marker too, so it is sent again every
+    ``SYNC_EVERY_S`` until one arrives.
+    """
+    view = view or FleetView(settings.topic_prefix)
     link = MqttLink(settings, f"edge-fleet-{uuid.uuid4().hex[:10]}", password=password)
     for f in view.filters():
-        link.subscribe(f, 1, view.handle)
+        link.subscribe(f, 0, view.handle)
+    link.subscribe(view.sync_topic, 0, view.handle)
+    stop = threading.Event()
+
+    def marker() -> None:
+        while not (view.synced.is_set() or stop.is_set()):
+            # connected means subscribed: the link subscribes before it says so
+            if link.wait_connected(SYNC_EVERY_S):
+                link.publish(OutgoingMessage(view.sync_topic, b"sync", qos=0))
+                stop.wait(SYNC_EVERY_S)
+
+    threading.Thread(target=marker, name="fleet-sync", daemon=True).start()
     link.start()
     try:
         deadline = time.monotonic() + connect_timeout_s
@@ -343,6 +461,7 @@ def watch_fleet(
                 )
         yield view
     finally:
+        stop.set()
         link.stop()
 
 
@@ -353,33 +472,101 @@ def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 90:
-        return f"{seconds:.0f}s ago"
+        return f"{seconds:.0f}s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f}m ago"
+        return f"{seconds / 60:.0f}m"
     if seconds < 172800:
-        return f"{seconds / 3600:.0f}h ago"
-    return f"{seconds / 86400:.0f}d ago"
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
 
 
-def format_table(devices: list[DeviceState], now: float | None = None) -> str:
-    """The status table for humans."""
-    now = time.time() if now is None else now
-    header = ("DEVICE", "ONLINE", "MODEL", "OTA", "LAST SEEN", "PRED/S", "QUEUE")
-    rows = [header]
+def _ota_cell(d: DeviceState, now: float) -> str:
+    if d.ota is None:
+        return "-"
+    text = " ".join(x for x in (d.ota.state, d.ota.version) if x)
+    note = d.ota.reason or (d.ota.health if d.ota.health == "watching" else None)
+    return text + (f" ({note})" if note else "")
+
+
+def _event_cell(r: OtaReport | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r.version or '?'} {r.reason or r.state}"
+
+
+def _online_cell(d: DeviceState, now: float) -> str:
+    return {True: "yes", False: "OFFLINE", None: "?"}[d.online]
+
+
+def _rate_cell(d: DeviceState, now: float) -> str:
+    if not d.live or d.prediction_rate is None:
+        return "-"  # an offline device's retained figures are not live
+    return f"{d.prediction_rate:.2f}"
+
+
+def _queue_cell(d: DeviceState, now: float) -> str:
+    if not d.live or d.queue_depth is None:
+        return "-"
+    return str(d.queue_depth)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the status table: its header and how a row's cell is made."""
+
+    header: str
+    cell: Callable[[DeviceState, float], str]
+
+
+COLUMNS: list[Column] = [
+    Column("DEVICE", lambda d, now: d.device),
+    Column("ONLINE", _online_cell),
+    Column("AGE", lambda d, now: _age(d.age(now))),
+    Column("MODEL", lambda d, now: " ".join(x for x in (d.model, d.version) if x) or "-"),
+    Column("OTA", _ota_cell),
+    Column("LAST REFUSAL", lambda d, now: _event_cell(d.last_refusal)),
+    Column("LAST ROLLBACK", lambda d, now: _event_cell(d.last_rollback)),
+    Column("PRED/S", _rate_cell),
+    Column("QUEUE", _queue_cell),
+]
+"""The table's columns, in order; other features add theirs here (e.g. shadow, drift)."""
+
+
+def summary(devices: list[DeviceState]) -> dict[str, Any]:
+    """Counts for the summary line and ``--json``: online/offline, per version, per OTA state."""
+    versions: Counter[str] = Counter()
+    states: Counter[str] = Counter()
     for d in devices:
-        online = {True: "yes", False: "NO", None: "?"}[d.online]
-        model = " ".join(x for x in (d.model, d.version) if x) or "-"
-        ota = "-"
-        if d.ota is not None:
-            ota = " ".join(x for x in (d.ota.state, d.ota.version) if x)
-            note = d.ota.reason or (d.ota.health if d.ota.health == "watching" else None)
-            ota += f" ({note})" if note else ""
-        age = None if d.last_seen is None else max(0.0, now - d.last_seen)
-        rate = "-" if d.prediction_rate is None else f"{d.prediction_rate:.2f}"
-        queue = "-" if d.queue_depth is None else str(d.queue_depth)
-        rows.append((d.device, online, model, ota, _age(age), rate, queue))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        versions[" ".join(x for x in (d.model, d.version) if x) or "unknown"] += 1
+        states[d.ota.state if d.ota is not None else "unknown"] += 1
+    return {
+        "devices": len(devices),
+        "online": sum(1 for d in devices if d.online),
+        "offline": sum(1 for d in devices if d.online is False),
+        "versions": dict(sorted(versions.items())),
+        "ota_states": dict(sorted(states.items())),
+    }
+
+
+def format_summary(devices: list[DeviceState]) -> str:
+    s = summary(devices)
+    versions = ", ".join(f"{v} x{n}" for v, n in s["versions"].items()) or "-"
+    states = ", ".join(f"{k} x{n}" for k, n in s["ota_states"].items()) or "-"
+    return (
+        f"{s['devices']} device(s), {s['online']} online, {s['offline']} offline\n"
+        f"versions: {versions}\nOTA: {states}"
+    )
+
+
+def format_table(
+    devices: list[DeviceState], now: float | None = None, columns: list[Column] | None = None
+) -> str:
+    """The status table for humans, then the summary."""
+    now = time.time() if now is None else now
+    cols = COLUMNS if columns is None else columns
+    rows = [tuple(c.header for c in cols)]
+    rows += [tuple(c.cell(d, now) for c in cols) for d in devices]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    online_n = sum(1 for d in devices if d.online)
-    lines.append(f"{len(devices)} device(s), {online_n} online")
+    lines.append(format_summary(devices))
     return "\n".join(lines)

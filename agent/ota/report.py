@@ -71,13 +71,17 @@ class Reporter:
         running: str,
         progress: tuple[int, int] | None = None,
         awaiting: bool = False,
+        running_sha256: str | None = None,
     ) -> OtaStateV1:
-        """Publish the state of ``record`` (``running``: the version serving now; ``awaiting``:
-        no model yet: ``idle`` is shown as ``awaiting_model``)."""
+        """Publish the state of ``record`` (``running``: the version serving now, and the
+        sha256 of its artifact when known; ``awaiting``: no model yet: ``idle`` is shown as
+        ``awaiting_model``)."""
         phase: Phase = _PHASE[record.state]
         if awaiting and record.state is State.IDLE:
             phase = "awaiting_model"
-        version = record.version if record.state is not State.IDLE else running
+        idle = record.state is State.IDLE
+        version = running if idle else record.version
+        sha256 = running_sha256 if idle else record.sha256
         health: Literal["watching", "passed"] | None = None
         if record.state is State.TRIAL:
             health = "watching"
@@ -89,7 +93,9 @@ class Reporter:
                 model=self._model,
                 state=phase,
                 version=version,
+                sha256=sha256 or None,
                 running=running,
+                running_sha256=running_sha256 or None,
                 previous=record.previous,
                 source=record.source,
                 reason=record.reason,
@@ -113,11 +119,24 @@ class Reporter:
             return True
         return False
 
-    def refused(self, version: str | None, reason: str, detail: str, source: str | None) -> None:
-        """Record a refused offer and publish it with the unchanged state."""
+    def refused(
+        self,
+        version: str | None,
+        reason: str,
+        detail: str,
+        source: str | None,
+        sha256: str | None = None,
+    ) -> None:
+        """Record a refused offer (``sha256``: the build its manifest claims) and publish it
+        with the unchanged state."""
         with self._lock:
             self._refusal = Refusal(
-                version=version, reason=reason, detail=detail, source=source, at=time.time()
+                version=version,
+                sha256=sha256,
+                reason=reason,
+                detail=detail,
+                source=source,
+                at=time.time(),
             )
             last = self._last
             if last is None:

@@ -89,15 +89,18 @@ def _awaiting(pipeline: SwappablePipeline) -> bool:
     return bool(getattr(pipeline, "awaiting", False))
 
 
-def _claimed_version(offer: Offer | None) -> str | None:
-    """The version an offer claims (unverified: for the refusal report only)."""
+def _claimed(offer: Offer | None) -> tuple[str | None, str | None]:
+    """The version and artifact sha256 an offer claims (unverified: for the refusal report)."""
     if offer is None:
-        return None
+        return None, None
     try:
-        v = json.loads(offer.manifest_bytes).get("version")
+        m = json.loads(offer.manifest_bytes)
+        v = m.get("version")
+        art = m.get("artifact")
+        sha = art.get("sha256") if isinstance(art, dict) else None
     except (ValueError, AttributeError):
-        return None
-    return v if isinstance(v, str) else None
+        return None, None
+    return (v if isinstance(v, str) else None), (sha if isinstance(sha, str) else None)
 
 
 def _probe(model: Model) -> Callable[[], float] | None:
@@ -227,11 +230,13 @@ class Updater:
         return Running(a.version, a.sha256)
 
     def _report(self, progress: tuple[int, int] | None = None) -> None:
+        active = self.pipeline.active
         msg = self._reporter.state(
             self._sm.record,
-            self.pipeline.active.version,
+            active.version,
             progress,
             awaiting=_awaiting(self.pipeline),
+            running_sha256=active.sha256,
         )
         self.metrics.set("ota_state", msg.state)
 
@@ -257,7 +262,7 @@ class Updater:
         except FileNotFoundError:
             return  # a dropped-in file that is gone already
         except OSError as exc:
-            self._refused(None, UpdateError("unreadable", f"{job.key}: {exc}"), job.source)
+            self._refused(None, None, UpdateError("unreadable", f"{job.key}: {exc}"), job.source)
             return
         except UpdateError as exc:
             if exc.reason in NOT_A_REFUSAL:
@@ -265,16 +270,18 @@ class Updater:
             elif exc.reason == "malformed" and self._intake.settle(job):
                 return
             else:
-                self._refused(_claimed_version(offer), exc, job.source)
+                self._refused(*_claimed(offer), exc, job.source)
             self._intake.done(job, exc.reason)
             return
         self._decider.accept(accepted)
         self._intake.done(job, self._apply(accepted))
 
-    def _refused(self, version: str | None, exc: UpdateError, source: str) -> None:
+    def _refused(
+        self, version: str | None, sha256: str | None, exc: UpdateError, source: str
+    ) -> None:
         log.warning("refused %s from %s: %s", version or "an offer", source, exc)
         self.metrics.inc("ota_refused", reason=exc.reason)
-        self._reporter.refused(version, exc.reason, exc.detail, source)
+        self._reporter.refused(version, exc.reason, exc.detail, source, sha256)
 
     # ---------------------------------------------------------------- the update path
 
@@ -383,7 +390,7 @@ class Updater:
             self._store.mark_bad(acc.version, acc.sha256, exc.reason)
             self._paths.part(acc.sha256).unlink(missing_ok=True)
         if self._sm.state in RESTING or State.FAILED not in ALLOWED[self._sm.state]:
-            self._refused(acc.version, exc, acc.offer.source)
+            self._refused(acc.version, acc.sha256, exc, acc.offer.source)
             return
         self._sm.transition(State.FAILED, reason=exc.reason, detail=exc.detail)
         self._report()

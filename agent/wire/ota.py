@@ -27,6 +27,11 @@ class DownloadProgress(Wire):
 
 class Refusal(Wire):
     version: str | None = Field(description="Version offered (null if the offer was unreadable).")
+    sha256: str | None = Field(
+        None,
+        description="The offered build's artifact sha256 as its manifest claims "
+        "(null: unreadable).",
+    )
     reason: str = Field(description="Stable label, e.g. bad_signature, version_rollback.")
     detail: str = Field(description="Human-readable explanation.")
     source: str | None = Field(description="channel:<name> or incoming:<file>.")
@@ -42,7 +47,15 @@ class OtaStateV1(Wire):
         description="The version this state is about: being downloaded/verified/staged, "
         "active, rolled back from, or failed."
     )
+    sha256: str | None = Field(
+        None,
+        description="Artifact sha256 of the build this state is about (null: not known, e.g. "
+        "idle on the configured model). Together with ``version`` it names an exact release.",
+    )
     running: str = Field(description="The version serving predictions now.")
+    running_sha256: str | None = Field(
+        None, description="Artifact sha256 of the model serving predictions now."
+    )
     previous: str | None = Field(
         None, description="The version a rollback returns to (null: the configured model)."
     )

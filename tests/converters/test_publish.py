@@ -80,6 +80,11 @@ def test_version_rules(tmp_path: Path, broker: Broker, keys: Keys) -> None:
     # same version, same hash: idempotent re-announce, nothing uploaded
     again = publish_package(_pkg(keys, "1.1.0"), settings)
     assert not again.uploaded and again.topic
+    # the stored model corrupted: re-hashed before announcing, and replaced (issue 14 finding 5)
+    stored = store / "fake" / "1.1.0" / "model.tflite"
+    stored.write_bytes(b"X" + MODEL[1:])
+    repaired = publish_package(_pkg(keys, "1.1.0"), settings)
+    assert repaired.uploaded and stored.read_bytes() == MODEL
     # same version, different model: refused, force or not
     for force in (False, True):
         with pytest.raises(ConversionError, match="different model"):
@@ -131,55 +136,6 @@ def test_unknown_store_and_missing_boto3(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(ConversionError, match=r"pip install 'edge-agent\[s3\]'"):
             open_store("s3://bucket/prefix")
-
-
-class FakeS3:
-    """An in-memory stand-in for a boto3 S3 client (the calls S3Store makes)."""
-
-    class NoSuchKey(OSError):
-        response = {"Error": {"Code": "NoSuchKey"}}
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], bytes] = {}
-
-    def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:
-        self.objects[(Bucket, Key)] = Body
-
-    def get_object(self, Bucket: str, Key: str) -> dict[str, object]:
-        import io
-
-        if (Bucket, Key) not in self.objects:
-            raise self.NoSuchKey(Key)
-        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
-
-    def get_paginator(self, name: str) -> FakeS3:
-        assert name == "list_objects_v2"
-        return self
-
-    def paginate(self, Bucket: str, Prefix: str, Delimiter: str) -> list[dict[str, object]]:
-        subdirs = sorted(
-            {
-                Prefix + k[len(Prefix) :].split(Delimiter)[0] + Delimiter
-                for b, k in self.objects
-                if b == Bucket and k.startswith(Prefix) and Delimiter in k[len(Prefix) :]
-            }
-        )
-        return [{"CommonPrefixes": [{"Prefix": p} for p in subdirs]}]
-
-
-def test_s3_store_layout_with_a_fake_client(tmp_path: Path, keys: Keys) -> None:
-    from converters.s3store import S3Store
-
-    client = FakeS3()
-    store = S3Store("models", "ota/prod", endpoint_url="http://minio:9000", client=client)
-    settings = PublishSettings(store="s3://models/ota/prod")
-    result = publish_package(_pkg(keys, "3.1.0"), settings, store)
-    assert result.url == "http://minio:9000/models/ota/prod/fake/3.1.0/model.tflite"
-    assert client.objects[("models", "ota/prod/fake/3.1.0/model.tflite")] == MODEL
-    assert ("models", "ota/prod/fake/channels/stable.json") in client.objects
-    assert store.versions("fake") == ["3.1.0"]
-    assert store.get("fake/9.9.9/manifest.json", 100) is None
-    assert not publish_package(_pkg(keys, "3.1.0"), settings, store).uploaded
 
 
 def test_publish_command(tmp_path: Path, broker: Broker, keys: Keys) -> None:

@@ -175,29 +175,33 @@ class SimulatedDevice:
         if not msg.payload:
             return
         ann = Announcement.model_validate_json(msg.payload)
-        version = json.loads(ann.manifest)["version"]
+        manifest = json.loads(ann.manifest)
+        version, sha = manifest["version"], manifest["artifact"]["sha256"]
         self.seen.append(version)
         if version == self.version:
             return
         if not ann.targets.includes(self.device, self.groups, self.model, version):
             return
-        self.report(version)
+        self.report(version, sha)
 
-    def report(self, version: str) -> None:
+    def report(self, version: str, sha256: str) -> None:
         """Publish the retained OtaStateV1 a real updater would after ``answer`` for it."""
-        fields: dict[str, Any] = {"running": self.version, "version": version}
+        fields: dict[str, Any] = {"running": self.version, "version": version, "sha256": sha256}
         if self.answer == "active":
             fields |= {"state": "active", "health": "passed", "running": version}
+            fields["running_sha256"] = sha256
             self.version = version
         elif self.answer == "refused":
             refusal = Refusal(
                 version=version,
+                sha256=sha256,
                 reason="bad_signature",
                 detail="signature does not verify",
                 source="channel:canary",
                 at=time.time(),
             )
             fields |= {"state": "idle", "version": self.version, "refusal": refusal}
+            fields["sha256"] = None
         else:  # failed / rolled_back
             fields |= {"state": self.answer, "reason": "smoke_test", "detail": "golden mismatch"}
         state = OtaStateV1(device=self.device, model=self.model, ts=time.time(), **fields)

@@ -84,7 +84,7 @@ def broker_args(broker: Broker) -> list[str]:
 
 def status_json(capsys: pytest.CaptureFixture[str], broker: Broker) -> dict[str, Any]:
     assert main(["status", "--json", "--wait", "5", *broker_args(broker)]) == EXIT_OK
-    return {d["device"]: d for d in json.loads(capsys.readouterr().out)}
+    return {d["device"]: d for d in json.loads(capsys.readouterr().out)["devices"]}
 
 
 def settled(devices: list[DeviceState]) -> bool:
