@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import convert, fleet, forward, models, startup, steady, swap, throughput
+from bench import convert, dashboard, fleet, forward, models, startup, steady, swap, throughput
 from bench.context import Context
 from bench.procs import OUT, REPO, load_average, machine, versions
 from bench.report import CALIBRATION_MODELS, Row, calibration, table, write_doc
@@ -27,6 +27,7 @@ FAMILIES: dict[str, Callable[[Context], list[Row]]] = {
     "swap": swap.run,
     "convert": convert.run,
     "fleet": fleet.run,
+    "dashboard": dashboard.run,
 }
 DOC = REPO / "docs" / "benchmarks.md"
 MODEL_FREE = {"fleet"}

@@ -21,9 +21,10 @@ from typing import Any
 import agent
 from agent.durable import atomic_write
 from agent.errors import ConfigError, EdgeAgentError, PackageError
-from agent.release.manifest import VerificationReport
+from agent.release.manifest import Manifest, VerificationReport
 from agent.release.package import check_package, read_package, write_package
 from agent.release.signing import load_trusted_keys, write_keypair
+from agent.terminal import console, is_terminal
 from converters.convert import MODES
 from converters.settings import BuildSettings, PublishSettings, validate_settings
 from converters.verify import VerificationFailed, format_report
@@ -36,15 +37,18 @@ EXIT_VERIFICATION = 3
 
 
 def _setup_logging(verbose: bool) -> None:
-    tty = sys.stderr.isatty()
+    stream = console()  # a copy of fd 2: still the user's while TF's own stderr is captured
+    tty = is_terminal(stream)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s" if tty else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        stream=stream,
     )
     if not verbose:
-        for noisy in ("tensorflow", "absl", "h5py", "agent.model.runtime"):
+        for noisy in ("tensorflow", "absl", "h5py", "agent.model.runtime", "litert"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # TensorFlow's C++ stderr (agent.model.native_stderr): its W lines are its internals
+        logging.getLogger("tensorflow.native").setLevel(logging.ERROR)
 
 
 def _csv(text: str) -> list[str]:
@@ -131,6 +135,12 @@ def _add_build_args(p: argparse.ArgumentParser, *, package: bool) -> None:
     p.add_argument("--runtime", choices=("auto", "litert", "tflite-runtime", "tensorflow"))
     p.add_argument("--report", type=Path, help="write the verification report (JSON) here")
     p.add_argument(
+        "--html-report",
+        type=Path,
+        help="write the verification report as an HTML page here (default: next to the output, "
+        "OUTPUT.report.html)",
+    )
+    p.add_argument(
         "--onnx2tf-arg",
         action="append",
         dest="onnx2tf_args",
@@ -214,6 +224,24 @@ def _save_report(path: Path | None, report: VerificationReport | None) -> None:
         log.info("report written to %s", path)
 
 
+def _save_html(
+    path: Path,
+    report: VerificationReport | None,
+    title: str,
+    labels: Sequence[str] = (),
+    manifest: Manifest | None = None,
+) -> None:
+    """The HTML report (``agent.release.report``: the dashboard shows the same fragment)."""
+    from agent.release.report import manifest_report, render_report, report_document
+
+    if manifest is not None:
+        fragment = manifest_report(manifest)
+    else:
+        fragment = render_report(report, title=title, labels=labels)
+    atomic_write(path, report_document(fragment, title).encode())
+    print(f"HTML report: {path}")
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -234,16 +262,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     settings = _build_settings(args, package=False)
     out: Path = args.output or args.model.with_name(f"{args.model.stem}.{settings.mode}.tflite")
     report_path = args.report or out.with_name(out.name + ".report.json")
+    html_path = args.html_report or out.with_name(out.name + ".report.html")
+    title = f"{args.model.name} -> {out.name}"
     try:
         result = convert_and_verify(args.model, settings)
     except VerificationFailed as exc:
         print(format_report(exc.report))
         _save_report(report_path, exc.report)
+        _save_html(html_path, exc.report, f"{title} (FAILED)", settings.labels)
         return EXIT_VERIFICATION
     atomic_write(out, result.model)
     if result.report is not None:
         print(format_report(result.report))
         _save_report(report_path, result.report)
+        _save_html(html_path, result.report, title, settings.labels)
     print(f"wrote {out} ({len(result.model):,} bytes, {result.mode})")
     return 0
 
@@ -257,6 +289,11 @@ def cmd_package(args: argparse.Namespace) -> int:
     except VerificationFailed as exc:
         print(format_report(exc.report))
         _save_report(args.report, exc.report)
+        intended: Path = args.output or Path.cwd() / f"{settings.name}-{settings.version}.eapkg"
+        failed = args.html_report or intended.with_name(intended.name + ".report.html")
+        _save_html(
+            failed, exc.report, f"{settings.name} {settings.version} (FAILED)", settings.labels
+        )
         return EXIT_VERIFICATION
     pkg = built.package
     out: Path = args.output or Path.cwd() / pkg.filename
@@ -264,6 +301,8 @@ def cmd_package(args: argparse.Namespace) -> int:
     if built.converted.report is not None:
         print(format_report(built.converted.report))
         _save_report(args.report, built.converted.report)
+    html_path = args.html_report or out.with_name(out.name + ".report.html")
+    _save_html(html_path, built.converted.report, pkg.filename, manifest=pkg.manifest)
     signed = f"signed by {pkg.key_id}" if pkg.signed else "UNSIGNED"
     print(
         f"wrote {out} ({pkg.manifest.name} {pkg.manifest.version}, {pkg.manifest.mode}, {signed})"

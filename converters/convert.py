@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,8 +37,9 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import ConversionError
+from agent.model.native_stderr import native_stderr_to_logging
 from converters.dataset import Dataset, InputShape, RawData, check_fits, fit_to_inputs
-from converters.progress import step
+from converters.progress import Progress, step
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ chatter, before TF is imported
 
@@ -50,12 +52,22 @@ MODES: tuple[Mode, ...] = ("float32", "float16", "dynamic", "int8")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 MODEL_SUFFIXES = (*KERAS_SUFFIXES, ".tflite", ".onnx")
 SERVING_SIGNATURE = "serving_default"
+TF_NATIVE = logging.getLogger("tensorflow.native")
+"""What TensorFlow's C++ writes to stderr while importing and converting (debug output)."""
 
 
 def _tf() -> Any:
-    """TensorFlow, imported on first use: ``pip install edge-agent[convert]`` brings it."""
+    """TensorFlow, imported on first use: ``pip install edge-agent[convert]`` brings it.
+
+    The import takes seconds: the first one says so (a spinner on a terminal, a log line
+    otherwise), and what TensorFlow's C++ writes to stderr meanwhile goes to the
+    ``tensorflow.native`` logger (debug output unless ``--verbose``)."""
     try:
-        import tensorflow as tf
+        if "tensorflow" in sys.modules:
+            import tensorflow as tf
+        else:
+            with step("importing TensorFlow"), native_stderr_to_logging(logger=TF_NATIVE):
+                import tensorflow as tf
     except ImportError as exc:
         raise ConversionError(
             "converting needs TensorFlow: pip install 'edge-agent[convert]'"
@@ -226,10 +238,12 @@ def saved_model_inputs(saved_model_dir: Path) -> list[InputShape]:
 
 
 def _representative(
-    dataset: Dataset, inputs: Sequence[InputShape]
+    dataset: Dataset, inputs: Sequence[InputShape], progress: Progress | None = None
 ) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
     for i in range(len(dataset)):
         yield {spec.name: x[i : i + 1] for spec, x in zip(inputs, dataset.inputs, strict=True)}
+        if progress is not None:
+            progress.advance()
 
 
 def as_dataset(
@@ -263,6 +277,7 @@ def convert_saved_model(
         str(saved_model_dir), signature_keys=[SERVING_SIGNATURE]
     )
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    calibrating: Progress | None = None
     if mode == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -277,7 +292,13 @@ def convert_saved_model(
             raise ConversionError(f"calibration set {representative.source} is empty")
         check_fits(representative, inputs)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: _representative(representative, inputs)
+        rep = representative
+        calibrating = Progress(
+            f"converting {label or saved_model_dir.name} to int8: calibrating",
+            len(rep),
+            unit="sample",
+        )
+        conv.representative_dataset = lambda: _representative(rep, inputs, calibrating)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
         conv.inference_input_type = dtypes[io_type]
@@ -285,11 +306,15 @@ def convert_saved_model(
     elif mode != "float32":
         raise ConversionError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
     label = f"converting {label or saved_model_dir.name} to {mode}"
-    if mode == "int8":
-        label += f" (calibrating on {len(representative or ())} samples)"
     try:
-        with step(label), _quiet():
-            data = conv.convert()
+        with _quiet(), native_stderr_to_logging(logger=TF_NATIVE):
+            if calibrating is not None:
+                # the calibration pass is the long part: counts and an ETA over its samples
+                with calibrating:
+                    data = conv.convert()
+            else:
+                with step(label):
+                    data = conv.convert()
     except Exception as exc:  # ConverterError and friends
         raise ConversionError(_explain_converter_error(str(exc), mode)) from exc
     return bytes(data)

@@ -1,78 +1,123 @@
 """Progress of long build-host steps: a live line on a terminal, plain log lines otherwise.
 
 ``step("converting int8")`` wraps a step of unknown length (a spinner with elapsed seconds on
-a TTY); ``Progress("verifying", total=n)`` counts through known work. When stderr is not a
-terminal (CI, watch mode under systemd) both only log a start and a finish line, so logs stay
-readable.
+a TTY); ``Progress("verifying", total=n)`` counts through known work: on a terminal a tqdm
+bar with counts, rate and ETA, with log lines printed above it (never through it). When
+stderr is not a terminal (CI, a pipe, watch mode under systemd; ``agent.terminal`` decides)
+both log a start and a finish line, and a count with an ETA at most every ``LOG_EVERY_S``,
+so logs stay readable and free of control codes.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
+
+from agent.terminal import console, is_terminal
 
 log = logging.getLogger(__name__)
 
 _SPINNER = "|/-\\"
+LOG_EVERY_S = 10.0
 
 
 def interactive(stream: TextIO | None = None) -> bool:
-    """Whether progress should be drawn (the stream is a terminal)."""
-    s = stream if stream is not None else sys.stderr
-    try:
-        return s.isatty()
-    except (AttributeError, ValueError):
-        return False
+    """Whether progress should be drawn (the stream is a terminal, not a dumb one)."""
+    return is_terminal(stream if stream is not None else console())
+
+
+class _AboveTheBar(logging.Handler):
+    """Stands in for a console handler while a bar is drawn: each record is printed above
+    the bar (``tqdm.write`` clears it, prints, draws it again), never through it."""
+
+    def __init__(self, inner: logging.StreamHandler[TextIO]) -> None:
+        super().__init__(inner.level)
+        self.inner = inner
+        self.setFormatter(inner.formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.inner.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def _swap_console_handlers(stream: TextIO, to_bar: bool) -> None:
+    root = logging.getLogger()
+    out: list[logging.Handler] = []
+    for h in root.handlers:
+        if to_bar and type(h) is logging.StreamHandler and h.stream is stream:
+            out.append(_AboveTheBar(h))
+        elif not to_bar and isinstance(h, _AboveTheBar):
+            out.append(h.inner)
+        else:
+            out.append(h)
+    root.handlers[:] = out
 
 
 class Progress:
-    """Counts work done; draws ``label [####    ] n/total`` on a terminal at most 10x a second."""
+    """Counts work done: a tqdm bar (``label: 40%|####  | 40/100 [00:02<00:03, 19.9 it/s]``)
+    on a terminal, log lines otherwise."""
 
-    def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, label: str, total: int | None = None, stream: TextIO | None = None, unit: str = "it"
+    ) -> None:
         self.label = label
         self.total = total
+        self.unit = unit
         self.done = 0
-        self._stream = stream if stream is not None else sys.stderr
+        self._stream = stream if stream is not None else console()
         self._tty = interactive(self._stream)
         self._start = time.monotonic()
-        self._last_draw = 0.0
+        self._logged_at = self._start
+        self._bar: Any = None
 
     def __enter__(self) -> Progress:
-        self._start = time.monotonic()
-        if not self._tty:
+        self._start = self._logged_at = time.monotonic()
+        if self._tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total,
+                desc=self.label,
+                unit=self.unit,
+                file=self._stream,
+                mininterval=0.1,
+                dynamic_ncols=True,
+            )
+            _swap_console_handlers(self._stream, to_bar=True)  # log lines above the bar
+        else:
             log.info("%s: started%s", self.label, f" ({self.total} items)" if self.total else "")
         return self
 
     def advance(self, n: int = 1) -> None:
         self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
         now = time.monotonic()
-        if self._tty and (now - self._last_draw >= 0.1 or self.done == self.total):
-            self._last_draw = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        elapsed = now - self._start
-        if self.total:
-            width = 24
-            filled = int(width * min(self.done, self.total) / self.total)
-            bar = "#" * filled + " " * (width - filled)
-            text = f"\r{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.1f}s"
-        else:
-            text = f"\r{self.label} {self.done} {elapsed:5.1f}s"
-        self._stream.write(text)
-        self._stream.flush()
+        if now - self._logged_at >= LOG_EVERY_S and self.done != self.total:
+            self._logged_at = now
+            elapsed = now - self._start
+            if self.total:
+                eta = elapsed / max(self.done, 1) * (self.total - self.done)
+                log.info("%s: %d/%d, %.0fs left", self.label, self.done, self.total, eta)
+            else:
+                log.info("%s: %d after %.0fs", self.label, self.done, elapsed)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         elapsed = time.monotonic() - self._start
-        if self._tty:
-            self._draw(time.monotonic())
-            self._stream.write(" failed\n" if exc_type else " done\n")
-            self._stream.flush()
+        if self._bar is not None:
+            if exc_type is not None:
+                self._bar.set_postfix_str("failed")
+            self._bar.close()
+            _swap_console_handlers(self._stream, to_bar=False)
         elif exc_type is None:
             log.info("%s: done in %.1fs", self.label, elapsed)
         else:
@@ -82,7 +127,7 @@ class Progress:
 @contextmanager
 def step(label: str, stream: TextIO | None = None) -> Iterator[None]:
     """A step of unknown length: a spinner with elapsed time on a terminal, log lines otherwise."""
-    out = stream if stream is not None else sys.stderr
+    out = stream if stream is not None else console()
     if not interactive(out):
         start = time.monotonic()
         log.info("%s: started", label)

@@ -6,7 +6,10 @@ agreement, accuracy and its drop (when labels are given), max/mean absolute erro
 variant its size and median invoke latency. ``max_accuracy_drop`` / ``min_agreement`` turn the
 report into a gate: ``VerificationFailed`` carries the report and nothing gets packaged.
 
-Labels apply to the first output with more than one value (the class scores).
+Labels apply to the first output with more than one value (the class scores); for it the
+report also keeps both variants' confusion matrices (up to ``MAX_CONFUSION_CLASSES`` classes).
+Every output gets a histogram of |candidate - reference| (``HISTOGRAM_BINS`` bins), which the
+HTML report (``agent.release.report``) draws.
 
 ``compare_with_source`` then runs the *source* model in its own framework (TensorFlow for
 Keras/SavedModel, onnxruntime for ONNX) on the same data in the source's layout and compares
@@ -30,6 +33,9 @@ import numpy.typing as npt
 from agent.errors import ConversionError
 from agent.model.runtime import Model
 from agent.release.manifest import (
+    MAX_CONFUSION_CLASSES,
+    Confusion,
+    Histogram,
     InputLayout,
     OutputMetrics,
     SourceComparison,
@@ -47,6 +53,9 @@ _RUNTIME_DISTS = {
     "tflite-runtime": ("tflite-runtime",),
     "tensorflow": ("tensorflow-cpu", "tensorflow"),
 }
+
+
+HISTOGRAM_BINS = 20
 
 
 class VerificationFailed(ConversionError):
@@ -152,6 +161,7 @@ def compare(
         err = np.abs(r.astype(np.float64) - c.astype(np.float64))
         r1, c1 = _top1(r), _top1(c)
         metrics: dict[str, float | None] = {"top1_agreement": None}
+        confusion = None
         if r1 is not None and c1 is not None:
             metrics["top1_agreement"] = float(np.mean(r1 == c1))
             if labels is not None and i == label_output:
@@ -162,11 +172,14 @@ def compare(
                     "accuracy": acc,
                     "accuracy_drop": ref_acc - acc,
                 }
+                confusion = confusion_matrices(labels, r1, c1, r.reshape(n, -1).shape[1])
         outputs.append(
             OutputMetrics(
                 name=info.name,
                 max_abs_error=float(err.max()) if err.size else 0.0,
                 mean_abs_error=float(err.mean()) if err.size else 0.0,
+                confusion=confusion,
+                error_histogram=error_histogram(err),
                 **metrics,
             )
         )
@@ -195,6 +208,35 @@ def compare(
         passed=not failures,
         failures=failures,
     )
+
+
+def confusion_matrices(
+    labels: npt.NDArray[np.int64],
+    reference: npt.NDArray[np.int64],
+    candidate: npt.NDArray[np.int64],
+    classes: int,
+) -> Confusion | None:
+    """Both variants' ``[true][predicted]`` counts; None above ``MAX_CONFUSION_CLASSES``
+    classes or when a label is outside the output's classes."""
+    if classes > MAX_CONFUSION_CLASSES or labels.size == 0:
+        return None
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        log.warning("labels outside 0..%d: no confusion matrix", classes - 1)
+        return None
+
+    def counts(pred: npt.NDArray[np.int64]) -> list[list[int]]:
+        m = np.zeros((classes, classes), dtype=np.int64)
+        np.add.at(m, (labels.astype(np.int64), pred), 1)
+        return [[int(v) for v in row] for row in m]
+
+    return Confusion(classes=classes, reference=counts(reference), candidate=counts(candidate))
+
+
+def error_histogram(err: npt.NDArray[np.float64], bins: int = HISTOGRAM_BINS) -> Histogram:
+    """|candidate - reference| in ``bins`` equal bins from 0 to its maximum."""
+    top = float(err.max()) if err.size else 0.0
+    counts, edges = np.histogram(err.ravel(), bins=bins, range=(0.0, top if top > 0 else 1.0))
+    return Histogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts])
 
 
 def _failures(outputs: Sequence[OutputMetrics], t: Thresholds) -> list[str]:

@@ -29,6 +29,7 @@ SMOKE_ROWS = (
     "8 hot swap at 200/s",
     "fleet 200: status complete view",
     "fleet 200: canary 10% abort",
+    "19 dashboard devices page 1",
 )
 
 

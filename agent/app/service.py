@@ -228,7 +228,7 @@ class Agent:
         return (
             f"{model}; "
             f"mqtt {'up' if r.link.connected else 'down'}; "
-            f"{m.counter('predictions_out')} predictions; queue {r.spool.depth}"
+            f"{m.counter('predictions_out')} predictions; queue {r.publisher.queue_depth}"
         )
 
     def shutdown(self, r: Running, final_status: bool) -> None:

@@ -92,6 +92,10 @@ _STOP = object()
 _WAKE = object()
 
 
+RECENT_KEPT = 5
+"""Prediction payloads kept for ``recent`` (the local device page)."""
+
+
 class Publisher:
     def __init__(
         self,
@@ -132,6 +136,7 @@ class Publisher:
         self._room.set()
         self._publish_many = link.publish_many
         self.delivered = 0
+        self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_KEPT)
         # Inline hand-over: a producer finding the publisher idle does its work itself,
         # holding _state (which the thread holds for each of its rounds). _queued counts the
         # producers' events not yet handled: inline only when it is 0, so order is kept.
@@ -143,6 +148,11 @@ class Publisher:
         link.add_connect_listener(lambda: self._events.put(_WAKE))
 
     # ---------------------------------------------------------------- producer side
+
+    def recent(self) -> list[bytes]:
+        """The last few prediction payloads spooled (a single or a batch each; the device
+        page shows them)."""
+        return list(self._recent)
 
     def submit(self, rec: PredictionRecord) -> None:
         """Hand a prediction over (any thread). Blocks only while the publisher is
@@ -193,6 +203,14 @@ class Publisher:
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages the broker has not acknowledged yet (any thread). The spool's depth less
+        the acks that arrived but wait for the publisher's next round: at a trickle they are
+        taken with the next prediction, and the spool alone would report the last message
+        as queued until then."""
+        return max(0, self._spool.depth - len(self._acks))
 
     def drained(self) -> bool:
         """Everything submitted so far is spooled, published and acknowledged (nothing
@@ -327,6 +345,7 @@ class Publisher:
         if flush and self._pending_batch:
             rows.append(self._batch_row())
         self._metrics.inc("predictions_out", len(records))
+        self._recent.extend(r[1] for r in rows[-RECENT_KEPT:])
         self._append(rows)
 
     def _batch_row(self) -> tuple[str, bytes, int, bool]:

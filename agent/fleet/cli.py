@@ -5,6 +5,7 @@
                        [--percent P] [--max-failure-fraction F] [--timeout S] [--no-follow]
     edge-fleet rollout --model NAME --from-channel staging --channel canary ...
     edge-fleet promote --model NAME [--from canary] [--to stable] [--version V]
+    edge-fleet serve [--listen 127.0.0.1] [--http-port 8080] [--token-file F | --basic-auth-file F]
     edge-fleet simulate --devices N [--behave refuse:version_reused=0.02 ...] [--duration S]
 
 Broker options are the agent's ``[mqtt]`` table (``--config agent.toml``) or flags.
@@ -43,6 +44,7 @@ from agent.fleet.rollout import (
 from agent.fleet.simulator import Script, SimSpec, Simulator
 from agent.fleet.view import DeviceState, FleetView, format_table, summary, watch_fleet
 from agent.release.manifest import Announcement, Targets, utc_now
+from agent.terminal import CLEAR_SCREEN, is_terminal
 
 EXIT_OK = 0
 EXIT_ABORTED = 1
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-fleet", description="Fleet status and model rollouts over MQTT."
     )
+    parser.add_argument("--version", action="version", version=f"edge-fleet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("status", help="devices: online, model, OTA state, rate, queue")
@@ -132,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="expected version on the source channel")
     _add_targets(p)
 
+    p = sub.add_parser("serve", help="the web dashboard (needs the 'fleet' extra)")
+    add_broker_args(p)
+    p.add_argument("--listen", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=8080, help="port to serve on (8080)")
+    p.add_argument(
+        "--token-file", type=Path, help="file holding a bearer token (needed off loopback)"
+    )
+    p.add_argument(
+        "--basic-auth-file", type=Path, help="file holding user:password (needed off loopback)"
+    )
+    p.add_argument(
+        "--read-only", action="store_true", help="no rollout, abort or promote from the page"
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where rollouts started from the page are kept (as for 'rollout'; default "
+        "$XDG_STATE_HOME/edge-fleet/rollouts)",
+    )
+
     p = sub.add_parser("simulate", help="run N simulated devices (real MQTT clients) here")
     add_broker_args(p)
     p.add_argument("--devices", type=int, default=100, help="how many (default 100)")
@@ -169,9 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-CLEAR_SCREEN = "\033[2J\033[H"
-
-
 def status_json(devices: list[DeviceState], now: float | None = None) -> dict[str, Any]:
     """What ``status --json`` prints: the summary and one object per device."""
     now = time.time() if now is None else now
@@ -181,7 +201,7 @@ def status_json(devices: list[DeviceState], now: float | None = None) -> dict[st
 def watch_frames(view: FleetView, out: TextIO, every_s: float = 2.0) -> None:
     """Show the table again and again: on a terminal in place, into a pipe or a file as plain
     frames separated by a blank line (no terminal control codes)."""
-    tty = out.isatty()
+    tty = is_terminal(out)  # the one TTY rule (agent/terminal.py): TERM=dumb is no terminal
     while True:
         table = format_table(view.devices())
         out.write((CLEAR_SCREEN + table + "\n") if tty else (table + "\n\n"))
@@ -318,6 +338,26 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from agent.fleet.web.serve import ServeOptions, serve
+    except ImportError as exc:
+        raise EdgeAgentError(
+            f"the dashboard needs the 'fleet' extra: pip install 'edge-agent[fleet]' ({exc})"
+        ) from None
+    settings = mqtt_settings(args)
+    opts = ServeOptions(
+        host=args.listen,
+        port=args.http_port,
+        token_file=args.token_file,
+        basic_auth_file=args.basic_auth_file,
+        actions=not args.read_only,
+        state_dir=args.state_dir,
+    )
+    serve(settings, password(settings), opts)
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     settings = mqtt_settings(args)
     if settings.tls.enabled or settings.username:
@@ -369,8 +409,15 @@ COMMANDS = {
     "status": cmd_status,
     "rollout": cmd_rollout,
     "promote": cmd_promote,
+    "serve": cmd_serve,
     "simulate": cmd_simulate,
 }
+
+
+def _version() -> str:
+    from agent import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -578,11 +579,18 @@ def follow_rollout(
     *,
     store: RolloutStore | None = None,
     on_event: Callable[[str], None] = lambda line: None,
+    cancel: threading.Event | None = None,
 ) -> Outcome:
-    """Watch ``view`` until the rollout completes, aborts (and restores) or times out."""
+    """Watch ``view`` until the rollout completes, aborts (and restores) or times out.
+
+    Setting ``cancel`` (the dashboard's abort button) aborts it the same way."""
     tracker, policy = rollout.tracker, rollout.policy
     deadline = time.monotonic() + policy.timeout_s
     while True:
+        if cancel is not None and cancel.is_set():
+            text = abort_rollout(settings, password, rollout, store=store)
+            on_event(f"ABORTED by the operator; {text}")
+            return Outcome.ABORTED
         events = tracker.update(view.devices())
         for line in events:
             on_event(line)
@@ -623,8 +631,10 @@ def run_rollout(
     force: bool = False,
     on_event: Callable[[str], None] = lambda line: None,
     store: RolloutStore | None = None,
+    cancel: threading.Event | None = None,
 ) -> RolloutReport:
-    """Announce ``ann`` and (with ``follow``) watch it until it completes, aborts or times out."""
+    """Announce ``ann`` and (with ``follow``) watch it until it completes, aborts or times out
+    (or ``cancel`` is set: aborted)."""
     rollout = start_rollout(settings, password, ann, policy, force=force, store=store)
     t = rollout.tracker
     with watch_fleet(settings, password) as view:
@@ -640,7 +650,7 @@ def run_rollout(
         outcome = Outcome.ANNOUNCED
         if follow:
             outcome = follow_rollout(
-                settings, password, rollout, view, store=store, on_event=on_event
+                settings, password, rollout, view, store=store, on_event=on_event, cancel=cancel
             )
     report = rollout.report()
     report.outcome = outcome

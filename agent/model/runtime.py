@@ -56,6 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import InferenceError, ModelError, RuntimeUnavailable, ShapeMismatch
+from agent.model.native_stderr import native_stderr_to_logging
 from agent.model.tflite_graph import (
     SubgraphOps,
     WrappedTensor,
@@ -293,12 +294,13 @@ def _interpreter(
             backend.op_resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
     try:
-        with warnings.catch_warnings():
+        # the runtime's C++ INFO/WARNING lines go to logging, not straight to fd 2
+        with warnings.catch_warnings(), native_stderr_to_logging():
             # tf.lite.Interpreter warns that it is deprecated on every construction.
             warnings.simplefilter("ignore", UserWarning)
             interp = backend.interpreter(**kwargs)
-        if allocate:
-            interp.allocate_tensors()
+            if allocate:
+                interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(
             f"{label}: not a usable TFLite model ({len(content)} bytes, runtime "

@@ -3,6 +3,7 @@
 Off by default (``[http] enabled``), bound to 127.0.0.1 unless configured otherwise. The standard
 library's ``ThreadingHTTPServer``: no web framework on a Pi for four routes.
 
+    GET  /             the device's status page (HTML, agent/observe/devicepage.py; reads /status)
     GET  /healthz      200 when live and ready, 503 otherwise (JSON body says which check failed)
     GET  /metrics      Prometheus text (exposition format 0.0.4)
     GET  /status       JSON: device, model, broker connection, queue, the metrics snapshot
@@ -14,8 +15,8 @@ Limits, because anything on the device can connect: request bodies above
 (``/healthz`` always answers); slow clients time out after ``timeout_s``. Every response closes
 its connection.
 
-With ``http.token_file`` set, every route except ``/healthz`` needs
-``Authorization: Bearer <token>`` (compared in constant time; 401 otherwise).
+With ``http.token_file`` set, every route except ``/`` (a page without data) and ``/healthz``
+needs ``Authorization: Bearer <token>`` (compared in constant time; 401 otherwise).
 
 Errors are JSON ``{"error": "<message>", "reason": "<stable label>"}``: 400 for bad input
 (``bad_json``, ``bad_request``, ``wrong_shape``, ``non_numeric``, ``not_finite``), 401
@@ -44,7 +45,7 @@ from typing import Any, Protocol
 
 from agent.config import HttpSection
 from agent.errors import ConfigError, EdgeAgentError, InferenceError, SampleError, ShapeMismatch
-from agent.observe.telemetry import PROMETHEUS_CONTENT_TYPE
+from agent.observe.prometheus import PROMETHEUS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorize(self, path: str) -> None:
         token = self.server.api.token
-        if token is None or path == "/healthz":
+        if token is None or path in {"/", "/healthz"}:
             return
         given = self.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
@@ -282,6 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._authorize(path)
             if path == "/healthz":
                 self._healthz()
+            elif path == "/":
+                from agent.observe.devicepage import page  # built on first use (RSS)
+
+                self._send(HTTPStatus.OK, page(), "text/html; charset=utf-8")
             elif path == "/metrics":
                 with self.server.work_slot():
                     text = self.server.api.view.metrics_text()
@@ -376,6 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _ROUTES = {
+    "/": "GET",
     "/healthz": "GET",
     "/metrics": "GET",
     "/status": "GET",

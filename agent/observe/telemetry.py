@@ -5,22 +5,23 @@
   drops, MQTT reconnects, model version, uptime, memory and CPU temperature.
 - ``build_metrics`` makes one from the shared ``agent.metrics.Metrics`` plus what only the
   process and the MQTT link know (``ProcessStats``, ``LinkState``).
-- ``render_prometheus`` renders the *same* snapshot as Prometheus text (exposition 0.0.4), so
-  what is scraped over HTTP and what is published over MQTT can never disagree.
+- ``agent.observe.prometheus.render_prometheus`` renders the *same* snapshot as Prometheus
+  text, so what is scraped over HTTP and what is published over MQTT can never disagree.
 - ``MetricsReporter`` publishes a snapshot every ``metrics.interval_s`` and right after every
   (re)connect, on its own thread (never on paho's network thread).
 
-Process facts come from Linux files when present: RSS from ``/proc/self/statm`` (falling back
-to the *peak* RSS from ``resource``), CPU temperature from ``/sys/class/thermal`` (a Pi's
-``cpu-thermal`` zone; absent on most x86 VMs, then ``null``).
+Process facts come from Linux files when present: RSS and virtual size from
+``/proc/self/statm`` (falling back to the *peak* RSS from ``resource``), open descriptors from
+``/proc/self/fd``, the start time from ``/proc/self/stat`` and ``/proc/stat``'s ``btime``, CPU
+time from ``os.times``, CPU temperature from ``/sys/class/thermal`` (a Pi's ``cpu-thermal``
+zone; absent on most x86 VMs, then ``null``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -29,19 +30,19 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.delivery.mqtt import OutgoingMessage
-from agent.metrics import Metrics
+from agent.metrics import LATENCY_BUCKETS_S, Metrics
 from agent.wire.metrics import (
+    LatencyHistogram,
     LatencyMs,
     MetricsV1,
     MqttStats,
+    ProcessFacts,
     QueueStats,
     Rates,
 )
 from agent.wire.predictions import ModelRef
 
 log = logging.getLogger(__name__)
-
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Counters that have their own field in MetricsV1; every other counter goes to ``other``.
 _NAMED_COUNTERS = frozenset(
@@ -106,13 +107,54 @@ def cpu_temperature_c(root: Path = _THERMAL_ROOT) -> float | None:
     return round(min(readings)[2], 1)
 
 
+def process_start_time(proc: Path = Path("/proc")) -> float | None:
+    """When this process started (epoch seconds), from ``/proc``; None without it."""
+    try:
+        stat = (proc / "self" / "stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22: starttime
+        btime = next(
+            int(line.split()[1])
+            for line in (proc / "stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_facts(started: float, proc: Path = Path("/proc")) -> ProcessFacts:
+    """CPU time, virtual memory, descriptors and start time of this process."""
+    t = os.times()
+    vsz = fds = max_fds = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        vsz = int((proc / "self" / "statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError):
+        fds = sum(1 for _ in (proc / "self" / "fd").iterdir())
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        max_fds = soft if soft >= 0 else None
+    except (ImportError, OSError, ValueError):
+        pass
+    return ProcessFacts(
+        cpu_seconds=round(t.user + t.system, 3),
+        virtual_memory_bytes=vsz,
+        open_fds=fds,
+        max_fds=max_fds,
+        start_time_s=round(process_start_time(proc) or started, 3),
+    )
+
+
 class ProcessStats(Protocol):
     def rss_bytes(self) -> int | None: ...
     def cpu_temperature_c(self) -> float | None: ...
+    def facts(self, started: float) -> ProcessFacts | None: ...
 
 
 class LinuxProcessStats:
-    """This process's memory and the board's CPU temperature, from /proc and /sys."""
+    """This process's memory, CPU time and descriptors and the board's CPU temperature,
+    from /proc and /sys."""
 
     def __init__(self, thermal_root: Path = _THERMAL_ROOT) -> None:
         self._thermal = thermal_root
@@ -122,6 +164,9 @@ class LinuxProcessStats:
 
     def cpu_temperature_c(self) -> float | None:
         return cpu_temperature_c(self._thermal)
+
+    def facts(self, started: float) -> ProcessFacts | None:
+        return process_facts(started)
 
 
 class LinkState(Protocol):
@@ -202,6 +247,8 @@ def build_metrics(
     sps, pps = rates.update(now, samples_in, predictions_out)
     latency = snap["latency_s"]
     assert isinstance(latency, dict)
+    histograms = snap["histograms_s"]
+    assert isinstance(histograms, dict)
     other: dict[str, int | dict[str, int]] = {}
     for name, v in counters.items():
         if name not in _NAMED_COUNTERS:
@@ -225,125 +272,19 @@ def build_metrics(
         queue=QueueStats(depth=max(0, queue_depth), dropped=total("queue_dropped")),
         mqtt=MqttStats(connected=link.connected, reconnects=link.reconnects),
         latency_ms={str(k): _ms(v) for k, v in latency.items() if v},
+        latency_histogram={
+            str(k): LatencyHistogram(
+                le=list(LATENCY_BUCKETS_S), cumulative=cum, sum_s=round(total, 9), count=count
+            )
+            for k, (cum, total, count) in histograms.items()
+            if count
+        },
         rates=Rates(samples_per_s=round(sps, 3), predictions_per_s=round(pps, 3)),
         memory_rss_bytes=process.rss_bytes(),
         cpu_temp_c=process.cpu_temperature_c(),
+        process=process.facts(metrics.started),
         other=other,
     )
-
-
-# --------------------------------------------------------------------------- prometheus
-
-_NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
-PROM_PREFIX = "edge_agent_"
-
-
-def _label_value(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(v: float | int) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
-class _Families:
-    """Prometheus text: each family's HELP and TYPE once, then its samples."""
-
-    def __init__(self, base_labels: dict[str, str]) -> None:
-        self._base = base_labels
-        self._lines: list[str] = []
-        self._seen: set[str] = set()
-
-    def family(self, name: str, kind: str, help_text: str) -> str:
-        full = PROM_PREFIX + _NAME_BAD.sub("_", name)
-        if full in self._seen:
-            raise ValueError(f"metric family {full} rendered twice")
-        self._seen.add(full)
-        self._lines.append(f"# HELP {full} {help_text.replace(chr(10), ' ')}")
-        self._lines.append(f"# TYPE {full} {kind}")
-        return full
-
-    def sample(self, full: str, value: float | int, **labels: str) -> None:
-        merged = {**self._base, **labels}
-        text = ",".join(f'{k}="{_label_value(v)}"' for k, v in merged.items())
-        self._lines.append(f"{full}{{{text}}} {_num(value)}" if text else f"{full} {_num(value)}")
-
-    def one(self, name: str, kind: str, help_text: str, value: float | int) -> None:
-        self.sample(self.family(name, kind, help_text), value)
-
-    def by_reason(self, name: str, help_text: str, values: dict[str, int]) -> None:
-        full = self.family(name, "counter", help_text)
-        for reason, n in sorted(values.items()):
-            self.sample(full, n, reason=reason)
-
-    def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
-
-
-def render_prometheus(m: MetricsV1) -> str:
-    """``m`` in the Prometheus text exposition format (0.0.4), every series labelled by device."""
-    f = _Families({"device": m.device})
-    f.sample(
-        f.family("info", "gauge", "Agent version (value is always 1)."),
-        1,
-        version=m.agent_version,
-    )
-    f.sample(
-        f.family("model_info", "gauge", "The model running now (value is always 1)."),
-        1,
-        model=m.model.name,
-        version=m.model.version,
-    )
-    f.one("uptime_seconds", "gauge", "Seconds since the agent started.", m.uptime_s)
-    f.one("samples_in_total", "counter", "Samples read from all sources.", m.samples_in)
-    f.by_reason("samples_rejected_total", "Malformed samples, per reason.", m.samples_rejected)
-    f.by_reason(
-        "samples_dropped_total", "Valid samples not processed, per reason.", m.samples_dropped
-    )
-    f.one("predictions_out_total", "counter", "Predictions handed to the queue.", m.predictions_out)
-    f.one(
-        "messages_acked_total", "counter", "Messages acknowledged by the broker.", m.messages_acked
-    )
-    f.by_reason("inference_errors_total", "Failed windows, per reason.", m.inference_errors)
-    f.one("queue_depth", "gauge", "Messages waiting in the store-and-forward queue.", m.queue.depth)
-    f.one("queue_dropped_total", "counter", "Messages the queue cap dropped.", m.queue.dropped)
-    f.one("mqtt_connected", "gauge", "1 when connected to the broker.", int(m.mqtt.connected))
-    f.one("mqtt_reconnects_total", "counter", "MQTT reconnect attempts.", m.mqtt.reconnects)
-    lat = f.family(
-        "latency_seconds",
-        "gauge",
-        "Latency percentiles over the most recent observations, by stage "
-        "(invoke: the model call; pipeline: sample in to broker ack).",
-    )
-    for stage, pct in sorted(m.latency_ms.items()):
-        for q, v in (("0.5", pct.p50), ("0.95", pct.p95), ("0.99", pct.p99)):
-            f.sample(lat, round(v / 1000.0, 9), stage=stage, quantile=q)
-    f.one("samples_per_second", "gauge", "Samples in per second, recent.", m.rates.samples_per_s)
-    f.one(
-        "predictions_per_second",
-        "gauge",
-        "Predictions out per second, recent.",
-        m.rates.predictions_per_s,
-    )
-    if m.memory_rss_bytes is not None:
-        f.one("memory_rss_bytes", "gauge", "Resident memory of the agent.", m.memory_rss_bytes)
-    if m.cpu_temp_c is not None:
-        f.one("cpu_temperature_celsius", "gauge", "CPU temperature.", m.cpu_temp_c)
-    for name, counts in sorted(m.other.items()):
-        counter = f"{name}_total"
-        if isinstance(counts, dict):
-            f.by_reason(counter, f"Counter {name}, per reason.", counts)
-        else:
-            f.one(counter, "counter", f"Counter {name}.", counts)
-    return f.text()
 
 
 # --------------------------------------------------------------------------- reporter
@@ -380,7 +321,11 @@ class MetricsReporter:
         link.add_connect_listener(self._wake.set)  # network thread: only sets an event
 
     def start(self) -> None:
+        """Start reporting: a snapshot at once when connected already (else at the connect),
+        then every ``interval_s``. The two triggers share one event: one snapshot."""
         if self._thread is None:
+            if self._link.connected:
+                self._wake.set()
             self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
             self._thread.start()
 
@@ -403,7 +348,7 @@ class MetricsReporter:
         return ok
 
     def _run(self) -> None:
-        next_at = time.monotonic()
+        next_at = time.monotonic() + self._interval
         while not self._stop.is_set():
             woke = self._wake.wait(max(0.0, next_at - time.monotonic()))
             if self._stop.is_set():

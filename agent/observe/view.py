@@ -13,18 +13,19 @@ the agent unready: predictions are queued, and on-demand inference works offline
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.errors import EdgeAgentError
-from agent.metrics import Metrics
+from agent.metrics import KNOWN_COUNTERS, ON_DEMAND_COUNTERS, OTA_COUNTERS, Metrics
+from agent.observe.prometheus import render_prometheus
 from agent.observe.telemetry import (
     LinuxProcessStats,
     ProcessStats,
     RateMeter,
     build_metrics,
-    render_prometheus,
 )
 from agent.wire.metrics import MetricsV1
 
@@ -64,9 +65,18 @@ def is_live(checks: dict[str, bool]) -> bool:
     return checks["inference"] and checks["publisher"] and checks["mqtt_link"]
 
 
+class OtaStateSource(Protocol):
+    """What the view reads of the OTA updater (``agent.ota.Updater`` fits)."""
+
+    def ota_state(self) -> dict[str, Any] | None: ...
+
+
 class Running(Protocol):
     """The live components of one configuration that the view reads
     (``agent.app.service.Running`` fits)."""
+
+    @property
+    def updater(self) -> OtaStateSource | None: ...
 
     cfg: Config
     topics: Topics
@@ -87,11 +97,29 @@ class AgentLike(Protocol):
     @property
     def running(self) -> Running | None: ...
 
+    def request_reload(self) -> None:
+        """Re-read the config and rebuild (SIGHUP; the restart button). Only sets events."""
+        ...
+
 
 def _version() -> str:
     from agent import __version__
 
     return __version__
+
+
+def recent_predictions(payloads: list[bytes], keep: int = 5) -> list[dict[str, Any]]:
+    """The newest ``keep`` predictions (newest first) from spooled payloads (single or batch)."""
+    out: list[dict[str, Any]] = []
+    for raw in payloads:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        items = obj.get("batch") if isinstance(obj, dict) and "batch" in obj else [obj]
+        if isinstance(items, list):
+            out.extend(p for p in items if isinstance(p, dict))
+    return out[::-1][:keep]
 
 
 class RunningAgentView:
@@ -121,13 +149,27 @@ class RunningAgentView:
             model_name=active.name,
             model_version=active.version,
             link=r.link,
-            queue_depth=r.spool.depth,
+            queue_depth=r.publisher.queue_depth,
             rates=self._rates,
             process=self._process,
         )
 
     def metrics_text(self) -> str:
-        return render_prometheus(self.collect())
+        return render_prometheus(self.collect(), self.known_counters())
+
+    def known_counters(self) -> dict[str, tuple[str, ...]]:
+        """Every counter this configuration can move, with its label values (shown at 0)."""
+        cfg = self._running().cfg
+        known = dict(KNOWN_COUNTERS)
+        sources = tuple(s.name for s in cfg.sources)
+        known["source_failures"] = sources
+        if any(s.type == "command" for s in cfg.sources):
+            known["source_restarts"] = tuple(s.name for s in cfg.sources if s.type == "command")
+        if cfg.ota.enabled:
+            known.update(OTA_COUNTERS)
+        if cfg.http.enabled:
+            known.update(ON_DEMAND_COUNTERS)
+        return known
 
     # ---------------------------------------------------------------- health & status
 
@@ -166,6 +208,8 @@ class RunningAgentView:
                 "last_error": r.link.last_error,
             },
             "metrics": self.collect().model_dump(mode="json"),
+            "ota": None if r.updater is None else r.updater.ota_state(),
+            "recent_predictions": recent_predictions(r.publisher.recent()),
         }
 
     # ---------------------------------------------------------------- inference

@@ -42,9 +42,7 @@ class Observability:
             self.reporter = MetricsReporter(
                 r.link, r.topics.metrics, cfg.metrics.interval_s, view.collect
             )
-            self.reporter.start()
-            if r.link.connected:  # connected before we could listen: report now
-                self.reporter.publish_now()
+            self.reporter.start()  # one snapshot now if connected, then one per connect
         if cfg.http.enabled:
             # imported only when enabled: a device without the API does not pay its memory
             from agent.observe.httpapi import HttpApi, read_token
@@ -62,6 +60,7 @@ class Observability:
                 HomeAssistantDiscovery,
                 board_model,
                 discovery_messages,
+                node_filter,
             )
 
             board = board_model()
@@ -75,10 +74,17 @@ class Observability:
                     __version__,
                     board,
                     cpu_temp=has_temp,
+                    labels=r.pipeline.active.labels,
                 )
 
+            prefix = cfg.homeassistant.discovery_prefix
             self.discovery = HomeAssistantDiscovery(
-                r.link, messages, cfg.homeassistant.discovery_prefix
+                r.link,
+                messages,
+                prefix,
+                node_topics=node_filter(prefix, cfg.agent.device_id),
+                command_topic=r.topics.command,
+                on_restart=agent.request_reload,
             )
             self.discovery.start()
             if r.link.connected:

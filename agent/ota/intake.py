@@ -51,6 +51,7 @@ class Intake:
         self._rejected = incoming / "rejected"
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        self._latest: dict[str, Job] = {}  # the last announcement seen per channel topic
         self.wake = threading.Event()
         self.watcher = IncomingWatcher(incoming, self.file)
 
@@ -63,8 +64,26 @@ class Intake:
     def announcement(self, topic: str, payload: bytes) -> None:
         """MQTT handler: never blocks."""
         channel = self._channels.get(topic)
-        if payload and channel is not None:  # an empty retained message clears the channel
-            self._put(Job(key=topic, channel=channel, payload=bytes(payload)))
+        if channel is None:
+            return
+        if not payload:  # an empty retained message clears the channel
+            with self._lock:
+                self._latest.pop(topic, None)
+            return
+        job = Job(key=topic, channel=channel, payload=bytes(payload))
+        with self._lock:
+            self._latest[topic] = job
+        self._put(job)
+
+    def retry(self) -> int:
+        """Queue the latest announcement of every channel again (the ``install`` command:
+        a download that failed is tried again; everything is decided afresh). Returns how
+        many were queued."""
+        with self._lock:
+            jobs = list(self._latest.values())
+        for job in jobs:
+            self._put(job)
+        return len(jobs)
 
     def file(self, path: Path) -> None:
         self._put(Job(key=f"file:{path}", path=path))

@@ -45,21 +45,12 @@ from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMac
 from agent.ota.store import ModelStore
 from agent.release.package import SignatureFile, check_artifact
 from agent.release.signing import load_trusted_keys
-from agent.wire.topics import Topics
+from agent.wire.ota import MARKED_BAD_REASONS
+from agent.wire.topics import INSTALL, Topics
 
 log = logging.getLogger(__name__)
 
-MARK_BAD = frozenset(
-    {
-        "load_failed",
-        "manifest_mismatch",
-        "wrong_shape",
-        "non_finite",
-        "golden_mismatch",
-        "too_slow",
-        "incompatible_pipeline",
-    }
-)
+MARK_BAD = MARKED_BAD_REASONS
 """Failures that will not change on another try: the build is marked bad."""
 
 
@@ -153,6 +144,7 @@ class Updater:
             )
         )
         self._reporter = Reporter(link, topics.ota_state, cfg.agent.device_id, cfg.model.name)
+        self._command_topic = topics.ota_command
         self._intake = Intake(
             {topics.ota_channel(c, cfg.model.name): c for c in ota.channels},
             cfg.model.name,
@@ -169,6 +161,7 @@ class Updater:
     def start(self) -> None:
         for topic in self._intake.topics:
             self._link.subscribe(topic, 1, self._intake.announcement)
+        self._link.subscribe(self._command_topic, 1, self._on_command)
         self._intake.watcher.start()
         self._thread = threading.Thread(target=self._run, name="ota-updater", daemon=True)
         self._thread.start()
@@ -180,6 +173,20 @@ class Updater:
         self._intake.watcher.stop(timeout / 2)
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    def ota_state(self) -> dict[str, Any] | None:
+        """The last ``OtaStateV1`` reported (JSON), None before the first; for ``/status``."""
+        last = self._reporter.last
+        return None if last is None else last.model_dump(mode="json")
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        """``<prefix>/<device>/ota/set``: ``install`` retries the latest offer (MQTT network
+        thread: only queues)."""
+        if payload.strip().lower() != INSTALL:
+            log.warning("OTA command %r ignored (expected %r)", payload[:32], INSTALL)
+            return
+        n = self._intake.retry()
+        log.info("install requested: %d announcement(s) queued again", n)
 
     @property
     def state(self) -> Record:

@@ -313,6 +313,42 @@ class VariantMetrics(_Schema):
     runtime: str = Field(description="Runtime that measured it.")
 
 
+MAX_CONFUSION_CLASSES = 32
+"""Confusion matrices are kept for classifiers with at most this many classes (size)."""
+
+
+class Confusion(_Schema):
+    """Confusion matrices of a labelled classifier output: ``[true][predicted]`` counts."""
+
+    classes: int = Field(ge=2, le=MAX_CONFUSION_CLASSES, description="Number of classes.")
+    reference: list[list[Annotated[int, Field(ge=0)]]] = Field(
+        description="The reference model's counts, rows = true class, columns = predicted."
+    )
+    candidate: list[list[Annotated[int, Field(ge=0)]]] = Field(
+        description="The converted model's counts, same layout."
+    )
+
+    @model_validator(mode="after")
+    def _square(self) -> Confusion:
+        for name, m in (("reference", self.reference), ("candidate", self.candidate)):
+            if len(m) != self.classes or any(len(row) != self.classes for row in m):
+                raise ValueError(f"{name} must be {self.classes}x{self.classes}")
+        return self
+
+
+class Histogram(_Schema):
+    """Counts of |candidate - reference| over every value of one output, in equal bins."""
+
+    edges: list[float] = Field(min_length=2, description="Bin edges (len(counts) + 1).")
+    counts: list[Annotated[int, Field(ge=0)]] = Field(description="Values per bin.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Histogram:
+        if len(self.edges) != len(self.counts) + 1:
+            raise ValueError(f"{len(self.edges)} edges for {len(self.counts)} bins")
+        return self
+
+
 class OutputMetrics(_Schema):
     """How closely the converted model follows the reference on one output tensor."""
 
@@ -326,6 +362,14 @@ class OutputMetrics(_Schema):
     accuracy_drop: float | None = Field(default=None, description="reference_accuracy - accuracy.")
     max_abs_error: float = Field(ge=0, description="Largest |candidate - reference|.")
     mean_abs_error: float = Field(ge=0, description="Mean |candidate - reference|.")
+    confusion: Confusion | None = Field(
+        default=None,
+        description="Both variants' confusion matrices (labelled class scores with at most "
+        f"{MAX_CONFUSION_CLASSES} classes; null otherwise).",
+    )
+    error_histogram: Histogram | None = Field(
+        default=None, description="Distribution of |candidate - reference| on this output."
+    )
 
 
 class SourceComparison(_Schema):

@@ -18,6 +18,25 @@ class LatencyMs(Wire):
     p99: float = Field(ge=0, description="99th percentile, ms.")
 
 
+class LatencyHistogram(Wire):
+    """Every observation since the start, in buckets (Prometheus' histogram)."""
+
+    le: list[float] = Field(description="Bucket upper bounds, seconds (``+Inf`` implied).")
+    cumulative: list[int] = Field(description="Observations <= each bound.")
+    sum_s: float = Field(ge=0, description="Sum of all observations, seconds.")
+    count: int = Field(ge=0, description="Number of observations.")
+
+
+class ProcessFacts(Wire):
+    """The agent process, as Prometheus' ``process_*`` metrics describe one."""
+
+    cpu_seconds: float = Field(ge=0, description="User + system CPU time.")
+    virtual_memory_bytes: int | None = Field(None, ge=0, description="Virtual memory size.")
+    open_fds: int | None = Field(None, ge=0, description="Open file descriptors.")
+    max_fds: int | None = Field(None, ge=0, description="The soft limit on open files.")
+    start_time_s: float = Field(description="When the process started (epoch seconds).")
+
+
 class QueueStats(Wire):
     depth: int = Field(ge=0, description="Messages waiting in the store-and-forward queue.")
     dropped: int = Field(ge=0, description="Messages the queue cap dropped (oldest first).")
@@ -66,9 +85,14 @@ class MetricsV1(Wire):
         default_factory=dict,
         description="'invoke': the model call; 'pipeline': sample in to broker ack.",
     )
+    latency_histogram: dict[str, LatencyHistogram] = Field(
+        default_factory=dict,
+        description="The same stages as latency_ms, every observation since the start.",
+    )
     rates: Rates = Field(description="Throughput since the previous snapshot.")
     memory_rss_bytes: int | None = Field(None, ge=0, description="Resident memory (bytes).")
     cpu_temp_c: float | None = Field(None, description="CPU temperature, if the board has one.")
+    process: ProcessFacts | None = Field(None, description="CPU time, memory, file descriptors.")
     other: dict[str, int | dict[str, int]] = Field(
         default_factory=dict,
         description="Every other counter (source_failures, predictions_dropped, ...), "

@@ -8,6 +8,20 @@ from pydantic import Field
 
 from agent.wire.base import Wire
 
+MARKED_BAD_REASONS = frozenset(
+    {
+        "load_failed",
+        "manifest_mismatch",
+        "wrong_shape",
+        "non_finite",
+        "golden_mismatch",
+        "too_slow",
+        "incompatible_pipeline",
+    }
+)
+"""Failure reasons that will not change on another try: the build is marked bad and never
+installed again (a ``failed`` state with another reason may be retried)."""
+
 Phase = Literal[
     "awaiting_model",
     "idle",

@@ -4,6 +4,8 @@
 <prefix>/<device>/prediction/<model>     predictions (wire.predictions.PredictionV1 / batch)
 <prefix>/<device>/metrics                retained periodic metrics (wire.metrics.MetricsV1)
 <prefix>/<device>/ota                    retained OTA state (wire.ota.OtaStateV1)
+<prefix>/<device>/ota/set                command: "install" tries the latest offer again
+<prefix>/<device>/set                    command: "restart" (Home Assistant's button)
 <prefix>/ota/<channel>/<model>           retained release announcements (release.Announcement)
 
 ``FleetTopics`` builds the wildcard filters an operator's tool subscribes to.
@@ -55,6 +57,16 @@ class Topics:
     def ota_state(self) -> str:
         return f"{self.base}/ota"
 
+    @property
+    def ota_command(self) -> str:
+        """``install``: take the latest announcement of every channel again (a retry)."""
+        return f"{self.base}/ota/set"
+
+    @property
+    def command(self) -> str:
+        """``restart``: re-read the config and rebuild the pipeline (as SIGHUP does)."""
+        return f"{self.base}/set"
+
     def prediction(self, model: str) -> str:
         return f"{self.base}/prediction/{check_topic_id(model, 'model name')}"
 
@@ -100,3 +112,7 @@ class FleetTopics:
 
 ONLINE = b"online"
 OFFLINE = b"offline"
+INSTALL = b"install"
+"""The command on ``<prefix>/<device>/ota/set`` (Home Assistant's update entity sends it)."""
+RESTART = b"restart"
+"""The command on ``<prefix>/<device>/set`` (Home Assistant's restart button sends it)."""

@@ -183,6 +183,8 @@ def test_bad_calibration_fails_the_build(
     assert not out.exists()
     assert "FAILED" in capsys.readouterr().out
     assert json.loads(report.read_text())["passed"] is False
+    # the HTML report goes where the package would have: the failure as a picture
+    assert "FAILED" in (tmp_path / "pkg.eapkg.report.html").read_text()
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -67,7 +67,8 @@ def test_progress_draws_on_a_terminal() -> None:
         for _ in range(4):
             p.advance()
     text = out.getvalue()
-    assert "\rverifying [" in text and "4/4" in text and text.endswith(" done\n")
+    assert "verifying: 100%" in text and "4/4" in text and text.endswith("\n")
+    assert "<00:00" in text  # tqdm's ETA
     out = _Tty()
     with step("converting", stream=out):
         pass

@@ -224,6 +224,16 @@ class SimulatedDevice:
             }
             self.client.publish(f"{self.prefix}/{self.device}/metrics", json.dumps(m).encode(), 0)
 
+    def crash(self) -> None:
+        """Die without a DISCONNECT (like ``kill -9`` or a pulled plug): the broker sees the
+        connection drop and publishes the last will (``offline``, retained)."""
+        self._stop.set()
+        self._thread.join(2)
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
     def __enter__(self) -> SimulatedDevice:
         self.client.connect(self.broker.host, self.broker.port)
         self.client.loop_start()

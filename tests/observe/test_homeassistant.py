@@ -1,14 +1,13 @@
-"""Home Assistant discovery: the config messages, checked against HA's own key lists, with
-their templates evaluated against real payloads; then read back from a real Mosquitto.
-
-HA's Jinja is not installed here, so templates are checked with a small evaluator of the
-only forms they use: paths (``value_json.a.b``, ``p.outputs['values'][0]``), the
-``batch[-1]`` selection, and ``is defined`` guards. Every path must resolve in a payload the
-agent really produces (postprocessors' outputs, MetricsV1), or be guarded.
+"""Home Assistant discovery: every config checked against the fields and types of HA's own
+MQTT schemas (kept as data: tests/observe/data/ha_mqtt_schema.json, with where they come
+from), its templates rendered the way HA renders them (Jinja2's sandbox, ``value_json`` set
+only for a JSON payload) against real payloads and against an empty one; then read back from
+a real Mosquitto with the real agent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -16,22 +15,30 @@ from typing import Any
 
 import numpy as np
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
 
 from agent.config import parse_config
+from agent.delivery.mqtt import OutgoingMessage
 from agent.model.postprocess import build_postprocessor
 from agent.model.runtime import TensorInfo
 from agent.observe.homeassistant import (
     COMPONENTS,
     HaBinarySensorConfig,
+    HaButtonConfig,
+    HaEventConfig,
     HaSensorConfig,
     HaUpdateConfig,
+    HomeAssistantDiscovery,
     board_model,
     discovery_configs,
     discovery_messages,
+    node_filter,
     safe_id,
 )
+from agent.wire.detection import DetectionEventV1, DetectionHeartbeatV1
 from agent.wire.metrics import MetricsV1
+from agent.wire.ota import MARKED_BAD_REASONS, OtaStateV1
 from agent.wire.predictions import PredictionBatchV1, PredictionV1, prediction_dict
 from agent.wire.topics import Topics
 from tests.agentproc import AgentProcess, write_config
@@ -40,116 +47,130 @@ from tests.fleet.support import agent_config
 from tests.mqttclient import Collector, Received, publish
 from tests.observe.test_telemetry import FakeLink, FakeProcess, filled_metrics, snapshot
 
-# --------------------------------------------------------------------------- HA's key lists
+# --------------------------------------------------------------------------- HA's schemas
 
-_COMMON = {
-    "availability", "availability_mode", "availability_template", "availability_topic",
-    "default_entity_id", "device", "enabled_by_default", "encoding", "entity_category",
-    "entity_picture", "icon", "json_attributes_template", "json_attributes_topic", "name",
-    "object_id", "origin", "payload_available", "payload_not_available", "platform", "qos",
-    "unique_id",
-}  # fmt: skip
-HA_KEYS = {
-    "sensor": _COMMON | {
-        "device_class", "expire_after", "force_update", "last_reset_value_template", "options",
-        "state_class", "state_topic", "suggested_display_precision", "unit_of_measurement",
-        "value_template",
-    },
-    "binary_sensor": _COMMON | {
-        "device_class", "expire_after", "force_update", "off_delay", "payload_off",
-        "payload_on", "state_topic", "value_template",
-    },
-    "update": _COMMON | {
-        "command_topic", "device_class", "display_precision", "latest_version_template",
-        "latest_version_topic", "payload_install", "release_summary", "release_url", "retain",
-        "state_topic", "title", "value_template",
-    },
-}  # fmt: skip
-HA_DEVICE_KEYS = {
-    "configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model",
-    "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device",
-}  # fmt: skip
-HA_ENTITY_CATEGORIES = {"config", "diagnostic"}
-HA_TOPIC = re.compile(
-    r"^homeassistant/(sensor|binary_sensor|update)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$"
+SCHEMA: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "data" / "ha_mqtt_schema.json").read_text(encoding="utf-8")
 )
+HA_TOPIC = re.compile(
+    r"^homeassistant/(sensor|binary_sensor|update|button|event)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+"
+    r"/config$"
+)
+_ICON = re.compile(r"^[a-z0-9-]+:[a-z0-9-]+$")
+
+
+def _check_type(where: str, kind: str, v: Any) -> None:
+    """One value against one of the schema data's type names (see its ``_about``)."""
+    if kind.startswith("enum:"):
+        assert v in kind[5:].split("|"), f"{where}: {v!r} is not one of {kind[5:]}"
+    elif kind in {"string", "template"}:
+        assert isinstance(v, str), f"{where}: {v!r} is not a string"
+    elif kind == "icon":
+        assert isinstance(v, str) and _ICON.match(v), f"{where}: {v!r} is not an icon"
+    elif kind in {"subscribe_topic", "publish_topic"}:
+        assert isinstance(v, str) and v and "//" not in v and len(v.encode()) <= 65535, where
+        assert "\0" not in v, where
+        if kind == "publish_topic":
+            assert "+" not in v and "#" not in v, f"{where}: wildcard in a publish topic {v!r}"
+    elif kind == "percentage_or_null":
+        assert v is None or (isinstance(v, int | float) and 0 <= v <= 100), f"{where}: {v!r}"
+    elif kind == "boolean":
+        assert isinstance(v, bool), f"{where}: {v!r} is not a boolean"
+    elif kind == "positive_int":
+        assert isinstance(v, int) and not isinstance(v, bool) and v >= 0, where
+    elif kind == "qos":
+        assert v in (0, 1, 2), where
+    elif kind == "string_list":
+        assert isinstance(v, list) and all(isinstance(x, str) for x in v), where
+    elif kind == "device":
+        _check_object(where, SCHEMA["device"], v)
+        assert any(v.get(k) for k in SCHEMA["device"]["one_of_required"]), where
+    elif kind == "origin":
+        _check_object(where, SCHEMA["origin"], v)
+    else:
+        raise AssertionError(f"{where}: the schema data uses a type {kind!r} we do not check")
+
+
+def _check_object(where: str, schema: dict[str, Any], obj: Any) -> None:
+    assert isinstance(obj, dict), f"{where}: not an object"
+    unknown = set(obj) - set(schema["fields"])
+    assert not unknown, f"{where}: keys HA does not know (discovery drops them): {unknown}"
+    missing = set(schema.get("required", [])) - set(obj)
+    assert not missing, f"{where}: required keys missing: {missing}"
+    for k, v in obj.items():
+        _check_type(f"{where}.{k}", schema["fields"][k], v)
 
 
 def check_ha_config(topic: str, payload: bytes, device_id: str) -> dict[str, Any]:
-    """Check one discovery message the way HA reads it; returns the config."""
+    """Check one discovery message the way HA's schema for its component reads it."""
     m = HA_TOPIC.match(topic)
     assert m, f"not a discovery topic HA accepts: {topic}"
     component = m.group(1)
     conf = json.loads(payload)
-    unknown = set(conf) - HA_KEYS[component]
-    assert not unknown, f"{topic}: keys HA does not know: {unknown}"
-    assert set(conf["device"]) <= HA_DEVICE_KEYS
+    comp = SCHEMA["components"][component]
+    _check_object(
+        topic,
+        {"fields": {**SCHEMA["common"], **comp["fields"]}, "required": comp["required"]},
+        conf,
+    )
+    # sensor.py: a device class restricts the unit
+    units = SCHEMA["sensor_units"]
+    if component == "sensor" and "unit_of_measurement" in conf and "device_class" in conf:
+        assert conf["device_class"] in units, f"{topic}: add the units of {conf['device_class']}"
+        assert conf["unit_of_measurement"] in units[conf["device_class"]], topic
     assert conf["device"]["identifiers"] == [device_id]
     assert {"name", "model", "sw_version"} <= set(conf["device"])
+    assert conf["origin"]["name"] == "edge-agent" and conf["origin"]["sw_version"]
     assert conf["availability_topic"] == f"edge/{device_id}/status"
     assert (conf["payload_available"], conf["payload_not_available"]) == ("online", "offline")
-    assert conf.get("entity_category", "config") in HA_ENTITY_CATEGORIES
     assert conf["unique_id"] and re.fullmatch(r"[a-zA-Z0-9_-]+", conf["unique_id"])
     models: dict[str, type[BaseModel]] = {
         "sensor": HaSensorConfig,
         "binary_sensor": HaBinarySensorConfig,
         "update": HaUpdateConfig,
+        "button": HaButtonConfig,
+        "event": HaEventConfig,
     }
-    model = models[component]
-    model.model_validate(conf)  # our schema
+    models[component].model_validate(conf)  # our schema
     return dict(conf)
+
+
+def test_the_checker_refuses_what_ha_refuses() -> None:
+    cfg = parse_config({"agent": {"device_id": "d"}, "homeassistant": {"enabled": True}})
+    topic, conf = discovery_configs(cfg, Topics("edge", "d"), "demo", "0.1.0", "x")[0]
+    good = json.loads(conf.model_dump_json(exclude_none=True))
+    check_ha_config(topic, json.dumps(good).encode(), "d")
+    for bad in (
+        {**good, "unit_of_measurment": "ms"},  # a typo HA would drop silently
+        {**good, "state_class": "average"},
+        {**good, "state_topic": ""},
+        {**good, "device_class": "duration", "unit_of_measurement": "1/s"},
+        {**good, "origin": {"sw_version": "1"}},
+        {**good, "device": {"name": "d"}},
+    ):
+        with pytest.raises(AssertionError):
+            check_ha_config(topic, json.dumps(bad).encode(), "d")
 
 
 # --------------------------------------------------------------------------- templates
 
-_SET_P = "{% set p = value_json.batch[-1] if value_json.batch is defined else value_json %}"
-_PATH = re.compile(
-    r"\b(value_json|p)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[(?:'[^']*'|-?\d+)\])*)(\s+is\s+defined)?"
-)
-_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\['([^']*)'\]|\[(-?\d+)\]")
+_ENV = ImmutableSandboxedEnvironment()
 
 
-def _resolve(root: Any, steps: str) -> Any:
-    node = root
-    for attr, key, idx in _STEP.findall(steps):
-        if attr:
-            assert attr not in {"values", "items", "keys", "get"}, (
-                f".{attr} is a dict method in Jinja: use ['{attr}']"
-            )
-            node = node[attr]
-        elif key:
-            node = node[key]
-        else:
-            node = node[int(idx)]
-    return node
+def render(template: str, payload: bytes | str | Any) -> str:
+    """Render as HA's ``MqttValueTemplate.async_render_with_possible_json_value`` does:
+    ``value`` is the payload text, ``value_json`` exists only when it parses as JSON."""
+    if not isinstance(payload, (bytes, str)):
+        payload = json.dumps(payload)
+    text = payload.decode() if isinstance(payload, bytes) else payload
+    variables: dict[str, Any] = {"value": text}
+    with contextlib.suppress(ValueError):
+        variables["value_json"] = json.loads(text)
+    return _ENV.from_string(template).render(**variables).strip()
 
 
-def check_template(template: str, payload: Any) -> list[Any]:
-    """Resolve every path of ``template`` in ``payload``; returns the values (KeyError if not)."""
-    assert template.count("{{") == 1 and template.endswith("}}"), template
-    p = payload
-    if template.startswith(_SET_P):
-        p = payload["batch"][-1] if "batch" in payload else payload
-        template = template[len(_SET_P) :]
-    assert "{%" not in template, template
-    values = []
-    failed_guards = set()
-    for root, steps, guarded in _PATH.findall(template):
-        if guarded:
-            try:
-                _resolve(payload if root == "value_json" else p, steps)
-            except (KeyError, IndexError, TypeError):
-                failed_guards.add(root + steps)
-    for root, steps, guarded in _PATH.findall(template):
-        if guarded:
-            continue
-        try:
-            values.append(_resolve(payload if root == "value_json" else p, steps))
-        except (KeyError, IndexError, TypeError):
-            # fine only under an ``is defined`` guard that fails (the other branch applies)
-            if not any((root + steps).startswith(g) for g in failed_guards):
-                raise
-    return values
+def number(text: str) -> float:
+    return float(text)
 
 
 # --------------------------------------------------------------------------- payloads
@@ -188,17 +209,33 @@ def prediction(outputs: dict[str, Any], seq: int = 7) -> dict[str, Any]:
     return p
 
 
+TEMPLATES = ("value_template", "json_attributes_template")
+
+
+def ha_config(**tables: Any) -> Any:
+    return parse_config(
+        {"agent": {"device_id": "pi.kitchen-1"}, "homeassistant": {"enabled": True}, **tables}
+    )
+
+
+def ota_state(state: str, version: str | None = "1.3.0", **more: Any) -> dict[str, Any]:
+    msg = OtaStateV1(
+        device="pi.kitchen-1",
+        model="demo",
+        state=state,  # type: ignore[arg-type]
+        version=version,
+        running=more.pop("running", "1.2.0"),
+        ts=1.7e9,
+        **more,
+    )
+    return msg.model_dump(mode="json")
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("batched", [False, True])
 def test_discovery_configs_fit_ha_and_real_payloads(case: str, batched: bool) -> None:
     post_cfg, outs = CASES[case]
-    cfg = parse_config(
-        {
-            "agent": {"device_id": "pi.kitchen-1"},
-            "postprocess": post_cfg,
-            "homeassistant": {"enabled": True},
-        }
-    )
+    cfg = ha_config(postprocess=post_cfg, ota={"enabled": True, "allow_unsigned": True})
     topics = Topics("edge", "pi.kitchen-1")
     msgs = discovery_messages(cfg, topics, "demo", "0.1.0", "Raspberry Pi 4", cpu_temp=False)
     pred = prediction(outputs_of(post_cfg, outs))
@@ -206,11 +243,10 @@ def test_discovery_configs_fit_ha_and_real_payloads(case: str, batched: bool) ->
         pred = {"v": 1, "device": "pi.kitchen-1", "batch": [prediction(pred["outputs"], 6), pred]}
         PredictionBatchV1.model_validate(pred)
     metrics = json.loads(snapshot(filled_metrics()).model_dump_json())
-    ota_state = {"state": "downloading", "version": "1.3.0", "running": "1.2.0"}
     by_topic = {
         topics.prediction("demo"): pred,
         topics.metrics: metrics,
-        topics.ota_state: ota_state,
+        topics.ota_state: ota_state("downloading", progress={"bytes": 50, "total": 200}),
     }
     seen_components = set()
     for msg in msgs:
@@ -221,52 +257,162 @@ def test_discovery_configs_fit_ha_and_real_payloads(case: str, batched: bool) ->
         for key, topic_key in (
             ("value_template", "state_topic"),
             ("json_attributes_template", "json_attributes_topic"),
-            ("latest_version_template", "latest_version_topic"),
         ):
             if key in conf:
-                values = check_template(conf[key], by_topic[conf[topic_key]])
-                assert values, (key, conf[key])
+                out = render(conf[key], by_topic[conf[topic_key]])
+                assert out and out != "None", (msg.topic, key, conf[key])
+                # an empty retained payload (a cleared topic) or junk: unknown or ignored
+                for junk in (b"", b"not json", b"[1, 2]"):
+                    assert render(conf[key], junk) in {"None", ""}, (msg.topic, key, junk)
     assert seen_components == (
-        {"sensor", "update", "binary_sensor"} if case == "anomaly" else {"sensor", "update"}
+        {"sensor", "update", "button", "binary_sensor"}
+        if case == "anomaly"
+        else {"sensor", "update", "button"}
     )
     names = [json.loads(m.payload)["name"] for m in msgs]
     assert len(names) == len(set(names))
     # the headline value of each type
     state = json.loads(msgs[0].payload)["value_template"]
-    got = check_template(state, pred)
+    got = render(state, pred)
     expected = {
-        "classification": ["anomaly"],
-        "regression-named": [21.5],
-        "regression": [3.25],
-        "anomaly": [0.9],
-        "raw": [{"out0": [[1.0, 2.0]]}],
+        "classification": "anomaly",
+        "regression-named": "21.5",
+        "regression": "3.25",
+        "anomaly": "0.9",
+        "raw": json.dumps({"out0": [[1.0, 2.0]]}),
     }[case]
     assert got == expected
 
 
-def test_update_entity_versions() -> None:
-    cfg = parse_config({"homeassistant": {"enabled": True}})
-    topics = Topics("edge", "demo-device")
-    confs = dict(discovery_configs(cfg, topics, "demo", "0.1.0", "edge-agent"))
-    update = next(c for c in confs.values() if isinstance(c, HaUpdateConfig))
-    assert update.state_topic == topics.metrics and update.latest_version_topic == topics.ota_state
-    metrics = json.loads(snapshot(filled_metrics()).model_dump_json())
-    assert check_template(update.value_template, metrics) == ["1.2.0"]
-    # the OTA state (OtaStateV1): the version being installed, else the running one
-    installing = {"state": "downloading", "version": "1.3.0", "running": "1.2.0"}
-    assert check_template(update.latest_version_template, installing) == [
-        "1.3.0",
-        "downloading",
-        "1.2.0",
-    ]
-    failed = {"state": "failed", "version": "1.3.0", "running": "1.2.0"}
-    assert "1.2.0" in check_template(update.latest_version_template, failed)
+def test_detection_is_an_event_entity() -> None:
+    """``type = "detection"``: an HA event entity fired once per detection event (the label
+    as ``event_type``); heartbeats and empty payloads are ignored (``None``)."""
+    cfg = ha_config(
+        postprocess={
+            "type": "detection",
+            "labels": ["background", "hey_pi"],
+            "ignore": ["background"],
+        }
+    )
+    topics = Topics("edge", "pi.kitchen-1")
+    msgs = discovery_messages(cfg, topics, "kws", "0.1.0", "x", cpu_temp=False)
+    confs = {m.topic: check_ha_config(m.topic, m.payload, "pi.kitchen-1") for m in msgs}
+    events = [c for t, c in confs.items() if "/event/" in t]
+    assert len(events) == 1 and not any(t.endswith("kws_prediction/config") for t in confs)
+    ev = events[0]
+    assert ev["event_types"] == ["hey_pi"] and ev["state_topic"] == topics.prediction("kws")
+    event = DetectionEventV1(
+        label="hey_pi", mean=0.95, peak=0.99, threshold=0.9, start_sample=38, end_sample=46,
+        windows=3,
+    ).model_dump(mode="json")  # fmt: skip
+    beat = DetectionHeartbeatV1(means={"hey_pi": 0.01}, start_sample=8, end_sample=16)
+    fired = json.loads(render(ev["value_template"], prediction(event)))
+    assert fired == {"event_type": "hey_pi", "mean": 0.95, "peak": 0.99, "stream": "accel"}
+    batch = {"v": 1, "device": "pi.kitchen-1", "batch": [prediction(event, 6), prediction(event)]}
+    assert json.loads(render(ev["value_template"], batch))["event_type"] == "hey_pi"
+    assert render(ev["value_template"], prediction(beat.model_dump(mode="json"))) == "None"
+    assert render(ev["value_template"], b"") == "None"
+    # labels from the model's package when the config names none
+    cfg2 = ha_config(postprocess={"type": "detection", "ignore": ["_silence"]})
+    confs2 = discovery_configs(cfg2, topics, "kws", "0", "x", labels=["_silence", "yes", "no"])
+    ev2 = next(c for _, c in confs2 if isinstance(c, HaEventConfig))
+    assert ev2.event_types == ["yes", "no"]
+
+
+def test_prediction_attributes_hold_nothing_volatile() -> None:
+    """Each change of attributes is a recorder row: two predictions that differ in every
+    volatile field (seq, latency, scores, stream, ts) give the same attributes."""
+    cfg = ha_config(postprocess=CASES["classification"][0])
+    confs = dict(discovery_configs(cfg, Topics("edge", "pi.kitchen-1"), "demo", "0.1.0", "x"))
+    sensor = next(c for t, c in confs.items() if t.endswith("demo_prediction/config"))
+    assert isinstance(sensor, HaSensorConfig) and sensor.json_attributes_template
+    a = prediction(outputs_of(*CASES["classification"]), seq=1)
+    b = prediction(outputs_of(CASES["classification"][0], [np.array([[0.3, 0.7]], np.float32)]))
+    b.update(seq=2, latency_ms=9.5, stream="other", ts=a["ts"] + 1)
+    attrs = [json.loads(render(sensor.json_attributes_template, p)) for p in (a, b)]
+    assert attrs[0] == attrs[1] == {"model_version": "1.2.0"}
+    # and the state itself only changes with the label
+    assert render(sensor.value_template, a) == render(sensor.value_template, b) == "anomaly"
+    below = prediction({"label": None, "score": 0.4, "top": []})
+    assert render(sensor.value_template, below) == "None"  # below threshold: unknown
+
+
+def _update(cfg: Any) -> HaUpdateConfig:
+    confs = discovery_configs(cfg, Topics("edge", "pi.kitchen-1"), "demo", "0.1.0", "x")
+    return next(c for _, c in confs if isinstance(c, HaUpdateConfig))
+
+
+def test_update_entity_only_with_ota_and_from_the_ota_state() -> None:
+    off = discovery_configs(ha_config(), Topics("edge", "d"), "demo", "0.1.0", "x")
+    assert not any(isinstance(c, HaUpdateConfig) for _, c in off)
+    topics = Topics("edge", "pi.kitchen-1")
+    update = _update(ha_config(ota={"enabled": True, "allow_unsigned": True}))
+    assert update.state_topic == topics.ota_state
+    assert (update.command_topic, update.payload_install) == (topics.ota_command, "install")
+
+    def ha(state: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(render(update.value_template, state))
+        _check_object("update state", SCHEMA["update_state_json"], out)  # HA's own schema
+        return out
+
+    assert ha(ota_state("idle", "1.2.0")) == {
+        "installed_version": "1.2.0",
+        "latest_version": "1.2.0",
+        "in_progress": False,
+        "update_percentage": None,
+        "release_summary": "",
+    }
+    dl = ha(ota_state("downloading", progress={"bytes": 512, "total": 2048}))
+    assert (dl["installed_version"], dl["latest_version"]) == ("1.2.0", "1.3.0")
+    assert dl["in_progress"] is True and dl["update_percentage"] == 25
+    for phase in ("verifying", "staged"):
+        got = ha(ota_state(phase))
+        assert got["in_progress"] is True and got["update_percentage"] is None
+        assert got["latest_version"] == "1.3.0"
+    # after a swap: installed is the running version at once (no false "update available")
+    swapped = ha(ota_state("active", running="1.3.0", health="watching"))
+    assert swapped["installed_version"] == swapped["latest_version"] == "1.3.0"
+    assert swapped["in_progress"] is False
+    # a download that failed can be installed again; a build marked bad cannot
+    retry = ha(ota_state("failed", reason="download_timeout", detail="slow"))
+    assert retry["latest_version"] == "1.3.0" and retry["installed_version"] == "1.2.0"
+    assert "download_timeout" in retry["release_summary"]
+    for reason in sorted(MARKED_BAD_REASONS):
+        assert ha(ota_state("failed", reason=reason))["latest_version"] == "1.2.0"
+    assert ha(ota_state("rolled_back", reason="error_rate"))["latest_version"] == "1.2.0"
+    # an empty retained payload renders nothing: HA ignores it
+    assert render(update.value_template, b"") == ""
+
+
+def test_metric_sensors_no_made_up_zero_before_the_first_prediction() -> None:
+    cfg = ha_config()
+    confs = discovery_configs(cfg, Topics("edge", "pi.kitchen-1"), "demo", "0.1.0", "x")
+    sensors = {t.split("/")[3]: c for t, c in confs if isinstance(c, HaSensorConfig)}
+    fresh = MetricsV1.model_validate(
+        {
+            **json.loads(snapshot(filled_metrics()).model_dump_json()),
+            "predictions_out": 0,
+            "latency_ms": {},
+            "rates": {"samples_per_s": 0.0, "predictions_per_s": 0.0},
+            "queue": {"depth": 0, "dropped": 0},
+        }
+    )
+    payload = fresh.model_dump_json()
+    assert render(sensors["invoke_p95"].value_template, payload) == "None"
+    assert render(sensors["prediction_rate"].value_template, payload) == "None"
+    assert render(sensors["queue_depth"].value_template, payload) == "0"  # a real 0
+    busy = snapshot(filled_metrics()).model_dump_json()
+    assert number(render(sensors["invoke_p95"].value_template, busy)) > 0
+    assert number(render(sensors["prediction_rate"].value_template, busy)) >= 0
+    assert render(sensors["queue_depth"].value_template, busy) == "12"
+    assert number(render(sensors["memory"].value_template, busy)) == 41_000_000
 
 
 def test_metric_sensors_follow_the_config() -> None:
     topics = Topics("edge", "d")
     off = parse_config({"metrics": {"interval_s": 0}, "homeassistant": {"enabled": True}})
-    assert len(discovery_configs(off, topics, "demo", "0.1.0", "x")) == 2  # prediction + update
+    kinds = sorted(type(c).__name__ for _, c in discovery_configs(off, topics, "demo", "0", "x"))
+    assert kinds == ["HaButtonConfig", "HaSensorConfig"]  # prediction + restart
     on = parse_config({"homeassistant": {"enabled": True, "discovery_prefix": "ha"}})
     with_temp = discovery_configs(on, topics, "demo", "0.1.0", "x", cpu_temp=True)
     without = discovery_configs(on, topics, "demo", "0.1.0", "x", cpu_temp=False)
@@ -277,6 +423,7 @@ def test_metric_sensors_follow_the_config() -> None:
 
 def test_ids_and_board(tmp_path: Path) -> None:
     assert safe_id("pi.kitchen-1") == "pi_kitchen-1"
+    assert node_filter("homeassistant", "pi.kitchen-1") == "homeassistant/+/pi_kitchen-1/+/config"
     model = tmp_path / "model"
     model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\0")
     assert board_model([tmp_path / "missing", model]) == "Raspberry Pi 4 Model B Rev 1.4"
@@ -285,6 +432,68 @@ def test_ids_and_board(tmp_path: Path) -> None:
 
 def test_fake_link_and_process_shapes() -> None:
     assert FakeLink().connected and FakeProcess().rss_bytes()
+
+
+class _Link:
+    """The discovery's link seam: records publishes and subscriptions; ``up`` = connected."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMessage] = []
+        self.subs: dict[str, Any] = {}
+        self.listeners: list[Any] = []
+        self.up = True
+
+    def publish(self, msg: OutgoingMessage, on_ack: Any = None) -> bool:
+        if self.up:
+            self.sent.append(msg)
+        return self.up
+
+    def add_connect_listener(self, fn: Any) -> None:
+        self.listeners.append(fn)
+
+    def subscribe(self, topic_filter: str, qos: int, handler: Any) -> None:
+        self.subs[topic_filter] = handler
+
+
+def test_stale_configs_are_removed_and_restart_is_taken() -> None:
+    link = _Link()
+    restarts: list[int] = []
+    current = [OutgoingMessage("ha/sensor/n/a/config", b"{}", 1, True)]
+    d = HomeAssistantDiscovery(
+        link,
+        lambda: current,
+        "ha",
+        node_topics="ha/+/n/+/config",
+        command_topic="edge/n/set",
+        on_restart=lambda: restarts.append(1),
+    )
+    d.start()
+    assert set(link.subs) == {"ha/status", "ha/+/n/+/config", "edge/n/set"}
+    on_config = link.subs["ha/+/n/+/config"]
+    # retained configs arrive with the SUBACKs, before the link counts as connected: the
+    # removal waits for the connect
+    link.up = False
+    on_config("ha/update/n/demo_model/config", b"{...}")
+    on_config("ha/sensor/n/a/config", b"{}")  # one we publish: kept
+    assert link.sent == [] and d.removed == []
+    link.up = True
+    link.listeners[0]()  # the connect: configs published, then the stale one removed
+    assert [(m.topic, m.payload, m.retain) for m in link.sent] == [
+        ("ha/sensor/n/a/config", b"{}", True),
+        ("ha/update/n/demo_model/config", b"", True),
+    ]
+    assert d.removed == ["ha/update/n/demo_model/config"] and d.published == 1
+    on_config("ha/update/n/demo_model/config", b"")  # our removal echoed back: nothing
+    on_config("ha/button/n/old/config", b"{}")  # while connected: removed at once
+    assert link.sent[-1].topic == "ha/button/n/old/config" and link.sent[-1].payload == b""
+    assert len(link.sent) == 3
+    link.subs["edge/n/set"]("edge/n/set", b"something")
+    assert restarts == []
+    link.subs["edge/n/set"]("edge/n/set", b"restart")
+    assert restarts == [1]
+    d.stop()
+    link.subs["edge/n/set"]("edge/n/set", b"restart")
+    assert restarts == [1]
 
 
 # --------------------------------------------------------------------------- the real agent
@@ -301,11 +510,15 @@ def test_agent_publishes_retained_discovery(broker: Broker, tmp_path: Path) -> N
     )
     conf = write_config(tmp_path / "agent.toml", cfg)
     topics = ["homeassistant/#", "edge/ha-dev/#"]
+    # a config from an earlier run with OTA on: the agent must remove it
+    stale = "homeassistant/update/ha-dev/demo_model/config"
+    publish(broker.host, broker.port, stale, b'{"name": "old"}', retain=True)
 
     def ready(ms: list[Received]) -> bool:
-        configs = {m.topic for m in ms if m.topic.startswith("homeassistant/")}
+        configs = {m.topic for m in ms if m.topic.startswith("homeassistant/") and m.payload}
         return (
-            len(configs) >= 6
+            len(configs - {stale}) >= 6
+            and any(m.topic == stale and not m.payload for m in ms)
             and any(m.topic.endswith("/prediction/demo") for m in ms)
             and any(m.topic.endswith("/metrics") and "invoke" in m.json()["latency_ms"] for m in ms)
         )
@@ -316,22 +529,41 @@ def test_agent_publishes_retained_discovery(broker: Broker, tmp_path: Path) -> N
     ):
         live.wait_for(ready, timeout=30)
         configs = {
-            m.topic: m.payload for m in live.messages if m.topic.startswith("homeassistant/")
+            m.topic: m.payload
+            for m in live.messages
+            if m.topic.startswith("homeassistant/") and m.payload
         }
-        # Retained: a subscriber arriving later (Home Assistant starting) gets them all.
+        configs.pop(stale)
+        # Retained: a subscriber arriving later (Home Assistant starting) gets them all, and
+        # not the removed one.
         with Collector(broker.host, broker.port, ["homeassistant/#", "edge/ha-dev/status"]) as late:
             late.wait_for(lambda ms: len(ms) >= len(configs) + 1, timeout=10)
             assert all(m.retain for m in late.messages)
             assert {m.topic: m.payload for m in late.on("/config")} == configs
             assert late.on("/status")[-1].payload == b"online"
         # Home Assistant's birth message: everything is published again.
-        before = len([m for m in live.messages if m.topic.startswith("homeassistant/")])
+        before = len([m for m in live.messages if m.topic.endswith("/config") and m.payload])
         publish(broker.host, broker.port, "homeassistant/status", b"online")
         live.wait_for(
-            lambda ms: len([m for m in ms if m.topic.endswith("/config")]) >= before + len(configs),
+            lambda ms: (
+                len([m for m in ms if m.topic.endswith("/config") and m.payload])
+                >= before + len(configs)
+            ),
             timeout=10,
         )
+        # the restart button: the agent rebuilds (a new connection publishes them again)
+        before = len([m for m in live.messages if m.topic.endswith("/config") and m.payload])
+        button = next(json.loads(p) for t, p in configs.items() if "/button/" in t)
+        publish(broker.host, broker.port, button["command_topic"], button["payload_press"])
+        live.wait_for(
+            lambda ms: (
+                len([m for m in ms if m.topic.endswith("/config") and m.payload])
+                >= before + len(configs)
+            ),
+            timeout=30,
+        )
         assert agent.alive()
+    assert "restart requested" in agent.output()
     prediction = next(m.json() for m in live.messages if m.topic.endswith("/prediction/demo"))
     metrics = next(
         m.json()
@@ -345,12 +577,11 @@ def test_agent_publishes_retained_discovery(broker: Broker, tmp_path: Path) -> N
         c = check_ha_config(topic, payload, "ha-dev")
         components.add(topic.split("/")[1])
         if c.get("state_topic") in by_topic:
-            assert check_template(c["value_template"], by_topic[c["state_topic"]])
-    assert components == {"sensor", "update"}
-    update = next(
-        json.loads(p) for t, p in configs.items() if t.startswith("homeassistant/update/")
-    )
-    assert check_template(update["value_template"], metrics) == ["1.0.0"]
+            assert render(c["value_template"], by_topic[c["state_topic"]]) not in {"", "None"}
+    assert components == {"sensor", "button"}  # no update entity: OTA is off
+    # one metrics snapshot per connect, not two: the first two reports are an interval apart
+    reports = [m for m in live.messages if m.topic.endswith("/metrics")]
+    assert reports[1].json()["ts"] - reports[0].json()["ts"] >= 0.25
     # after the agent stopped, its entities show unavailable: the retained status says so
     with Collector(broker.host, broker.port, ["edge/ha-dev/status"]) as after:
         after.wait_for(lambda ms: bool(ms), timeout=10)

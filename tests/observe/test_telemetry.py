@@ -17,16 +17,18 @@ import pytest
 
 from agent.config import MqttSection
 from agent.delivery.mqtt import MqttLink, collect_retained
-from agent.metrics import Metrics
+from agent.metrics import KNOWN_COUNTERS, LATENCY_BUCKETS_S, OTA_COUNTERS, Metrics
+from agent.observe.prometheus import render_prometheus
 from agent.observe.telemetry import (
     MetricsReporter,
     RateMeter,
     build_metrics,
     cpu_temperature_c,
-    render_prometheus,
+    process_facts,
+    process_start_time,
     rss_bytes,
 )
-from agent.wire.metrics import MetricsV1
+from agent.wire.metrics import MetricsV1, ProcessFacts
 from tests.agentproc import AgentProcess, write_config
 from tests.broker import Broker
 from tests.fleet.support import agent_config
@@ -65,7 +67,8 @@ def parse_prometheus(text: str) -> tuple[Series, dict[str, str]]:
         m = _SAMPLE.match(line)
         assert m, f"not a sample line: {line!r}"
         name = m["name"]
-        assert name in types, f"sample {name} before its TYPE"
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in types or types.get(base) == "histogram", f"sample {name} before its TYPE"
         labels = tuple(sorted(_LABEL.findall(m["labels"] or "")))
         value = float(m["value"].replace("+Inf", "inf").replace("-Inf", "-inf"))
         key = (name, labels)
@@ -92,6 +95,15 @@ class FakeProcess:
 
     def cpu_temperature_c(self) -> float | None:
         return 52.5
+
+    def facts(self, started: float) -> ProcessFacts | None:
+        return ProcessFacts(
+            cpu_seconds=12.5,
+            virtual_memory_bytes=300_000_000,
+            open_fds=17,
+            max_fds=1024,
+            start_time_s=started,
+        )
 
 
 def filled_metrics() -> Metrics:
@@ -200,6 +212,7 @@ def test_prometheus_text_is_valid_and_agrees_with_the_payload() -> None:
     p = "edge_agent_"
     assert types[p + "samples_in_total"] == "counter"
     assert types[p + "queue_depth"] == "gauge"
+    assert types[p + "latency_seconds"] == "histogram"
     assert value(series, p + "samples_in_total", device="pi-1") == 1000
     assert value(series, p + "samples_rejected_total", reason="not_finite") == 3
     assert value(series, p + "samples_rejected_total", reason="wrong_shape") == 2
@@ -212,11 +225,102 @@ def test_prometheus_text_is_valid_and_agrees_with_the_payload() -> None:
     assert value(series, p + "model_info", model="demo", version="1.2.0") == 1
     assert value(series, p + "source_failures_total", reason="accel") == 1
     assert value(series, p + "on_demand_predictions_total") == 5
-    p99 = value(series, p + "latency_seconds", stage="invoke", quantile="0.99")
-    assert math.isclose(p99, m.latency_ms["invoke"].p99 / 1000, rel_tol=1e-6)
-    assert value(series, p + "memory_rss_bytes") == 41_000_000
+    # the histogram: 100 observations of 10..1000 us
+    h = m.latency_histogram["invoke"]
+    assert h.count == 100 and math.isclose(h.sum_s, sum((i + 1) / 1e5 for i in range(100)))
+    assert value(series, p + "latency_seconds_bucket", stage="invoke", le="0.0001") == 10
+    assert value(series, p + "latency_seconds_bucket", stage="invoke", le="0.001") == 100
+    assert value(series, p + "latency_seconds_bucket", stage="invoke", le="+Inf") == 100
+    assert value(series, p + "latency_seconds_count", stage="invoke") == 100
+    assert math.isclose(value(series, p + "latency_seconds_sum", stage="invoke"), h.sum_s)
+    assert value(series, "process_resident_memory_bytes") == 41_000_000
+    assert value(series, "process_open_fds") == 17
+    assert value(series, "process_cpu_seconds_total") == 12.5
     assert value(series, p + "cpu_temperature_celsius") == 52.5
+    # rates are PromQL's business: no *_per_second gauges
+    assert not [n for n in types if n.endswith("per_second")]
     assert all(("device", "pi-1") in labels for (_, labels) in series)
+
+
+def test_prometheus_client_reads_every_family() -> None:
+    """prometheus-client's own parser (the reference) reads the text; every family has the
+    type its name promises and only the sample names that type allows."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    known = {**KNOWN_COUNTERS, **OTA_COUNTERS, "source_failures": ("accel", "mic")}
+    text = render_prometheus(snapshot(filled_metrics()), known)
+    families = list(text_string_to_metric_families(text))
+    assert families
+    seen = set()
+    for fam in families:
+        seen.add(fam.name)
+        names = {s.name for s in fam.samples}
+        assert fam.samples, fam.name
+        assert fam.documentation, fam.name
+        if fam.type == "counter":
+            assert names == {fam.name + "_total"}, (fam.name, names)
+        elif fam.type == "gauge":
+            assert names == {fam.name}, (fam.name, names)
+            assert not fam.name.endswith("_total"), fam.name
+        elif fam.type == "histogram":
+            assert names == {fam.name + s for s in ("_bucket", "_sum", "_count")}, names
+            assert fam.name.endswith("_seconds"), "durations in seconds"
+            by_stage: dict[str, list[tuple[float, float]]] = {}
+            for smp in fam.samples:
+                if smp.name.endswith("_bucket"):
+                    le = float(smp.labels["le"])
+                    by_stage.setdefault(smp.labels["stage"], []).append((le, smp.value))
+            for buckets in by_stage.values():
+                les = [le for le, _ in buckets]
+                counts = [n for _, n in buckets]
+                assert les == [*LATENCY_BUCKETS_S, math.inf]
+                assert counts == sorted(counts), "buckets are cumulative"
+        else:
+            raise AssertionError(f"{fam.name}: unexpected type {fam.type}")
+        for smp in fam.samples:
+            assert smp.labels["device"] == "pi-1"
+            assert math.isfinite(smp.value) or smp.labels.get("le") == "+Inf"
+    # every known counter exists from the start, at 0 where it never moved
+    series, _ = parse_prometheus(text)
+    for name, reasons in known.items():
+        assert f"edge_agent_{name}" in seen, name
+        for reason in reasons:
+            assert value(series, f"edge_agent_{name}_total", reason=reason) >= 0
+    assert value(series, "edge_agent_samples_rejected_total", reason="bad_json") == 0
+    assert value(series, "edge_agent_samples_rejected_total", reason="not_finite") == 3
+    assert value(series, "edge_agent_windows_run_total") == 0
+    assert value(series, "edge_agent_ota_refused_total", reason="bad_signature") == 0
+    assert value(series, "edge_agent_source_failures_total", reason="mic") == 0
+    assert {
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    } <= seen
+
+
+def test_known_counters_cover_the_reasons_in_the_code() -> None:
+    """Every literal reason a sample is rejected with is in the catalogue (else its series
+    would only appear with its first event)."""
+    root = Path(__file__).resolve().parents[2] / "agent"
+    found = set()
+    for path in (root / "ingest").rglob("*.py"):
+        found |= set(re.findall(r'SampleError\(\s*"([a-z_]+)"', path.read_text()))
+    assert found and found <= set(KNOWN_COUNTERS["samples_rejected"]), found
+
+
+def test_process_facts_of_this_process() -> None:
+    import time
+
+    facts = process_facts(started=0.0)
+    assert facts.cpu_seconds > 0 and facts.open_fds and facts.open_fds > 2
+    assert facts.virtual_memory_bytes and facts.max_fds
+    start = process_start_time()
+    assert start is not None and start <= time.time()
+    assert start > time.time() - 24 * 3600 * 365  # a real date, not ticks since boot
+    assert process_start_time(Path("/nonexistent")) is None
 
 
 def test_prometheus_escapes_label_values() -> None:
@@ -236,7 +340,10 @@ def test_prometheus_without_temperature_or_latency() -> None:
     m = snapshot(Metrics()).model_copy(update={"cpu_temp_c": None})
     series, types = parse_prometheus(render_prometheus(m))
     assert "edge_agent_cpu_temperature_celsius" not in types
-    assert not [k for k in series if k[0] == "edge_agent_latency_seconds"]
+    assert not [k for k in series if k[0].startswith("edge_agent_latency_seconds")]
+    # the counters are all there, at 0
+    assert value(series, "edge_agent_predictions_out_total") == 0
+    assert value(series, "edge_agent_inference_errors_total", reason="non_finite") == 0
 
 
 # --------------------------------------------------------------------------- reporter

@@ -402,3 +402,35 @@ def test_targeting_leaves_other_groups_alone(
         still_serving(col, "1.0.0")
         code, _ = agent.terminate()
         assert code == 0, agent.output()
+
+
+def test_install_command_retries_a_failed_download(
+    tmp_path: Path, broker: Broker, keys: Keys, http: FileServer
+) -> None:
+    """Home Assistant's *Install* (``install`` on ``<prefix>/<device>/ota/set``): a release
+    whose download failed is tried again, all the way to committed; junk commands do nothing."""
+    conf = agent_config(tmp_path, broker, keys, SYNTHETIC)
+    good = models.dense(2)
+    pkg = pkgs.build(good, "1.1.0", keys.release)
+    url = http.url("late.tflite")  # not there yet: the first download fails
+    with (
+        Collector(broker.host, broker.port, ["edge/dev-1/#"]) as col,
+        AgentProcess(conf, tmp_path / "agent.log") as agent,
+    ):
+        col.wait_for(lambda m: len(predictions(m)) >= 3 and bool(states(m)), 30)
+        mark = len(col.messages)
+        announce(broker, pkg, url)
+        failed = wait_state(col, mark, lambda s: (s.state, s.version) == ("failed", "1.1.0"))
+        assert failed.reason and failed.reason.startswith("download")
+        still_serving(col, "1.0.0")
+        publish(broker.host, broker.port, "edge/dev-1/ota/set", b"something else")
+        http.add("late.tflite", good)
+        mark = len(col.messages)
+        publish(broker.host, broker.port, "edge/dev-1/ota/set", b"install")
+        wait_state(col, mark, is_committed("1.1.0"))
+        still_serving(col, "1.1.0")
+        code, _ = agent.terminate()
+        assert code == 0
+    log = agent.output()
+    assert "OTA command b'something else' ignored" in log
+    assert "install requested: 1 announcement(s) queued again" in log
