@@ -13,7 +13,19 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import convert, dashboard, fleet, forward, models, startup, steady, swap, throughput
+from bench import (
+    convert,
+    dashboard,
+    fleet,
+    forward,
+    models,
+    shadow,
+    startup,
+    steady,
+    swap,
+    throughput,
+    tufclient,
+)
 from bench.context import Context
 from bench.procs import OUT, REPO, load_average, machine, versions
 from bench.report import CALIBRATION_MODELS, Row, calibration, table, write_doc
@@ -26,11 +38,13 @@ FAMILIES: dict[str, Callable[[Context], list[Row]]] = {
     "forward": forward.run,
     "swap": swap.run,
     "convert": convert.run,
+    "shadow": shadow.run,
     "fleet": fleet.run,
     "dashboard": dashboard.run,
+    "tufclient": tufclient.run,
 }
 DOC = REPO / "docs" / "benchmarks.md"
-MODEL_FREE = {"fleet"}
+MODEL_FREE = {"fleet", "tufclient"}
 """Families that need none of the benchmark models (nothing is built for them)."""
 
 

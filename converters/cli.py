@@ -27,6 +27,7 @@ from agent.release.signing import load_trusted_keys, write_keypair
 from agent.terminal import console, is_terminal
 from converters.convert import MODES
 from converters.settings import BuildSettings, PublishSettings, validate_settings
+from converters.tufcli import add_tuf_parser
 from converters.verify import VerificationFailed, format_report
 
 log = logging.getLogger("edge-convert")
@@ -503,12 +504,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, help="seconds a file must be unchanged")
     p.set_defaults(func=cmd_watch)
 
+    add_tuf_parser(sub)
+
     p = sub.add_parser("serve", help="serve an artifact store directory over HTTP (development)")
     p.add_argument("directory", type=Path)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("onnx-env", help="make the onnx2tf environment now (else on first .onnx)")
+    p.set_defaults(func=cmd_onnx_env)
     return parser
+
+
+def cmd_onnx_env(args: argparse.Namespace) -> int:
+    from converters.onnxenv import OnnxEnv, default_root
+
+    env = OnnxEnv(default_root())
+    env.ensure()
+    print(f"onnx2tf environment: {env.root} ({' '.join(env.requirements)})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -180,11 +180,11 @@ ONNX2TF_RUN = "import sys, onnx2tf; sys.argv = ['onnx2tf', *sys.argv[1:]]; sys.e
 ONNX2TF_TIMEOUT_S = 3600.0
 
 
-def _from_onnx(path: Path, args: Sequence[str] = ()) -> SourceModel:
-    """onnx2tf's command line in a child process: every option reachable (``args``), and a
-    failure shown with onnx2tf's own output (the last lines of its traceback), not one key."""
+def _onnx2tf_python() -> str:
+    """The interpreter that runs onnx2tf: this one if onnx2tf is importable here, else the
+    environment of its own (converters.onnxenv), made on first use: onnx2tf pins TensorFlow
+    and NumPy versions that would break this venv."""
     import importlib.util
-    import subprocess
     import sys
 
     if "onnx2tf" in sys.modules:
@@ -194,11 +194,24 @@ def _from_onnx(path: Path, args: Sequence[str] = ()) -> SourceModel:
             installed = importlib.util.find_spec("onnx2tf") is not None
         except (ImportError, ValueError):
             installed = False
-    if not installed:
-        raise ConversionError(f"{path}: ONNX models need onnx2tf: pip install 'edge-agent[onnx]'")
+    if installed:
+        return sys.executable
+    from converters.onnxenv import OnnxEnv, default_root
+
+    env = OnnxEnv(default_root())
+    env.ensure()
+    return str(env.python)
+
+
+def _from_onnx(path: Path, args: Sequence[str] = ()) -> SourceModel:
+    """onnx2tf's command line in a child process: every option reachable (``args``), and a
+    failure shown with onnx2tf's own output (the last lines of its traceback), not one key."""
+    import subprocess
+
+    python = _onnx2tf_python()
     tmp = tempfile.TemporaryDirectory(prefix="edge-convert-onnx-")
     out = Path(tmp.name) / "saved_model"
-    cmd = [sys.executable, "-c", ONNX2TF_RUN, "-i", str(path), "-o", str(out), *args]
+    cmd = [python, "-c", ONNX2TF_RUN, "-i", str(path), "-o", str(out), *args]
     try:
         with step(f"onnx2tf {path.name}"):
             res = subprocess.run(

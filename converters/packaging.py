@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,7 @@ from agent.release.manifest import (
     utc_now,
 )
 from agent.release.package import Package, make_package
+from agent.release.reference import Reference, compute_reference
 from agent.release.signing import SigningKey
 from converters.convert import tensorflow_version
 from converters.dataset import Dataset
@@ -113,6 +115,39 @@ def golden_samples(
     return out
 
 
+REFERENCE_WINDOWS = 4096
+"""At most this many samples of the data go into the reference statistics (the first ones)."""
+REFERENCE_VALUES = 4_000_000
+"""...and at most about this many input values (an image model takes fewer samples)."""
+
+
+def reference_statistics(model: Model, data: Dataset, spec: PackageSpec) -> Reference | None:
+    """The drift reference of ``data`` (model-input space) and the model's output on it;
+    None for a multi-input model (the streaming pipeline feeds one input)."""
+    if len(data.inputs) != 1 or len(model.inputs) != 1:
+        return None
+    per_sample = max(1, int(data.inputs[0][0].size))
+    data = data.take(max(1, min(REFERENCE_WINDOWS, REFERENCE_VALUES // per_sample)))
+    x = data.inputs[0]
+    channels = spec.preprocess.channels if spec.preprocess and spec.preprocess.channels else None
+    channels = channels or int(x.shape[-1]) if x.ndim >= 2 else 1
+    if x[0].size % channels:
+        return None
+    kind: Literal["classes", "scores"] | None = {
+        "classification": "classes",
+        "regression": "scores",
+        "anomaly": "scores",
+    }.get(spec.postprocess.type)  # type: ignore[assignment]
+    outputs = None
+    if kind is not None:
+        outputs = np.stack(
+            [np.asarray(model.run([x[i : i + 1]])[0], np.float32) for i in range(len(data))]
+        )
+    return compute_reference(
+        x, channels, outputs=outputs, output_kind=kind, source=Path(data.source).name
+    )
+
+
 @dataclass(frozen=True)
 class PackageSpec:
     """What the data scientist says about the model (the rest is measured)."""
@@ -150,6 +185,7 @@ def build_manifest(
     model: Model,
     golden: list[GoldenSample],
     verification: VerificationReport | None,
+    reference: Reference | None = None,
 ) -> Manifest:
     return Manifest(
         name=spec.name,
@@ -174,6 +210,7 @@ def build_manifest(
         ),
         verification=verification,
         golden=golden,
+        reference=reference,
     )
 
 
@@ -190,7 +227,8 @@ def package_model(
     """Measure, describe, sign: the package for ``content`` (.tflite bytes)."""
     model = model if model is not None else load_model(content)
     golden = golden_samples(content, model, data, golden_count)
-    manifest = build_manifest(spec, content, model, golden, verification)
+    reference = reference_statistics(model, data, spec) if data is not None else None
+    manifest = build_manifest(spec, content, model, golden, verification, reference)
     try:  # the device's own check: never sign what a device would refuse
         check_package(manifest)
     except IncompatibleModel as exc:

@@ -5,6 +5,10 @@
 #
 # What it does (each step is safe to repeat; running it again upgrades):
 #   - creates the system user and group edge-agent (useradd --system)
+#   - picks the interpreter: the system python3 when pip finds wheels for every device
+#     dependency (the TFLite runtime above all) for this machine and that Python; otherwise a
+#     managed CPython 3.12 that uv installs under /opt/edge-agent/python (the system Python is
+#     never touched). It says what it chose and why; --python overrides.
 #   - builds a fresh venv in /opt/edge-agent/releases/<time> from this source tree (or --wheel),
 #     checks it imports, then points /opt/edge-agent/venv at it; the previous release is kept
 #     for rollback, older ones are removed
@@ -20,7 +24,14 @@
 #                             `systemctl --root` unless --no-systemctl.
 #   --source DIR              project source tree to install (default: the one holding this script)
 #   --wheel FILE              install this wheel instead of the source tree
-#   --python PROG             interpreter to build the venv with (default: python3)
+#   --python PROG             build the venv with PROG, no questions asked (default: python3 if
+#                             the device dependencies have wheels for it, else a managed 3.12)
+#   --managed-python          always use the managed CPython 3.12 (uv), even if python3 would do
+#   --uv PROG                 the uv to install it with (default: uv on PATH, else uv from PyPI
+#                             into /opt/edge-agent/tools/uv)
+#   --explain-python          print the interpreter choice for this machine and exit
+#   --as MACHINE,PYTHON,GLIBC with --explain-python: decide for another machine instead, e.g.
+#                             --as aarch64,3.13,2.41 (Raspberry Pi OS 13); may be repeated
 #   --no-venv                 skip the venv (also SKIP_VENV=1): install only the files. For tests
 #                             and for images whose venv is built elsewhere.
 #   --no-systemctl            never run systemctl (also SKIP_SYSTEMCTL=1)
@@ -61,7 +72,11 @@ usage() {
 destdir=${DESTDIR:-}
 source_dir=$(dirname "$here")
 wheel=""
-python=python3
+python=""
+managed=""
+uv=""
+explain=""
+as_list=""
 skip_venv=${SKIP_VENV:-}
 skip_systemctl=${SKIP_SYSTEMCTL:-}
 no_start=""
@@ -81,6 +96,10 @@ while [ $# -gt 0 ]; do
     --source) need_arg "$@"; source_dir=$2; shift ;;
     --wheel) need_arg "$@"; wheel=$2; shift ;;
     --python) need_arg "$@"; python=$2; shift ;;
+    --managed-python) managed=1 ;;
+    --uv) need_arg "$@"; uv=$2; shift ;;
+    --explain-python) explain=1 ;;
+    --as) need_arg "$@"; explain=1; as_list="$as_list $2"; shift ;;
     --no-venv) skip_venv=1 ;;
     --no-systemctl) skip_systemctl=1 ;;
     --no-start) no_start=1 ;;
@@ -107,12 +126,169 @@ if [ -n "$destdir" ]; then
 fi
 D=$destdir
 
+# ----------------------------------------------------------------------------- interpreter
+#
+# Nothing is compiled on a device: every device dependency must install from a wheel. pip itself
+# decides, with this machine's tags (Python version, architecture, glibc) and its usual index
+# settings, whether they all resolve for the system Python; if not, uv provisions a managed
+# CPython 3.12 (the version every runtime wheel exists for) for the service alone.
+
+MANAGED_PYTHON=3.12
+tmpdir=$(mktemp -d)
+trap 'rm -rf "$tmpdir"' EXIT
+
+# py_version PY: prints "3.13"
+py_version() {
+    "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null
+}
+
+# device_requirements PY [MACHINE PYTHON]: the project's dependencies (pyproject.toml of the
+# source tree, or the wheel's metadata) into $tmpdir/requirements.txt. PY (>= 3.11: tomllib)
+# reads them. With MACHINE and PYTHON their markers are evaluated for that machine (pip would
+# evaluate them for this one, even with --platform).
+device_requirements() {
+    req_py=$1
+    shift
+    "$req_py" - "$target" "$@" >"$tmpdir/requirements.txt" <<'PY'
+import sys
+import zipfile
+from pathlib import Path
+
+t = Path(sys.argv[1])
+if t.is_dir():
+    import tomllib
+
+    deps = tomllib.loads((t / "pyproject.toml").read_text())["project"]["dependencies"]
+else:
+    with zipfile.ZipFile(t) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode().splitlines()
+    deps = [
+        line.split(":", 1)[1].strip()
+        for line in lines
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+if len(sys.argv) > 2:
+    from pip._vendor.packaging.requirements import Requirement  # pip's own copy: always there
+
+    env = {"platform_machine": sys.argv[2], "python_version": sys.argv[3], "sys_platform": "linux"}
+    reqs = [Requirement(d) for d in deps]
+    deps = [str(r).split(";")[0] for r in reqs if r.marker is None or r.marker.evaluate(env)]
+print("\n".join(deps))
+PY
+}
+
+# probe PY [PIP-OPTIONS...]: 0 when PY's pip finds a wheel for every device dependency (a dry
+# run: nothing is installed). Sets probe_runtime (the ai-edge-litert version pip picked) or
+# probe_error (pip's last line), and probe_missing=1 when pip said no wheel matches.
+probe() {
+    probe_py=$1
+    shift
+    probe_runtime=""
+    probe_error=""
+    probe_missing=""
+    if probe_out=$("$probe_py" -m pip install --dry-run --disable-pip-version-check \
+        --ignore-installed --only-binary=:all: --target "$tmpdir/target" "$@" \
+        -r "$tmpdir/requirements.txt" 2>&1); then
+        probe_runtime=$(printf '%s\n' "$probe_out" |
+            sed -n 's/^Would install .*ai[-_]edge[-_]litert-\([^ ]*\).*/\1/p')
+        return 0
+    fi
+    probe_error=$(printf '%s\n' "$probe_out" | grep -v '^WARNING' | grep . | tail -n 1)
+    case $probe_out in
+    # pip also says "no matching distribution" when it never reached the index: that is no
+    # answer, not a missing wheel.
+    *"NewConnectionError"* | *"Failed to establish"* | *"Temporary failure in name resolution"* | \
+        *"Could not fetch URL"* | *"ProxyError"* | *"SSLError"*)
+        probe_error="pip could not reach the package index ($probe_error)" ;;
+    *"No matching distribution"* | *"Could not find a version"*) probe_missing=1 ;;
+    esac
+    return 1
+}
+
+# platform_args MACHINE GLIBC: pip's --platform options for a manylinux machine of that glibc.
+platform_args() {
+    printf -- '--implementation cp --platform manylinux2014_%s' "$1"
+    g=17
+    while [ "$g" -le "${2#*.}" ]; do
+        printf ' --platform manylinux_2_%s_%s' "$g" "$1"
+        g=$((g + 1))
+    done
+}
+
+this_machine() {
+    uname -m
+}
+
+this_glibc() {
+    getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}'
+}
+
+# explain MACHINE PYTHON GLIBC [here]: print the choice for such a machine, probing with the
+# probe venv's pip: with "here", for this machine with its own tags; else with pip's --platform.
+explain() {
+    m=$1 v=$2 g=$3 choice=""
+    if [ "${4:-}" = here ]; then
+        device_requirements "$probe_python" || die "cannot read the dependencies of $target"
+        probe "$probe_python"
+    else
+        device_requirements "$probe_python" "$m" "$v" || die "cannot read the dependencies"
+        # shellcheck disable=SC2046 # word splitting of platform_args is intended
+        probe "$probe_python" $(platform_args "$m" "$g") --python-version "$v"
+    fi && choice=system why="pip finds a wheel for every device dependency"
+    if [ -z "$probe_runtime" ] && [ -z "$probe_missing" ] && [ -n "$probe_error" ]; then
+        die "pip could not check the wheels: $probe_error"
+    elif [ -n "$probe_missing" ]; then
+        why="Python $v: $probe_error"
+        device_requirements "$probe_python" "$m" "$MANAGED_PYTHON" || die "cannot read the dependencies"
+        # shellcheck disable=SC2046
+        if probe "$probe_python" $(platform_args "$m" "$g") --python-version "$MANAGED_PYTHON"; then
+            choice=managed
+            why="$why; CPython $MANAGED_PYTHON has them"
+        else
+            choice=none
+            why="$why; CPython $MANAGED_PYTHON: $probe_error"
+        fi
+    fi
+    echo "choice=$choice machine=$m python=$v glibc=$g runtime=${probe_runtime:--}"
+    echo "    $why"
+}
+
+# probe_venv: a throwaway venv (system python3) whose pip does the probing for --explain-python.
+probe_venv() {
+    command -v python3 >/dev/null 2>&1 || die "python3 not found (apt-get install python3)"
+    python3 -m venv "$tmpdir/probe" >/dev/null 2>&1 ||
+        die "python3 cannot make venvs: apt-get install python3-venv"
+    probe_python=$tmpdir/probe/bin/python
+}
+
+# managed_python: provision CPython 3.12 with uv under $PREFIX/python; prints its path.
+managed_python() {
+    if [ -n "$uv" ]; then
+        command -v "$uv" >/dev/null 2>&1 || die "--uv $uv not found"
+    elif command -v uv >/dev/null 2>&1; then
+        uv=uv
+    else
+        tools=$D$PREFIX/tools/uv
+        if [ ! -x "$tools/bin/uv" ]; then
+            say "installing uv from PyPI into $PREFIX/tools/uv" >&2
+            command -v python3 >/dev/null 2>&1 || die "no python3 to install uv with: give --uv"
+            { python3 -m venv "$tools" &&
+                "$tools/bin/python" -m pip install -q --disable-pip-version-check uv; } >&2 ||
+                die "could not install uv into $PREFIX/tools/uv (pip output above)"
+        fi
+        uv=$tools/bin/uv
+    fi
+    export UV_PYTHON_INSTALL_DIR="$D$PREFIX/python" UV_PYTHON_PREFERENCE=only-managed
+    "$uv" python install "$MANAGED_PYTHON" >&2 ||
+        die "uv could not install CPython $MANAGED_PYTHON (it downloads it: the device needs" \
+            "internet, or a mirror in UV_PYTHON_INSTALL_MIRROR); or give --python"
+    "$uv" python find "$MANAGED_PYTHON" || die "uv installed CPython $MANAGED_PYTHON but cannot find it"
+}
+
 # ----------------------------------------------------------------------------- checks
 
-[ -n "$D" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0), or give --destdir"
-[ -f "$here/$SERVICE" ] || die "$here/$SERVICE is missing: run the script from the source tree"
-
-if [ -z "$skip_venv" ]; then
+if [ -z "$skip_venv" ] || [ -n "$explain" ]; then
     if [ -n "$wheel" ]; then
         [ -f "$wheel" ] || die "wheel $wheel does not exist"
         wheel=$(cd "$(dirname "$wheel")" && pwd)/$(basename "$wheel")
@@ -121,9 +297,37 @@ if [ -z "$skip_venv" ]; then
         [ -f "$source_dir/pyproject.toml" ] || die "$source_dir is not the edge-agent source tree"
         target=$(cd "$source_dir" && pwd)
     fi
-    command -v "$python" >/dev/null 2>&1 || die "$python not found (apt-get install python3)"
+fi
+
+if [ -n "$explain" ]; then
+    for spec in $as_list; do
+        case $spec in
+        *,*.*,2.*) ;;
+        *) die "--as $spec: give MACHINE,PYTHON,GLIBC, e.g. aarch64,3.13,2.41" ;;
+        esac
+    done
+    probe_venv
+    if [ -z "$as_list" ]; then
+        m=$(this_machine)
+        explain "$m" "$(py_version python3)" "$(this_glibc)" here
+    fi
+    for spec in $as_list; do
+        IFS=, read -r m v g <<EOF
+$spec
+EOF
+        [ -n "$m" ] && [ -n "$v" ] && [ -n "$g" ] || die "--as $spec: give MACHINE,PYTHON,GLIBC"
+        explain "$m" "$v" "$g"
+    done
+    exit 0
+fi
+
+[ -n "$D" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0), or give --destdir"
+[ -f "$here/$SERVICE" ] || die "$here/$SERVICE is missing: run the script from the source tree"
+
+if [ -z "$skip_venv" ] && [ -n "$python" ]; then
+    command -v "$python" >/dev/null 2>&1 || die "$python not found"
     "$python" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null ||
-        die "$python is older than 3.11 (Raspberry Pi OS / Debian 12 'bookworm' has 3.11)"
+        die "$python is older than 3.11"
     "$python" -c 'import venv, ensurepip' 2>/dev/null ||
         die "$python cannot make venvs: apt-get install python3-venv"
 fi
@@ -183,11 +387,50 @@ else
     if [ -d "$link" ] && [ ! -L "$link" ]; then
         die "$link is a directory, not the release symlink install.sh manages: move it away"
     fi
-    say "building $release from $target"
-    if ! "$python" -m venv "$release"; then
-        rm -rf "$release"
-        die "could not create the venv $release"
+    make_venv() { # make_venv PY: the release venv, made by PY
+        if ! "$1" -m venv "$release"; then
+            rm -rf "$release"
+            die "could not create the venv $release with $1"
+        fi
+    }
+    machine=$(this_machine)
+    if [ -n "$python" ]; then
+        say "Python: $python ($(py_version "$python")), as --python says"
+        make_venv "$python"
+    else
+        why=""
+        sysver=$(py_version python3 || true)
+        if [ -n "$managed" ]; then
+            why="--managed-python"
+        elif [ -z "$sysver" ]; then
+            why="no python3 here"
+        elif ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+            why="python3 is $sysver, older than 3.11"
+        else
+            python3 -c 'import venv, ensurepip' 2>/dev/null ||
+                die "python3 cannot make venvs: apt-get install python3-venv"
+            make_venv python3
+            device_requirements "$release/bin/python" || die "cannot read the dependencies of $target"
+            if probe "$release/bin/python"; then
+                say "Python: the system python3 $sysver on $machine: pip finds a wheel for every" \
+                    "device dependency (ai-edge-litert ${probe_runtime:-?}): using it"
+            elif [ -n "$probe_missing" ]; then
+                why="pip finds no wheels for the system python3 $sysver on $machine ($probe_error)"
+                rm -rf "$release"
+            else
+                rm -rf "$release"
+                die "pip could not check the device dependencies: $probe_error"
+            fi
+        fi
+        if [ -n "$why" ]; then
+            say "Python: $why: using a managed CPython $MANAGED_PYTHON (uv) in $PREFIX/python," \
+                "for this service only; the system Python is not touched"
+            mpy=$(managed_python)
+            say "Python: $mpy ($(py_version "$mpy"))"
+            make_venv "$mpy"
+        fi
     fi
+    say "building $release from $target"
     if ! "$release/bin/python" -m pip install --disable-pip-version-check "$target" ||
         ! "$release/bin/python" -c 'import agent' ||
         [ ! -x "$release/bin/edge-agent" ]; then

@@ -170,6 +170,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print("edge-agent: invalid configuration\n" + "\n".join(lines), file=sys.stderr)
         return 2
     print(json.dumps(eff.model_dump(mode="json"), indent=2))
+    warning = eff.http.exposure_warning()
+    if warning is not None:
+        print(f"warning: http.host: {warning}", file=sys.stderr)
     print(f"{source}: OK", file=sys.stderr)
     return 0
 

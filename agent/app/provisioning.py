@@ -16,12 +16,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from agent.errors import EdgeAgentError
 from agent.model.active import ActiveModel
 from agent.model.runtime import Model
 from agent.pipeline.threads import Pipeline
+
+if TYPE_CHECKING:
+    from agent.pipeline.drift import DriftMonitor
+    from agent.pipeline.shadow import ShadowRunner
+    from agent.wire.fieldcheck import DriftAlertV1
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class AwaitingModel:
         )
         self._idle = threading.Event()  # never set: awaiting is not "all sources finished"
         self.awaiting = True
+        self._on_drift: Callable[[DriftAlertV1], None] | None = None
 
     # ---------------------------------------------------------------- what the updater calls
 
@@ -73,6 +79,7 @@ class AwaitingModel:
                 self._pipeline.swap_model(active)
                 return
             pipeline = self._build(active)  # raises EdgeAgentError: the updater fails it
+            pipeline.on_drift = self._on_drift
             pipeline.start()
             self._pipeline = pipeline
             self.awaiting = False
@@ -101,6 +108,35 @@ class AwaitingModel:
     def heartbeat(self) -> float:
         p = self._pipeline
         return p.heartbeat if p is not None else time.monotonic()
+
+    # ---------------------------------------------------------------- shadow and drift
+
+    @property
+    def shadow(self) -> ShadowRunner | None:
+        p = self._pipeline
+        return p.shadow if p is not None else None
+
+    def set_shadow(self, candidate: ActiveModel | None) -> None:
+        p = self._pipeline
+        if p is not None:
+            p.set_shadow(candidate)
+        elif candidate is not None:
+            raise EdgeAgentError("no model is installed yet: nothing to shadow")
+
+    @property
+    def drift(self) -> DriftMonitor | None:
+        p = self._pipeline
+        return p.drift if p is not None else None
+
+    @property
+    def on_drift(self) -> Callable[[DriftAlertV1], None] | None:
+        return self._on_drift
+
+    @on_drift.setter
+    def on_drift(self, fn: Callable[[DriftAlertV1], None] | None) -> None:
+        self._on_drift = fn  # handed to the pipeline when the first model builds it
+        if self._pipeline is not None:
+            self._pipeline.on_drift = fn
 
     def predict_window(self, samples: object, stream: str) -> dict[str, Any]:
         p = self._pipeline

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 
 from agent.app.preflight import PreflightError, preflight
 from agent.app.systemd import Notifier, WatchdogPinger
+from agent.clock import ClockStatus
 from agent.config import Config, load_config, read_password
 from agent.delivery.mqtt import MqttLink, OutgoingMessage
 from agent.delivery.publisher import Publisher
@@ -140,6 +141,8 @@ class Agent:
             password=password,
         )
         spool = Spool(cfg.spool_path(), cfg.queue.max_messages)
+        if spool.damage is not None:  # quarantined or lost at open: the fleet must see it
+            self.metrics.inc("spool_damaged", reason=spool.damage.kind)
         publisher = Publisher(
             link,
             spool,
@@ -148,6 +151,7 @@ class Agent:
             self.metrics,
             batch=cfg.mqtt.batch,
             window=cfg.mqtt.max_inflight,
+            clock=ClockStatus(cfg.agent.state_dir),
         )
         ctx = SourceContext(metrics=self.metrics, subscriber=link)
         running: Running | None = None

@@ -14,6 +14,7 @@ Secrets never live inline: the MQTT password comes from ``password_file`` (syste
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -555,6 +556,25 @@ class OtaSection(_Table):
     incoming_dir: Path | None = Field(
         None, description="Watched folder for dropped-in packages (default: state_dir/incoming)."
     )
+    tuf_url: str | None = Field(
+        None,
+        description="Base URL of the store's TUF metadata (e.g. https://store/tuf). Set, the "
+        "channel is TUF's and MQTT announcements are only hints to refresh.",
+    )
+    tuf_targets_url: str | None = Field(
+        None, description="Base URL of the TUF targets (default: the parent of tuf_url)."
+    )
+    tuf_root: Path | None = Field(
+        None, description="The first trusted TUF root.json, delivered with the install."
+    )
+    tuf_root_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Or: pin the first root by hash (1.root.json fetched from tuf_url).",
+    )
+    tuf_refresh_s: float = Field(
+        3600.0, gt=0, description="Refresh the TUF metadata this often (and on every hint)."
+    )
 
     @model_validator(mode="after")
     def _channels(self) -> OtaSection:
@@ -562,6 +582,10 @@ class OtaSection(_Table):
             check_topic_id(c, "channel")
         if self.enabled and not self.trusted_keys and not self.allow_unsigned:
             raise ValueError("OTA needs trusted_keys (or allow_unsigned = true for development)")
+        if self.tuf_url is not None and self.tuf_root is None and self.tuf_root_sha256 is None:
+            raise ValueError(
+                "ota.tuf_url needs the first trusted root: tuf_root or tuf_root_sha256"
+            )
         return self
 
 
@@ -581,10 +605,78 @@ class HttpSection(_Table):
     token_file: Path | None = Field(None, description="File holding a bearer token to require.")
     max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies are refused.")
 
+    def exposure_warning(self) -> str | None:
+        """A warning when the API is reachable from other machines without a token."""
+        if not self.enabled or self.token_file is not None or _is_loopback(self.host):
+            return None
+        return (
+            f"the HTTP API binds {self.host!r} (reachable from other machines) without "
+            "http.token_file: anyone on the network can read status and run predictions"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
 
 class HomeAssistantSection(_Table):
     enabled: bool = Field(False, description="Publish Home Assistant MQTT discovery.")
     discovery_prefix: str = Field("homeassistant", description="HA discovery prefix.")
+
+
+class DriftSection(_Table):
+    enabled: bool = Field(
+        True,
+        description="Monitor drift when the model's package carries reference statistics "
+        "(a model without them is never monitored).",
+    )
+    window_samples: int = Field(
+        4096, ge=64, description="Rolling window: the last N samples per input channel."
+    )
+    window_predictions: int = Field(
+        1024, ge=16, description="Rolling window: the last N predictions (output drift)."
+    )
+    chunks: int = Field(
+        8, ge=2, le=64, description="The rolling windows move in this many steps (memory bound)."
+    )
+    threshold: float = Field(
+        0.25, gt=0, description="Raise the drift alert when a channel's PSI reaches this."
+    )
+    clear_below: float = Field(
+        0.1, gt=0, description="Clear it when every PSI is below this (hysteresis)."
+    )
+    min_fill: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Judge only once this share of the rolling window has been seen.",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> DriftSection:
+        if self.clear_below > self.threshold:
+            raise ValueError("clear_below must not be above threshold")
+        return self
+
+
+class ShadowSection(_Table):
+    enabled: bool = Field(
+        True, description="Run releases announced as shadows (refused when false)."
+    )
+    max_queue: int = Field(
+        8, ge=1, description="Blocks waiting for the shadow model; more are skipped and counted."
+    )
+    disagreement_samples: int = Field(
+        5, ge=0, le=100, description="Disagreeing windows kept in the report (0: none)."
+    )
+    max_sample_bytes: int = Field(
+        4096, ge=0, description="Cap on the bytes of one kept window's values."
+    )
 
 
 # --------------------------------------------------------------------------- root
@@ -614,6 +706,12 @@ class Config(_Table):
     http: HttpSection = Field(default_factory=lambda: HttpSection(), description="Local HTTP API.")
     homeassistant: HomeAssistantSection = Field(
         default_factory=lambda: HomeAssistantSection(), description="Home Assistant discovery."
+    )
+    drift: DriftSection = Field(
+        default_factory=lambda: DriftSection(), description="Drift monitoring."
+    )
+    shadow: ShadowSection = Field(
+        default_factory=lambda: ShadowSection(), description="Shadow models."
     )
 
     @model_validator(mode="after")

@@ -73,6 +73,13 @@ class Link(Protocol):
     def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
 
 
+class SyncState(Protocol):
+    """``agent.clock.ClockStatus``: whether the system clock is synchronised (None: unknown)."""
+
+    @property
+    def synced(self) -> bool | None: ...
+
+
 class PredictionRecord(NamedTuple):
     """What inference hands over: everything a payload needs except the sequence number.
     (A NamedTuple: built once per prediction, it costs half a frozen dataclass.)"""
@@ -107,6 +114,7 @@ class Publisher:
         batch: BatchSection | None = None,
         window: int = 1000,
         max_ahead: int | None = None,
+        clock: SyncState | None = None,
     ) -> None:
         self._link = link
         self._spool = spool
@@ -125,7 +133,9 @@ class Publisher:
         self._floor = 0  # newest spool id when the current connection came up
         self._inflight = 0
         self._seq = spool.next_seq  # next sequence number (a still-open batch holds some)
-        self._encode = PayloadEncoder(device_id)
+        self._encode = PayloadEncoder(device_id, spool.boot)
+        self._clock = clock
+        self._drops = DropLog()
         self._pending_batch: list[bytes] = []
         self._batch_topic = ""
         self._batch_deadline = 0.0
@@ -295,6 +305,7 @@ class Publisher:
 
     def _idle(self) -> None:
         """Nothing to do for a while: remove acknowledged rows from the spool file now."""
+        self._drops.flush()
         try:
             self._spool.flush()
         except SpoolError:
@@ -321,6 +332,8 @@ class Publisher:
             self._throttled = True
 
     def _spool_records(self, records: list[PredictionRecord], flush: bool) -> None:
+        if self._clock is not None:
+            self._encode.unsynced = self._clock.synced is False
         seq = self._seq
         rows: list[tuple[str, bytes, int, bool]] = []
         now = time.perf_counter()
@@ -363,7 +376,7 @@ class Publisher:
         msgs, dropped = self._spool.append(rows, self._seq)
         if dropped:
             self._metrics.inc("queue_dropped", dropped)
-            log.warning("spool full: dropped the %d oldest message(s)", dropped)
+            self._drops.add(dropped, self._spool.dropped_total)
         mem = self._mem
         for m in msgs:
             mem[m.id] = m
@@ -425,13 +438,61 @@ class Publisher:
         return acked
 
 
+DROP_LOG_EVERY_S = 60.0
+
+
+class DropLog:
+    """One WARNING per ``DROP_LOG_EVERY_S`` for messages the spool cap dropped, with counts.
+
+    During a long partition with a full spool every new prediction pushes out the oldest: one
+    log line each would flood the journal. The first drop is logged at once; later ones are
+    summed and logged as one summary line per interval (and a last one when the publisher
+    flushes, ``flush``).
+    """
+
+    def __init__(self, every_s: float = DROP_LOG_EVERY_S) -> None:
+        self._every = every_s
+        self._pending = 0
+        self._next = 0.0
+        self._total = 0
+
+    def add(self, n: int, total: int, now: float | None = None) -> bool:
+        """Count ``n`` dropped messages; True if a line was logged."""
+        self._pending += n
+        self._total = total
+        t = time.monotonic() if now is None else now
+        if t < self._next:
+            return False
+        self.flush(t)
+        return True
+
+    def flush(self, now: float | None = None) -> None:
+        if not self._pending:
+            return
+        log.warning(
+            "spool full: dropped the %d oldest message(s) in the last %gs (%d in total); "
+            "the newest are kept",
+            self._pending,
+            self._every,
+            self._total,
+        )
+        self._pending = 0
+        self._next = (time.monotonic() if now is None else now) + self._every
+
+
+_UNSYNCED = ',"clock_synced":false}'
+
+
 class PayloadEncoder:
     """Prediction JSON, byte for byte what ``json.dumps(prediction_dict(...),
     separators=(",", ":"), allow_nan=False)`` gives, without building the dict: the part
     that only depends on (model, version, stream) is formatted once and cached."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, boot: int = 0) -> None:
         self._device = json.dumps(device)
+        self._boot = int(boot)
+        self.unsynced = False
+        """Predictions made now carry ``"clock_synced":false`` (their ``ts`` may be wrong)."""
         self._heads: dict[tuple[str, str, str], str] = {}
         self._dumps = _compact_dumps()
 
@@ -454,9 +515,12 @@ class PayloadEncoder:
         return self._dumps(x)  # ints, float subclasses; NaN/Inf raise ValueError like dumps
 
     def __call__(self, seq: int, rec: PredictionRecord) -> bytes:
+        tail = _UNSYNCED if self.unsynced else "}"
         return (
-            f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},{self._head(rec)}{self._number(rec.ts)},'
-            f'"sample":{rec.sample:d},"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}}}'
+            f'{{"v":{PREDICTION_SCHEMA},"seq":{seq:d},"boot":{self._boot:d},{self._head(rec)}'
+            f'{self._number(rec.ts)},"sample":{rec.sample:d},'
+            f'"outputs":{self._dumps(rec.outputs)},"latency_ms":{self._number(rec.latency_ms)}'
+            f"{tail}"
         ).encode()
 
     def batch(self, payloads: list[bytes]) -> bytes:

@@ -16,23 +16,39 @@ data is the most useful after a long outage) and counted in ``dropped_total``.
 The sequence counter lives in the same database and is updated in the same transaction as the
 rows that use it, so after a restart numbering continues with no gap and no repeat.
 
+Damage: ``seq`` never goes backwards for a device, even when the database does. A high-water
+mark is kept *outside* it, in ``<spool>.seq`` (JSON, written atomically): numbers are reserved
+in blocks of ``SEQ_BLOCK`` before a commit may use them, so the file is always at or above
+every ``seq`` ever committed (one small write per block, not per prediction). The same file
+holds the **boot counter**: +1 at every open of the spool (every start of the agent), carried
+in each payload (``boot``) so subscribers tell a restart from a duplicate (a resent message
+keeps its boot and seq). A database that cannot be opened as one (``file is not a database``, a
+malformed image) is **quarantined**: renamed to ``<spool>.damaged-<epoch s>`` with its WAL
+(kept for forensics), logged, reported (``damage``: the agent's metrics and status) and a new
+one is started. A database that comes up empty although the high-water mark says numbers were
+used (truncated to 0 bytes, deleted) is reported the same way; numbering continues above the
+mark.
+
 Cost: rows are inserted and deleted with one multi-row statement per chunk, not one statement
-per row (``executemany``): the sqlite3 module releases the GIL around every statement step,
-and with a busy inference thread each re-acquisition can wait a whole switch interval.
-Acknowledged rows leave ``depth`` at once but are removed from the file in groups, inside an
-append's transaction (or by ``flush``, which the publisher calls when idle): one commit per
-prediction instead of two, one DELETE per group. A crash in between resends them (at most a
-few hundred): at least once, and duplicates keep their seq.
+per row (``executemany``): the sqlite3 module releases the GIL around every statement step, and
+with a busy inference thread each re-acquisition can wait a whole switch interval. Acknowledged rows
+leave ``depth`` at once but are removed from the file in groups, inside an append's transaction
+(or by ``flush``, which the publisher calls when idle): one commit per prediction instead of
+two, one DELETE per group. A crash in between resends them (at most a few hundred): at least
+once, and duplicates keep their seq.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.durable import atomic_write
 from agent.errors import SpoolError
 
 log = logging.getLogger(__name__)
@@ -83,30 +99,133 @@ class SpooledMessage:
     retain: bool
 
 
+SEQ_BLOCK = 4096
+"""Sequence numbers reserved in the high-water file per write."""
+
+
+@dataclass(frozen=True)
+class SpoolDamage:
+    """What was found wrong with the spool at open (reported in metrics and status)."""
+
+    kind: str
+    """``quarantined`` (moved aside) or ``lost`` (came up empty below the high-water mark)."""
+    detail: str
+    moved_to: Path | None = None
+
+
+class HighWater:
+    """``<spool>.seq``: the reserved sequence numbers and the boot counter (module doc)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reserved = 0
+        self.boot = 0
+        try:
+            obj = json.loads(path.read_bytes())
+            self.reserved, self.boot = int(obj["reserved"]), int(obj["boot"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # the database still has its own counter; only a damaged database as well
+            # could take seq backwards now
+            log.error("sequence high-water file %s is unreadable (%s): starting again", path, exc)
+
+    def save(self) -> None:
+        try:
+            data = json.dumps({"reserved": self.reserved, "boot": self.boot}).encode()
+            atomic_write(self.path, data)
+        except OSError as exc:
+            raise SpoolError(f"cannot write the seq high-water mark {self.path}: {exc}") from exc
+
+
+def _quarantine(path: Path) -> Path:
+    """Move a damaged database (and its WAL/SHM) aside; the new name of the main file."""
+    dest = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = path.with_name(f"{path.name}.damaged-{int(time.time())}-{n}")
+    for suffix in ("-wal", "-shm", ""):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            src.replace(dest.with_name(dest.name + suffix))
+    return dest
+
+
 class Spool:
     """The queue. Used by one thread (the publisher); ``depth`` may be read from any."""
 
     def __init__(self, path: Path, max_messages: int = 1_000_000, durable: bool = False) -> None:
         self.path = path
         self.max_messages = max_messages
+        self.damage: SpoolDamage | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM messages").fetchone()
-            seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'")
-            last = seq.fetchone()
-        except sqlite3.Error as exc:
+        except OSError as exc:
             raise SpoolError(f"cannot open spool {path}: {exc}") from exc
+        self._hw = HighWater(path.with_name(path.name + ".seq"))
+        try:
+            fresh, row, last = self._open(durable)
+        except sqlite3.OperationalError as exc:  # locked, no permission: not the file's fault
+            raise SpoolError(f"cannot open spool {path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            try:
+                moved = _quarantine(path)
+                fresh, row, last = self._open(durable)
+            except (OSError, sqlite3.Error) as exc2:
+                raise SpoolError(f"cannot replace damaged spool {path}: {exc2}") from exc2
+            self.damage = SpoolDamage("quarantined", f"{path}: {exc}", moved)
+            log.error(
+                "spool %s is damaged (%s): moved it to %s and started a new one; messages "
+                "still in it were not delivered",
+                path,
+                exc,
+                moved,
+            )
         self._depth = int(row[0])
         self._acked: list[int] = []  # acknowledged, not yet removed from the file
         self._next_id = max(int(row[1]), int(last[0]) if last else 0) + 1
         self.next_seq = self._meta("next_seq")
         self.dropped_total = self._meta("dropped_total")
+        if fresh and self._hw.reserved > self.next_seq:
+            if self.damage is None:
+                self.damage = SpoolDamage(
+                    "lost",
+                    f"{path} came up empty, but sequence numbers up to {self._hw.reserved} "
+                    "were reserved: queued messages were lost",
+                )
+                log.error("spool: %s", self.damage.detail)
+            self.next_seq = self._hw.reserved
+            self._set_meta("next_seq", self.next_seq)
+        self._hw.boot += 1
+        self._hw.reserved = max(self._hw.reserved, self.next_seq + SEQ_BLOCK)
+        self._hw.save()
+        self.boot = self._hw.boot
         if self._depth:
             log.info("spool %s holds %d undelivered message(s)", path, self._depth)
+
+    def _open(self, durable: bool) -> tuple[bool, tuple[int, int], tuple[int] | None]:
+        """Connect and read the counts; whether the database was new (no tables yet)."""
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        fresh = not self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM messages").fetchone()
+        last = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone()
+        return fresh, row, last
+
+    def _set_meta(self, key: str, value: int) -> None:
+        try:
+            self._db.execute("UPDATE meta SET value=? WHERE key=?", (value, key))
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: cannot write {key}: {exc}") from exc
 
     def _meta(self, key: str) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
@@ -122,6 +241,9 @@ class Spool:
 
         Returns the stored messages (with ids) and how many old ones the cap dropped.
         """
+        if next_seq > self._hw.reserved:  # reserve before any commit can use the numbers
+            self._hw.reserved = next_seq + SEQ_BLOCK
+            self._hw.save()
         first = self._next_id
         msgs = [SpooledMessage(first + i, t, p, q, r) for i, (t, p, q, r) in enumerate(rows)]
         overflow = max(0, self._depth + len(rows) - self.max_messages)

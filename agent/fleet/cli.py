@@ -5,6 +5,9 @@
                        [--percent P] [--max-failure-fraction F] [--timeout S] [--no-follow]
     edge-fleet rollout --model NAME --from-channel staging --channel canary ...
     edge-fleet promote --model NAME [--from canary] [--to stable] [--version V]
+                       [--min-agreement 0.98 --min-windows 10000 [--wait S]]
+    edge-fleet rollout ... --shadow        (install as a shadow: docs/shadow-and-drift.md)
+    edge-fleet drift [--threshold PSI] [--json]
     edge-fleet serve [--listen 127.0.0.1] [--http-port 8080] [--token-file F | --basic-auth-file F]
     edge-fleet simulate --devices N [--behave refuse:version_reused=0.02 ...] [--duration S]
 
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.config import MqttSection
 from agent.errors import EdgeAgentError
 from agent.fleet.connection import add_broker_args, mqtt_settings, password
 from agent.fleet.rollout import (
@@ -41,8 +45,17 @@ from agent.fleet.rollout import (
     run_rollout,
     synced_and_reported,
 )
+from agent.fleet.shadowgate import GateResult, drifting, shadow_gate, shadows_reported
 from agent.fleet.simulator import Script, SimSpec, Simulator
-from agent.fleet.view import DeviceState, FleetView, format_table, summary, watch_fleet
+from agent.fleet.view import (
+    DeviceState,
+    FleetView,
+    all_reported,
+    drift_cell,
+    format_table,
+    summary,
+    watch_fleet,
+)
 from agent.release.manifest import Announcement, Targets, utc_now
 from agent.terminal import CLEAR_SCREEN, is_terminal
 
@@ -64,6 +77,11 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
         "--percent", type=float, default=100.0, help="share of the targeted devices (0-100)"
     )
     p.add_argument("--force", action="store_true", help="allow announcing an older version")
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="install as a shadow: run beside the active model, never serving (rollout only)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -133,7 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", default="canary", help="source channel (canary)")
     p.add_argument("--to", dest="dest", default="stable", help="destination channel (stable)")
     p.add_argument("--version", help="expected version on the source channel")
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        help="promote only on devices whose shadow report has at least this top-1 agreement",
+    )
+    p.add_argument(
+        "--min-windows", type=int, default=1000, help="...over at least this many windows"
+    )
+    p.add_argument(
+        "--wait", type=float, default=5.0, help="seconds to collect shadow reports (default 5)"
+    )
     _add_targets(p)
+
+    p = sub.add_parser("drift", help="devices over the drift threshold, by model version")
+    add_broker_args(p)
+    p.add_argument("--threshold", type=float, help="also list devices whose score reaches this")
+    p.add_argument("--wait", type=float, default=3.0, help="seconds to collect (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("serve", help="the web dashboard (needs the 'fleet' extra)")
     add_broker_args(p)
@@ -228,7 +263,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _targets(args: argparse.Namespace) -> Targets:
-    return Targets(groups=args.groups, percent=args.percent)
+    return Targets(groups=args.groups, percent=args.percent, shadow=args.shadow or None)
 
 
 def _show(quiet: bool) -> Callable[[str], None]:
@@ -318,8 +353,34 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return _finish(args, report)
 
 
+def _gate(args: argparse.Namespace, settings: MqttSection, pw: str | None) -> GateResult:
+    src = current_announcements(settings, pw, args.model, [args.source])[args.source]
+    if src is None:
+        raise EdgeAgentError(f"channel {args.source} announces nothing for {args.model}")
+    _, version = manifest_version(src)
+    with watch_fleet(settings, pw) as view:
+        view.wait_for(lambda ds: all_reported(ds) and shadows_reported(ds), args.wait)
+        devices = view.devices()
+    gate = shadow_gate(devices, args.model, version, args.min_agreement, args.min_windows)
+    for d in gate.passed:
+        print(f"{d}: passes", file=sys.stderr)
+    for d, why in sorted(gate.failed.items()):
+        print(f"{d}: not promoted: {why}", file=sys.stderr)
+    return gate
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     settings = mqtt_settings(args)
+    targets = _targets(args).model_copy(update={"shadow": None})
+    gate = None
+    if args.min_agreement is not None:
+        gate = _gate(args, settings, password(settings))
+        if not gate.passed:
+            if args.json:
+                print(json.dumps({"promoted": [], "refused": gate.failed}))
+            print("edge-fleet promote: no device's shadow report passes", file=sys.stderr)
+            return EXIT_ERROR
+        targets = targets.model_copy(update={"devices": gate.passed})
     ann = promote(
         settings,
         password(settings),
@@ -327,14 +388,35 @@ def cmd_promote(args: argparse.Namespace) -> int:
         source=args.source,
         dest=args.dest,
         version=args.version,
-        targets=_targets(args),
+        targets=targets,
         force=args.force,
     )
     _, version = manifest_version(ann)
     if args.json:
-        print(json.dumps({"model": args.model, "version": version, "channel": args.dest}))
+        out: dict[str, object] = {"model": args.model, "version": version, "channel": args.dest}
+        if gate is not None:
+            out |= {"promoted": gate.passed, "refused": gate.failed}
+        print(json.dumps(out))
     else:
         print(f"promoted {args.model} {version}: {args.source} -> {args.dest}")
+    return EXIT_OK
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    settings = mqtt_settings(args)
+    with watch_fleet(settings, password(settings)) as view:
+        view.wait_for(all_reported, args.wait)
+        devices = view.devices()
+    groups = drifting(devices, args.threshold)
+    if args.json:
+        print(json.dumps({k: [d.to_json() for d in v] for k, v in groups.items()}, indent=2))
+        return EXIT_OK
+    if not groups:
+        print("no device over the drift threshold")
+    for key, ds in groups.items():
+        print(key)
+        for d in ds:
+            print(f"  {d.device}  {drift_cell(d)}")
     return EXIT_OK
 
 
@@ -409,6 +491,7 @@ COMMANDS = {
     "status": cmd_status,
     "rollout": cmd_rollout,
     "promote": cmd_promote,
+    "drift": cmd_drift,
     "serve": cmd_serve,
     "simulate": cmd_simulate,
 }

@@ -92,12 +92,33 @@ class OtaReport:
 
     @property
     def succeeded(self) -> bool:
-        """Active and through its health window."""
-        return self.state == "active" and self.health != "watching"
+        """Active and through its health window, or running as a shadow (targets.shadow)."""
+        return (self.state == "active" and self.health != "watching") or self.state == "shadow"
 
     @property
     def finished(self) -> bool:
         return self.failed or self.succeeded
+
+
+@dataclass(frozen=True)
+class ShadowSummary:
+    """The part of a retained shadow report (``ShadowReportV1``) the fleet tools read."""
+
+    version: str
+    windows: int
+    agreement: float | None
+    errors: int
+    ts: float | None = None
+
+    def passes(self, min_agreement: float, min_windows: int) -> str | None:
+        """None when it passes, else why not."""
+        if self.windows < min_windows:
+            return f"{self.windows} windows compared < {min_windows}"
+        if self.agreement is None:
+            return "no top-1 agreement (not a classifier)"
+        if self.agreement < min_agreement:
+            return f"agreement {self.agreement:.4f} < {min_agreement}"
+        return None
 
 
 @dataclass
@@ -121,6 +142,12 @@ class DeviceState:
     queue_depth: int | None = None
     agent_version: str | None = None
     has_metrics: bool = False
+    drift_score: float | None = None
+    """Largest drift PSI (MetricsV1.drift.score); None: not monitored."""
+    drift_alert: bool = False
+    drift_channels: list[str] = field(default_factory=list)
+    """Channels of the retained drift alert while it is raised."""
+    shadow: ShadowSummary | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Fields other features keep per device (``FleetView.add_kind``); merged into ``to_json``."""
 
@@ -167,6 +194,19 @@ class DeviceState:
             "last_seen_age_s": None if age is None else round(age, 1),
             "prediction_rate": self.prediction_rate if self.live else None,
             "queue_depth": self.queue_depth if self.live else None,
+            "drift": {
+                "score": self.drift_score,
+                "alert": self.drift_alert,
+                "channels": list(self.drift_channels),
+            },
+            "shadow": None
+            if self.shadow is None
+            else {
+                "version": self.shadow.version,
+                "windows": self.shadow.windows,
+                "agreement": self.shadow.agreement,
+                "errors": self.shadow.errors,
+            },
         } | self.extra
 
 
@@ -266,15 +306,19 @@ class FleetView:
             return
         device, kind = parts
         try:
-            if kind == "status":
+            if kind in self._kinds:  # a feature's own parser first (FleetView.add_kind)
+                parse = self._kinds[kind]
+                self._update(device, lambda st: parse(st, payload))
+            elif kind == "status":
                 self._status(device, payload)
             elif kind == "ota":
                 self._ota(device, payload)
             elif kind == "metrics":
                 self._metrics(device, payload)
-            elif kind in self._kinds:
-                parse = self._kinds[kind]
-                self._update(device, lambda st: parse(st, payload))
+            elif kind == "drift":
+                self._drift(device, payload)
+            elif kind == "shadow":
+                self._shadow(device, payload)
         except Exception:  # a malformed message must not kill the network thread
             log.exception("cannot read %s", topic)
 
@@ -350,9 +394,51 @@ class FleetView:
             queue = obj.get("queue")
             if isinstance(queue, dict) and isinstance(queue.get("depth"), int):
                 st.queue_depth = int(queue["depth"])
+            drift = obj.get("drift")
+            score = drift.get("score") if isinstance(drift, dict) else None
+            st.drift_score = float(score) if isinstance(score, int | float) else None
             ts = obj.get("ts")
             seen = float(ts) if isinstance(ts, int | float) else received
             st.last_seen = max(st.last_seen or 0.0, seen)
+
+        self._update(device, fn)
+
+    def _drift(self, device: str, payload: bytes) -> None:
+        obj = json.loads(payload) if payload.strip() else {}
+        if not isinstance(obj, dict):
+            return
+        active = obj.get("active") is True
+        chans = obj.get("channels")
+
+        def fn(st: DeviceState) -> None:
+            st.drift_alert = active
+            st.drift_channels = (
+                [c for c in chans if isinstance(c, str)]
+                if active and isinstance(chans, list)
+                else []
+            )
+
+        self._update(device, fn)
+
+    def _shadow(self, device: str, payload: bytes) -> None:
+        obj = json.loads(payload) if payload.strip() else None
+        summary = None
+        if isinstance(obj, dict) and isinstance(obj.get("candidate"), dict):
+            agreement = obj.get("top1_agreement")
+            errors = obj.get("errors")
+            ts = obj.get("ts")
+            summary = ShadowSummary(
+                version=_str(obj["candidate"].get("version")) or "?",
+                windows=int(obj.get("windows_compared") or 0),
+                agreement=float(agreement) if isinstance(agreement, int | float) else None,
+                errors=sum(v for v in errors.values() if isinstance(v, int))
+                if isinstance(errors, dict)
+                else 0,
+                ts=float(ts) if isinstance(ts, int | float) else None,
+            )
+
+        def fn(st: DeviceState) -> None:
+            st.shadow = summary
 
         self._update(device, fn)
 
@@ -365,6 +451,7 @@ class FleetView:
                 replace(
                     st,
                     groups=list(st.groups),
+                    drift_channels=list(st.drift_channels),
                     outcomes=dict(st.outcomes),
                     extra=dict(st.extra),
                     ota_channels=None if st.ota_channels is None else list(st.ota_channels),
@@ -570,3 +657,28 @@ def format_table(
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(format_summary(devices))
     return "\n".join(lines)
+
+
+def drift_cell(d: DeviceState) -> str:
+    """``0.031``, ``0.412 ALERT ch1`` or ``-`` (not monitored)."""
+    if d.drift_score is None and not d.drift_alert:
+        return "-"
+    text = "?" if d.drift_score is None else f"{d.drift_score:.3f}"
+    if d.drift_alert:
+        text += " ALERT " + ",".join(d.drift_channels)
+    return text
+
+
+def shadow_cell(d: DeviceState) -> str:
+    """``1.2.0 98.50% of 10000`` or ``-``."""
+    s = d.shadow
+    if s is None:
+        return "-"
+    agree = "n/a" if s.agreement is None else f"{s.agreement * 100:.2f}%"
+    return f"{s.version} {agree} of {s.windows}"
+
+
+COLUMNS += [
+    Column("DRIFT", lambda d, now: drift_cell(d)),
+    Column("SHADOW", lambda d, now: shadow_cell(d)),
+]

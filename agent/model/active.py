@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from agent.model.runtime import Model
 from agent.release.manifest import Manifest
+from agent.release.reference import Reference
 
 
 @dataclass
@@ -20,3 +21,9 @@ class ActiveModel:
     manifest: Manifest | None = None
     """The signed manifest when the model came from a package: it decides the pipeline
     (``agent.model.compat.resolve``)."""
+    reference: Reference | None = None
+    """The reference statistics for drift monitoring: the manifest's unless given."""
+
+    def __post_init__(self) -> None:
+        if self.reference is None and self.manifest is not None:
+            self.reference = self.manifest.reference

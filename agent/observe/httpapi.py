@@ -7,13 +7,20 @@ library's ``ThreadingHTTPServer``: no web framework on a Pi for four routes.
     GET  /healthz      200 when live and ready, 503 otherwise (JSON body says which check failed)
     GET  /metrics      Prometheus text (exposition format 0.0.4)
     GET  /status       JSON: device, model, broker connection, queue, the metrics snapshot
+    GET  /drift        JSON: drift scores (``DriftV1``) and the shadow report, if any
     POST /v1/predict   {"samples": [[c0, c1, ...], ...], "stream": "name"} -> one prediction
 
 Limits, because anything on the device can connect: request bodies above
 ``http.max_body_bytes`` are refused before they are read (413); a body needs a Content-Length
-(411); at most ``max_connections`` requests do work at once, the rest get 503 ``busy``
-(``/healthz`` always answers); slow clients time out after ``timeout_s``. Every response closes
-its connection.
+(411); at most ``max_connections`` requests do work at once, the rest get 503 ``busy``.
+Every response closes its connection. Against slow clients (a slowloris trickling a byte a
+second), the whole request, headers and body, must arrive within ``request_deadline_s``: a
+per-read socket timeout alone never fires on such a client. At most ``max_per_client``
+connections per client address are served by a thread, and at most ``CONNECTION_FACTOR`` x
+``max_connections`` in all; a connection over either cap is handed to one overflow thread (a
+selector over all of them, each with ``OVERFLOW_READ_S`` to send its request line): ``GET
+/healthz`` gets its answer, anything else 503 ``busy``. So ``/healthz`` answers even when every
+worker is held, and neither the accept thread nor a worker waits for a slow client.
 
 With ``http.token_file`` set, every route except ``/`` (a page without data) and ``/healthz``
 needs ``Authorization: Bearer <token>`` (compared in constant time; 401 otherwise).
@@ -30,13 +37,17 @@ implements it on the running agent; tests use a fake).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hmac
+import io
 import json
 import logging
 import os
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +64,8 @@ MAX_STREAM_NAME = 128
 _JSON = "application/json"
 _DRAIN_MAX = 8 * 1024 * 1024  # refused bodies read and discarded at most
 CONNECTION_FACTOR = 4  # open connections allowed per concurrent request
+OVERFLOW_READ_S = 2.0  # how long an over-cap client gets to send its request line
+OVERFLOW_MAX = 64  # over-cap connections waiting at once (one thread serves them all)
 
 
 class AgentView(Protocol):
@@ -68,6 +81,10 @@ class AgentView(Protocol):
 
     def metrics_text(self) -> str:
         """Prometheus text exposition."""
+        ...
+
+    def field(self) -> dict[str, Any]:
+        """JSON-able drift scores and shadow report (``GET /drift``)."""
         ...
 
     def predict(self, samples: object, stream: str) -> dict[str, Any]:
@@ -119,7 +136,28 @@ class _Server(ThreadingHTTPServer):
         self.api = api
         self._work = threading.BoundedSemaphore(api.max_connections)
         self._conns = threading.BoundedSemaphore(api.max_connections * CONNECTION_FACTOR)
+        self._per_client: dict[str, int] = {}
+        self._lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def _admit(self, client: str) -> bool:
+        """Take a connection slot for ``client`` (per-client and overall caps)."""
+        with self._lock:
+            if self._per_client.get(client, 0) >= self.api.max_per_client:
+                return False
+            if not self._conns.acquire(blocking=False):
+                return False
+            self._per_client[client] = self._per_client.get(client, 0) + 1
+            return True
+
+    def _leave(self, client: str) -> None:
+        with self._lock:
+            n = self._per_client.get(client, 0) - 1
+            if n > 0:
+                self._per_client[client] = n
+            else:
+                self._per_client.pop(client, None)
+            self._conns.release()
 
     @contextlib.contextmanager
     def work_slot(self) -> Iterator[None]:
@@ -133,20 +171,159 @@ class _Server(ThreadingHTTPServer):
             self._work.release()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._conns.acquire(blocking=False):
-            self.shutdown_request(request)
+        client = str(client_address[0])
+        if not self._admit(client):
+            try:
+                self.api.overflow.add(request)
+            finally:
+                self.close_request(request)  # only this handle: the overflow thread owns a dup
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._conns.release()
+            self._leave(client)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._conns.release()
+            self._leave(str(client_address[0]))
+
+
+def _overflow_reply(view: AgentView, head: bytes) -> bytes:
+    """The answer to an over-cap connection: ``/healthz``, or 503 ``busy``."""
+    line = head.split(b"\r\n", 1)[0].split()
+    if len(line) >= 2 and line[0] in (b"GET", b"HEAD") and line[1] == b"/healthz":
+        h = view.health()
+        ok = bool(h.get("live")) and bool(h.get("ready"))
+        status, body = (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE), h
+    else:
+        status = HTTPStatus.SERVICE_UNAVAILABLE
+        body = {"error": "too many connections; retry shortly", "reason": "busy"}
+    data = json.dumps(body, allow_nan=False).encode()
+    reply = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: {_JSON}\r\n"
+        f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    return reply if line and line[0] == b"HEAD" else reply + data
+
+
+class _Overflow:
+    """Connections over a cap, all on one thread (a selector): each gets ``OVERFLOW_READ_S``
+    to send its request line; ``GET /healthz`` is answered, anything else gets 503 ``busy``.
+    At most ``OVERFLOW_MAX`` wait at once (the oldest is closed to make room), so neither the
+    accept thread nor a worker is ever held by a slow client."""
+
+    def __init__(self, view: AgentView) -> None:
+        self._view = view
+        self._sel = selectors.DefaultSelector()
+        self._new: collections.deque[socket.socket] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        self._waiting: dict[socket.socket, tuple[float, bytes]] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="http-overflow", daemon=True)
+        self._thread.start()
+
+    def add(self, sock: socket.socket) -> None:
+        self._new.append(sock.dup())  # the server closes its own handle after this
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._thread.join(2.0)
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._waiting.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._sel.unregister(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _answer(self, sock: socket.socket, head: bytes) -> None:
+        try:
+            sock.setblocking(True)
+            sock.settimeout(OVERFLOW_READ_S)
+            sock.sendall(_overflow_reply(self._view, head))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._drop(sock)
+
+    def _run(self) -> None:
+        while not self._stop:
+            while self._new:
+                sock = self._new.popleft()
+                if len(self._waiting) >= OVERFLOW_MAX:
+                    self._drop(min(self._waiting, key=lambda k: self._waiting[k][0]))
+                sock.setblocking(False)
+                self._waiting[sock] = (time.monotonic() + OVERFLOW_READ_S, b"")
+                self._sel.register(sock, selectors.EVENT_READ)
+            now = time.monotonic()
+            soonest = min((d for d, _ in self._waiting.values()), default=now + 1.0)
+            for key, _ in self._sel.select(max(0.0, soonest - now)):
+                obj = key.fileobj
+                assert isinstance(obj, socket.socket)
+                sock = obj
+                if sock is self._wake_r:
+                    with contextlib.suppress(OSError):
+                        sock.recv(4096)
+                    continue
+                deadline, head = self._waiting[sock]
+                try:
+                    chunk = sock.recv(2048 - len(head))
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    self._drop(sock)
+                    continue
+                head += chunk
+                if b"\r\n" in head or len(head) >= 2048:
+                    self._answer(sock, head)
+                else:
+                    self._waiting[sock] = (deadline, head)
+            now = time.monotonic()
+            for sock, (deadline, head) in list(self._waiting.items()):
+                if deadline <= now:
+                    self._answer(sock, head)
+        for sock in list(self._waiting):
+            self._drop(sock)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading side where every read gets only the time left until one deadline.
+
+    A per-read timeout restarts with every byte, so a client sending a byte a second holds a
+    worker for ever; this one does not (``TimeoutError`` once the deadline passed).
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        timeout = self._sock.gettimeout()
+        self._sock.settimeout(left if timeout is None else min(left, timeout))
+        try:
+            return self._sock.recv_into(b)
+        finally:
+            self._sock.settimeout(timeout)
 
 
 def _error_body(reason: str, message: str) -> bytes:
@@ -162,7 +339,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.api.timeout_s)  # slow clients let go
+        api = self.server.api
+        self.connection.settimeout(api.timeout_s)  # writes: slow readers let go
+        # reads: the whole request (headers and body) within one deadline
+        reader = _DeadlineReader(self.connection, time.monotonic() + api.request_deadline_s)
+        self.rfile = io.BufferedReader(reader)
 
     # -------------------------------------------------------------- plumbing
 
@@ -295,6 +476,10 @@ class _Handler(BaseHTTPRequestHandler):
                 with self.server.work_slot():
                     obj = self.server.api.view.status()
                 self._json(HTTPStatus.OK, obj)
+            elif path == "/drift":
+                with self.server.work_slot():
+                    obj = self.server.api.view.field()
+                self._json(HTTPStatus.OK, obj)
             else:
                 self._predict()
         except _ApiError as err:
@@ -385,6 +570,7 @@ _ROUTES = {
     "/healthz": "GET",
     "/metrics": "GET",
     "/status": "GET",
+    "/drift": "GET",
     "/v1/predict": "POST",
 }
 
@@ -399,7 +585,9 @@ class HttpApi:
         *,
         token: str | None = None,
         max_connections: int = 8,
+        max_per_client: int | None = None,
         timeout_s: float = 10.0,
+        request_deadline_s: float | None = None,
         poll_interval_s: float = 0.2,
     ) -> None:
         self.settings = settings
@@ -407,10 +595,19 @@ class HttpApi:
         self.token = token
         self.max_body_bytes = settings.max_body_bytes
         self.max_connections = max_connections
+        self.max_per_client = max_per_client or max_connections
         self.timeout_s = timeout_s
+        self.request_deadline_s = request_deadline_s or timeout_s
         self.poll_interval_s = poll_interval_s
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._overflow: _Overflow | None = None
+
+    @property
+    def overflow(self) -> _Overflow:
+        if self._overflow is None:
+            self._overflow = _Overflow(self.view)
+        return self._overflow
 
     @property
     def port(self) -> int:
@@ -453,3 +650,6 @@ class HttpApi:
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._overflow is not None:
+            self._overflow.close()
+            self._overflow = None

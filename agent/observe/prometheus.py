@@ -175,8 +175,25 @@ def render_prometheus(m: MetricsV1, known: Mapping[str, Iterable[str]] | None = 
         f.sample(lat + "_count", h.count, stage=stage)
     if m.cpu_temp_c is not None:
         f.one("cpu_temperature_celsius", "gauge", "CPU temperature.", m.cpu_temp_c)
+    _field(f, m)
     _process(f, m)
     return f.text()
+
+
+def _field(f: _Families, m: MetricsV1) -> None:
+    """Drift scores and shadow agreement (docs/shadow-and-drift.md), when there are any."""
+    if m.drift is not None:
+        d = m.drift
+        f.one("drift_alert", "gauge", "1 while the drift alert is raised.", int(d.alert))
+        f.one("drift_score", "gauge", "Largest drift PSI over channels and output.", d.score)
+        ps = f.family("drift_psi", "gauge", "Drift PSI per input channel and output.")
+        for c in d.channels:
+            f.sample(ps, c.psi, channel=c.name)
+        oor = f.family("drift_out_of_range", "gauge", "Share of values outside the reference.")
+        for c in d.channels:
+            f.sample(oor, c.out_of_range, channel=c.name)
+    if m.shadow_agreement is not None:
+        f.one("shadow_agreement", "gauge", "Shadow top-1 agreement.", m.shadow_agreement)
 
 
 def _process(f: _Families, m: MetricsV1) -> None:

@@ -108,6 +108,22 @@ def _version() -> str:
     return __version__
 
 
+def _spool_status(spool: Spool) -> dict[str, Any]:
+    """The queue's file, boot counter and any damage found at start (quarantined, lost)."""
+    d = spool.damage
+    return {
+        "path": str(spool.path),
+        "boot": spool.boot,
+        "damage": None
+        if d is None
+        else {
+            "kind": d.kind,
+            "detail": d.detail,
+            "moved_to": str(d.moved_to) if d.moved_to else None,
+        },
+    }
+
+
 def recent_predictions(payloads: list[bytes], keep: int = 5) -> list[dict[str, Any]]:
     """The newest ``keep`` predictions (newest first) from spooled payloads (single or batch)."""
     out: list[dict[str, Any]] = []
@@ -140,7 +156,7 @@ class RunningAgentView:
         """One snapshot of the agent's metrics (the MQTT payload and the /metrics source)."""
         r = self._running()
         active = r.pipeline.active
-        return build_metrics(
+        m = build_metrics(
             self._agent.metrics,
             device=r.cfg.agent.device_id,
             groups=r.cfg.agent.groups,
@@ -153,6 +169,34 @@ class RunningAgentView:
             rates=self._rates,
             process=self._process,
         )
+        return self._field(m, r)
+
+    def _field(self, m: MetricsV1, r: Running) -> MetricsV1:
+        drift = r.pipeline.drift
+        shadow = r.pipeline.shadow
+        agreement = None
+        if shadow is not None and shadow.compared:
+            agreement = round(shadow.agreements / shadow.compared, 6)
+        if drift is None and agreement is None:
+            return m
+        return m.model_copy(
+            update={
+                "drift": drift.snapshot() if drift is not None else None,
+                "shadow_agreement": agreement,
+            }
+        )
+
+    def field(self) -> dict[str, Any]:
+        """``GET /drift``: the drift scores (null: the package has no reference) and the
+        shadow report (null: no shadow runs)."""
+        r = self._running()
+        d, s = r.pipeline.drift, r.pipeline.shadow
+        return {
+            "drift": d.snapshot().model_dump(mode="json") if d is not None else None,
+            "shadow": s.report(r.cfg.agent.device_id, r.pipeline.active).model_dump(mode="json")
+            if s is not None
+            else None,
+        }
 
     def metrics_text(self) -> str:
         return render_prometheus(self.collect(), self.known_counters())
@@ -207,6 +251,7 @@ class RunningAgentView:
                 "reconnects": r.link.reconnects,
                 "last_error": r.link.last_error,
             },
+            "spool": _spool_status(r.spool),
             "metrics": self.collect().model_dump(mode="json"),
             "ota": None if r.updater is None else r.updater.ota_state(),
             "recent_predictions": recent_predictions(r.publisher.recent()),

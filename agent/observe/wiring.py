@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from agent.delivery.mqtt import OutgoingMessage
 from agent.errors import EdgeAgentError
+from agent.observe.fieldreports import FieldReporter
 from agent.observe.telemetry import MetricsReporter, cpu_temperature_c
 from agent.observe.view import AgentLike, Running, RunningAgentView
 
@@ -31,6 +32,7 @@ class Observability:
         self.reporter: MetricsReporter | None = None
         self.http: HttpApi | None = None
         self.discovery: HomeAssistantDiscovery | None = None
+        self.field: FieldReporter | None = None
 
     @classmethod
     def start(cls, agent: AgentLike, r: Running) -> Observability:
@@ -38,6 +40,8 @@ class Observability:
         self = cls()
         cfg = r.cfg
         view = self.view = RunningAgentView(agent)
+        self.field = FieldReporter(r)  # drift alert and shadow reports (fieldreports.py)
+        self.field.start()
         if cfg.metrics.interval_s > 0:
             self.reporter = MetricsReporter(
                 r.link, r.topics.metrics, cfg.metrics.interval_s, view.collect
@@ -49,6 +53,8 @@ class Observability:
 
             try:
                 http = HttpApi(cfg.http, view, token=read_token(cfg.http))
+                if (warning := cfg.http.exposure_warning()) is not None:
+                    log.warning("%s", warning)
                 http.start()
             except EdgeAgentError as exc:
                 log.error("HTTP API not started: %s", exc)
@@ -99,6 +105,9 @@ class Observability:
         if self.reporter is not None:
             self.reporter.stop()
             self.reporter = None
+        if self.field is not None:
+            self.field.stop()
+            self.field = None
         if self.discovery is not None:
             self.discovery.stop()
             self.discovery = None

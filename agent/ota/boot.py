@@ -8,6 +8,10 @@ time in a process it recovers the update path from ``state.json``:
   the download resumes where it stopped; a staged version is reused.
 - killed in ``activating``: if ``current`` already names the new version the swap happened
   and this is a start in its trial; otherwise back to ``idle``.
+- ``state.json`` damaged (garbage, unreadable): if ``current`` names a version that was never
+  committed (``agent.ota.floor`` records every commit), the device was inside an update: that
+  is a failed trial, rolled back to ``previous`` (reason ``state_damaged``), never taken as
+  idle with the trial version running unwatched.
 - in ``trial``: this start is counted (the boot counter); once ``ota.max_boot_failures``
   starts happened inside one health window, ``current`` goes back to ``previous``, the
   version is marked bad (``boot_failures``) and the state becomes ``rolled_back``.
@@ -20,6 +24,7 @@ else the configured model). None means: run the configured ``model.path``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -30,6 +35,7 @@ from agent.model.active import ActiveModel
 from agent.model.runtime import load_model
 from agent.ota.compat import resolve_installed
 from agent.ota.decide import check_signature
+from agent.ota.floor import VersionFloor
 from agent.ota.health import boot_verdict
 from agent.ota.layout import OtaPaths
 from agent.ota.state import State, StateMachine
@@ -86,6 +92,46 @@ def _roll_back(sm: StateMachine, store: ModelStore, reason: str, detail: str) ->
     sm.transition(State.ROLLED_BACK, reason=reason, detail=detail)
 
 
+def _committed(cfg: Config, store: ModelStore, version: str) -> bool:
+    """Whether ``version`` (installed) is the one the floor says was committed."""
+    try:
+        committed = VersionFloor(OtaPaths.of(cfg).floor_file).get(cfg.model.name)
+    except UpdateError as exc:
+        log.error("%s", exc)
+        return False  # cannot tell: the safe answer is "not committed"
+    if committed is None or committed[0] != version:
+        return False
+    try:
+        return store.read(version).manifest.artifact.sha256 == committed[1]
+    except UpdateError:
+        return False
+
+
+def _damaged_state(cfg: Config, store: ModelStore, sm: StateMachine) -> None:
+    """``state.json`` is garbage: a version never committed is a failed trial."""
+    cur = store.current()
+    if cur is None or _committed(cfg, store, cur):
+        log.warning("OTA state file damaged (%s); the committed model runs", sm.damaged)
+        return
+    sha = None
+    with contextlib.suppress(UpdateError):
+        sha = store.read(cur).manifest.artifact.sha256
+    log.error(
+        "OTA state file damaged (%s) while %s was not committed: a failed trial, rolling back",
+        sm.damaged,
+        cur,
+    )
+    store.rollback()
+    sm.transition(
+        State.ROLLED_BACK,
+        version=cur,
+        sha256=sha,
+        reason="state_damaged",
+        detail=f"state.json was damaged during the trial of {cur}: {sm.damaged}",
+    )
+    sm.damaged = None
+
+
 def recover(cfg: Config, store: ModelStore, sm: StateMachine, count_boot: bool = True) -> None:
     """Resume or undo what a kill interrupted (see the module doc).
 
@@ -93,6 +139,9 @@ def recover(cfg: Config, store: ModelStore, sm: StateMachine, count_boot: bool =
     is not a start that could have crashed.
     """
     store.clean_staging()
+    if sm.damaged is not None:
+        _damaged_state(cfg, store, sm)
+        return
     r = sm.record
     if r.state in (State.DOWNLOADING, State.VERIFYING, State.STAGED):
         sm.transition(State.IDLE, reason="interrupted", detail=f"the agent restarted in {r.state}")

@@ -11,13 +11,16 @@ refuses with ``UpdateError(reason)``:
 3. ``wrong_model``: the manifest is for another model than the configured one.
 4. ``marked_bad``: this exact build (version + sha256) failed here before.
 5. ``version_rollback`` (older than the floor: a replayed old release) and
-   ``version_reused`` (the floor's version with another sha256). The floor is the highest
-   version this device ever accepted, persisted in ``<state_dir>/ota/floor.json``, and the
-   running model's version. ``up_to_date`` (not a refusal) when it is the running build.
+   ``version_reused`` (the floor's version with another sha256). The floor is the newest
+   version this device ever committed (``agent.ota.floor``, ``<state_dir>/ota/floor.json``),
+   and the running model's version. ``floor_unreadable`` when the floor file is damaged (fail
+   closed). ``up_to_date`` (not a refusal) when it is the running build.
 6. ``not_targeted``: the announcement's groups / rollout percentage leave this device out.
 7. ``agent_too_old`` / ``incompatible_*`` (``agent.ota.compat``), ``too_large``.
 
-``Decider.accept`` raises the floor (before the download starts, as TUF does).
+``Decider.commit`` raises the floor once a version is committed (after its smoke test and
+health window), never when an offer is merely accepted: a signed build that cannot be
+downloaded or fails leaves the floor where it was.
 """
 
 from __future__ import annotations
@@ -27,16 +30,21 @@ import binascii
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import IO
 
 import agent
 from agent.config import Config
 from agent.errors import PackageError, SignatureError, UpdateError
 from agent.ota.compat import check_compatible
-from agent.ota.files import atomic_write_json, read_json
+from agent.ota.floor import VersionFloor
 from agent.ota.store import ModelStore
 from agent.release.manifest import Announcement, Manifest, Targets, Version, parse_manifest
-from agent.release.package import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, read_package
+from agent.release.package import (
+    MAX_MANIFEST_BYTES,
+    MAX_MODEL_BYTES,
+    read_package,
+    read_package_head,
+)
 from agent.release.signing import PublicKey, verify
 
 log = logging.getLogger(__name__)
@@ -57,7 +65,10 @@ class Offer:
     url: str | None = None
     """Where the model is downloaded from (announcements)."""
     content: bytes | None = None
-    """The model bytes, when the offer carries them (a dropped-in package)."""
+    """The model bytes, when the offer carries them already read."""
+    package: IO[bytes] | None = None
+    """An opened package file (a drop-in) whose model entry is inflated only after the
+    signature over its manifest verified (``agent.release.package.read_model_entry``)."""
     targets: Targets | None = None
     """Who the offer is for; None for a local drop-in (an operator's deliberate act)."""
 
@@ -117,6 +128,25 @@ def offer_from_announcement(payload: bytes, channel: str, model: str) -> Offer:
     )
 
 
+def offer_from_file(name: str, f: IO[bytes]) -> Offer:
+    """An offer from an opened package file: only the manifest and signature are read now.
+
+    The model entry stays compressed in the file until the updater reads it with a cap, after
+    ``Decider.decide`` verified the signature (a zip bomb is never inflated unsigned).
+    """
+    try:
+        head = read_package_head(f)
+    except PackageError as exc:
+        raise UpdateError(exc.reason, f"{name}: {exc.detail}") from exc
+    return Offer(
+        source=f"incoming:{name}",
+        manifest_bytes=head.manifest_bytes,
+        signature=head.signature.raw() if head.signature is not None else None,
+        key_id=head.key_id,
+        package=f,
+    )
+
+
 def offer_from_package(name: str, data: bytes) -> Offer:
     """An offer from a package file's bytes (read once: these bytes are what is checked)."""
     try:
@@ -150,29 +180,6 @@ def check_signature(
             log.warning("accepting an %s manifest: ota.allow_unsigned is on", exc.reason)
             return None
         raise UpdateError(exc.reason, exc.detail) from exc
-
-
-class VersionFloor:
-    """The highest version (and its sha256) this device ever accepted, per model, on disk."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def get(self, model: str) -> tuple[str, str] | None:
-        obj = read_json(self.path)
-        entry = obj.get(model) if isinstance(obj, dict) else None
-        if not isinstance(entry, dict):
-            return None
-        return str(entry["version"]), str(entry["sha256"])
-
-    def raise_to(self, model: str, version: str, sha256: str) -> None:
-        cur = self.get(model)
-        if cur is not None and Version.parse(cur[0]) > Version.parse(version):
-            return
-        obj = read_json(self.path)
-        data = obj if isinstance(obj, dict) else {}
-        data[model] = {"version": version, "sha256": sha256}
-        atomic_write_json(self.path, data)
 
 
 def _parse_version(text: str) -> Version | None:
@@ -262,6 +269,6 @@ class Decider:
                     f"this one has {sha[:12]}",
                 )
 
-    def accept(self, accepted: Accepted) -> None:
-        """Raise the floor to the accepted version: older releases are refused from now on."""
-        self.floor.raise_to(accepted.manifest.name, accepted.version, accepted.sha256)
+    def commit(self, model: str, version: str, sha256: str) -> None:
+        """Raise the floor to a committed version: older releases are refused from now on."""
+        self.floor.raise_to(model, version, sha256)

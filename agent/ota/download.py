@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -238,6 +238,68 @@ class HttpFetcher:
                     f"{url}: the server sends more than the {size} bytes announced",
                     part,
                 )
+
+
+def stream_url(
+    url: str,
+    *,
+    deadline: float,
+    socket_timeout_s: float = 15.0,
+    bandwidth_bps: float | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[bytes]:
+    """The body of ``url`` in chunks, inside one deadline and under the bandwidth cap (for
+    small files such as TUF metadata: the caller caps the length). ``UpdateError`` reasons:
+    ``bad_url``, ``not_found`` (HTTP 403/404, a missing ``file://``), ``download_failed``,
+    ``download_timeout``, ``cancelled``."""
+    stop = stop or threading.Event()
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https", "file"):
+        raise UpdateError("bad_url", f"{url!r}: only http(s):// and file:// are supported")
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise UpdateError("download_timeout", f"{url}: no time left")
+    stream: io.BufferedIOBase
+    if scheme == "file":
+        path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError as exc:
+            raise UpdateError("not_found", f"{url}: no such file") from exc
+        except OSError as exc:
+            raise UpdateError("download_failed", f"{url}: {exc.strerror or exc}") from exc
+    else:
+        headers = {"User-Agent": f"edge-agent/{agent.__version__}", "Accept-Encoding": "identity"}
+        req = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
+        try:
+            stream = urllib.request.urlopen(req, timeout=min(socket_timeout_s, remaining))  # noqa: S310
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            reason = "not_found" if exc.code in (403, 404) else "download_failed"
+            raise UpdateError(reason, f"{url}: HTTP {exc.code} {exc.reason}") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise UpdateError(
+                "download_failed", f"{url}: cannot connect: {getattr(exc, 'reason', exc)!r}"
+            ) from exc
+    bucket = TokenBucket(bandwidth_bps) if bandwidth_bps else None
+    with stream:
+        while True:
+            if stop.is_set():
+                raise UpdateError("cancelled", "the agent is stopping")
+            if time.monotonic() > deadline:
+                raise UpdateError("download_timeout", f"{url}: the deadline passed")
+            n = (
+                CHUNK
+                if bucket is None
+                else bucket.take(max(1024, min(CHUNK, int(bucket.burst))), stop)
+            )
+            try:
+                buf = stream.read1(n)
+            except (OSError, http.client.HTTPException) as exc:
+                raise UpdateError("download_failed", f"{url}: transfer broke: {exc!r}") from exc
+            if not buf:
+                return
+            yield buf
 
 
 def _prepare(part: Path, size: int) -> None:

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 from agent.delivery.mqtt import OutgoingMessage
 from agent.ota.state import Record, State
-from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal
+from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal, TufStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ _PHASE: dict[State, Phase] = {
     State.DOWNLOADING: "downloading",
     State.VERIFYING: "verifying",
     State.STAGED: "staged",
+    State.SHADOW: "shadow",
     State.ACTIVATING: "staged",
     State.TRIAL: "active",
     State.ACTIVE: "active",
@@ -58,6 +59,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._last: OtaStateV1 | None = None
         self._refusal: Refusal | None = None
+        self._tuf: TufStatus | None = None
         self._progress_at = 0.0
         link.add_connect_listener(self.republish)
 
@@ -105,6 +107,7 @@ class Reporter:
                 else None,
                 health=health,
                 refusal=self._refusal,
+                tuf=self._tuf,
                 ts=time.time(),
             )
             self._last = msg
@@ -142,6 +145,17 @@ class Reporter:
             if last is None:
                 return
             msg = last.model_copy(update={"refusal": self._refusal, "ts": time.time()})
+            self._last = msg
+        self._send(msg)
+
+    def tuf(self, status: TufStatus) -> None:
+        """Record the TUF metadata's state (sent with the next report and republished now)."""
+        with self._lock:
+            self._tuf = status
+            last = self._last
+            if last is None:
+                return
+            msg = last.model_copy(update={"tuf": status, "ts": time.time()})
             self._last = msg
         self._send(msg)
 

@@ -4,8 +4,9 @@
         │  an offer is accepted
         ▼
     downloading ──▶ verifying ──▶ staged ──▶ activating ──▶ trial ──▶ active
-        │               │            │            │            │
-        └───────────────┴────────────┴────────────┴──▶ failed  └──▶ rolled_back
+        │               │            │  │         │            │
+        └───────────────┴────────────┴──┼─────────┴──▶ failed  └──▶ rolled_back
+                                        └──▶ shadow (resting: runs beside the active model)
 
 Every transition is checked against ``ALLOWED`` and written to ``state.json`` before the step
 it announces starts (temp file, fsync, rename, fsync the directory), so after a kill at any
@@ -21,6 +22,7 @@ point and blocks there, so a test can ``kill -9`` the agent at exactly that step
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import UpdateError
-from agent.ota.files import atomic_write, atomic_write_json, read_json
+from agent.ota.files import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class State(StrEnum):
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     STAGED = "staged"
+    SHADOW = "shadow"
+    """Resting: the staged version runs as a shadow beside the active one (targets.shadow)."""
     ACTIVATING = "activating"
     TRIAL = "trial"
     ACTIVE = "active"
@@ -54,7 +58,7 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-RESTING = frozenset({State.IDLE, State.ACTIVE, State.ROLLED_BACK, State.FAILED})
+RESTING = frozenset({State.IDLE, State.ACTIVE, State.ROLLED_BACK, State.FAILED, State.SHADOW})
 """Nothing in progress: a new attempt may start from here."""
 
 _START = frozenset({State.DOWNLOADING, State.VERIFYING, State.ROLLED_BACK})
@@ -66,9 +70,10 @@ ALLOWED: Mapping[State, frozenset[State]] = {
     State.ACTIVE: _START,
     State.ROLLED_BACK: _START,
     State.FAILED: _START,
+    State.SHADOW: _START,
     State.DOWNLOADING: frozenset({State.VERIFYING, State.FAILED, State.IDLE}),
     State.VERIFYING: frozenset({State.STAGED, State.FAILED, State.IDLE}),
-    State.STAGED: frozenset({State.ACTIVATING, State.FAILED, State.IDLE}),
+    State.STAGED: frozenset({State.ACTIVATING, State.SHADOW, State.FAILED, State.IDLE}),
     State.ACTIVATING: frozenset({State.TRIAL, State.FAILED, State.IDLE, State.ROLLED_BACK}),
     State.TRIAL: frozenset({State.TRIAL, State.ACTIVE, State.ROLLED_BACK}),
 }
@@ -118,16 +123,25 @@ class StateMachine:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.damaged: str | None = None
+        """Why ``state.json`` could not be read (it exists but is garbage), else None.
+        ``agent.ota.boot.recover`` decides what that means (a trial's damage is a failed trial)."""
         self._record = self._load()
 
     def _load(self) -> Record:
-        obj = read_json(self.path)
-        if obj is None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return Record()
+        except OSError as exc:
+            self.damaged = f"cannot read {self.path}: {exc}"
+            log.error("OTA state file: %s", self.damaged)
             return Record()
         try:
-            return Record.from_json(obj)
+            return Record.from_json(json.loads(raw))
         except (ValueError, TypeError) as exc:
-            log.error("OTA state file %s is not valid (%s): starting from idle", self.path, exc)
+            self.damaged = f"{self.path} is not a valid state file: {exc}"
+            log.error("OTA state file: %s", self.damaged)
             return Record()
 
     @property

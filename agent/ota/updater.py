@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import hashlib
+import io
 import json
 import logging
 import threading
 import time
+import zipfile
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from agent.clock import ClockStatus
 from agent.config import Config
 from agent.delivery.mqtt import OutgoingMessage
 from agent.errors import EdgeAgentError, PackageError, UpdateError
@@ -33,22 +38,40 @@ from agent.metrics import Metrics
 from agent.model.active import ActiveModel
 from agent.model.loading import load_active_model
 from agent.model.runtime import Model
+from agent.ota import tufclient
 from agent.ota.boot import load_installed, recover
-from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, VersionFloor
+from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, offer_from_file
 from agent.ota.download import DownloadSettings, Fetcher, HttpFetcher
+from agent.ota.floor import VersionFloor
 from agent.ota.health import CHECK_INTERVAL_S, HealthWatch
-from agent.ota.intake import Intake, Job
+from agent.ota.intake import Intake, Job, open_regular
 from agent.ota.layout import OtaPaths
 from agent.ota.report import Reporter
 from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
-from agent.release.package import SignatureFile, check_artifact
+from agent.ota.tufclient import TufTarget
+from agent.release.manifest import Version
+from agent.release.package import (
+    BUNDLE_SUFFIX,
+    SignatureFile,
+    check_artifact,
+    read_model_entry,
+)
 from agent.release.signing import load_trusted_keys
-from agent.wire.ota import MARKED_BAD_REASONS
+from agent.wire.ota import MARKED_BAD_REASONS, TufStatus
 from agent.wire.topics import INSTALL, Topics
 
+if TYPE_CHECKING:
+    from agent.pipeline.shadow import ShadowRunner
+
 log = logging.getLogger(__name__)
+
+CLOCK_RETRY_S = 30.0
+"""How often a network offer waiting for a trustworthy clock is looked at again."""
+
+TUF_MIN_INTERVAL_S = 5.0
+"""Hints (announcements) closer together than this are coalesced into one TUF check."""
 
 MARK_BAD = MARKED_BAD_REASONS
 """Failures that will not change on another try: the build is marked bad."""
@@ -74,6 +97,11 @@ class SwappablePipeline(Protocol):
 
     def swap_model(self, active: ActiveModel) -> None: ...
 
+    def set_shadow(self, candidate: ActiveModel | None) -> None: ...
+
+    @property
+    def shadow(self) -> ShadowRunner | None: ...
+
 
 def _awaiting(pipeline: SwappablePipeline) -> bool:
     """No model runs yet (``agent.app.provisioning.AwaitingModel``): provisioning over OTA."""
@@ -92,6 +120,12 @@ def _claimed(offer: Offer | None) -> tuple[str | None, str | None]:
     except (ValueError, AttributeError):
         return None, None
     return (v if isinstance(v, str) else None), (sha if isinstance(sha, str) else None)
+
+
+def _close(offer: Offer | None) -> None:
+    """Close a dropped-in package file the offer holds open."""
+    if offer is not None and offer.package is not None:
+        offer.package.close()
 
 
 def _probe(model: Model) -> Callable[[], float] | None:
@@ -155,6 +189,11 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._watch: HealthWatch | None = None
         self._previous_active: ActiveModel | None = None
+        self._clock = ClockStatus(self._paths.state_dir)
+        self._tuf = ota.tuf_url is not None
+        self._tuf_next = 0.0  # monotonic time of the next timed TUF refresh (0: at start)
+        self._tuf_last = -TUF_MIN_INTERVAL_S
+        self._tuf_targets: dict[str, TufTarget] = {}  # offer source -> what TUF vouched for
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -207,6 +246,10 @@ class Updater:
                         break
                     self._check_trial()
                     continue
+                if self._tuf and time.monotonic() >= self._tuf_next:
+                    self._tuf_next = time.monotonic() + self.cfg.ota.tuf_refresh_s
+                    for c in self.cfg.ota.channels:
+                        self._intake.hint(c)
                 job, wait_s = self._intake.next()
                 if job is None:
                     self._intake.wake.wait(wait_s)
@@ -230,7 +273,19 @@ class Updater:
                     reason=r.reason or "interrupted",
                     detail=r.detail or "the trial version is not the one running",
                 )
+        elif r.state is State.ACTIVE and self._store.current() == r.version:
+            self._commit_floor()  # a kill between the commit and the floor write
         self._report()
+
+    def _commit_floor(self) -> None:
+        """Raise the floor to the committed version (the only place it rises; idempotent)."""
+        r = self._sm.record
+        if r.state is not State.ACTIVE or r.version is None or r.sha256 is None:
+            return
+        try:
+            self._decider.commit(self.cfg.model.name, r.version, r.sha256)
+        except UpdateError as exc:
+            log.error("cannot raise the version floor to %s: %s", r.version, exc)
 
     def _running(self) -> Running:
         a = self.pipeline.active
@@ -264,14 +319,32 @@ class Updater:
     def _handle(self, job: Job) -> None:
         offer: Offer | None = None
         try:
-            offer = self._intake.offer(job)
+            if job.path is None:
+                self._check_clock(job)
+            if self._tuf and job.path is None:
+                if time.monotonic() - self._tuf_last < TUF_MIN_INTERVAL_S:
+                    self._intake.later(job, TUF_MIN_INTERVAL_S)  # hints are coalesced
+                    return
+                offer = self._tuf_offer(job)
+            elif job.path is not None and job.path.name.endswith(BUNDLE_SUFFIX):
+                offer = self._bundle_offer(job)
+            elif job.path is not None and self._tuf:
+                raise UpdateError(
+                    "tuf_required",
+                    f"{job.path.name}: with ota.tuf_url set, drop in an offline TUF bundle "
+                    f"(*{BUNDLE_SUFFIX}, edge-convert tuf bundle), not a bare package",
+                )
+            else:
+                offer = self._intake.offer(job)
             accepted = self._decider.decide(offer, self._running())
+            self._check_tuf_target(accepted)
         except FileNotFoundError:
             return  # a dropped-in file that is gone already
         except OSError as exc:
             self._refused(None, None, UpdateError("unreadable", f"{job.key}: {exc}"), job.source)
             return
         except UpdateError as exc:
+            _close(offer)
             if exc.reason in NOT_A_REFUSAL:
                 log.info("offer from %s: %s", job.source, exc.detail)
             elif exc.reason == "malformed" and self._intake.settle(job):
@@ -280,8 +353,125 @@ class Updater:
                 self._refused(*_claimed(offer), exc, job.source)
             self._intake.done(job, exc.reason)
             return
-        self._decider.accept(accepted)
-        self._intake.done(job, self._apply(accepted))
+        if self._shadowing(accepted):
+            _close(offer)
+            self._intake.done(job, "up_to_date")
+            return
+        try:
+            outcome = self._apply(accepted)
+        finally:
+            _close(offer)
+        self._intake.done(job, outcome)
+
+    # ---------------------------------------------------------------- TUF
+
+    def _check_clock(self, job: Job) -> None:
+        """Network updates wait while the clock is known to be wrong (agent.clock): expiry
+        checks on it would refuse good metadata or let a freeze through. Drop-ins do not wait
+        (an offline device may never synchronise)."""
+        ok, why = self._clock.ok()
+        if ok:
+            return
+        self._intake.later(job, CLOCK_RETRY_S)
+        raise UpdateError("clock_untrusted", f"{why}: updates wait")
+
+    def _tuf_offer(self, job: Job) -> Offer:
+        """Refresh the TUF metadata (child process) and fetch the target it vouches for.
+
+        The announcement that woke us is only a hint: nothing in it is used. Raises
+        ``UpdateError`` with TUF's refusal reason (``metadata_expired``, ...), a download
+        reason (the target's length and sha256 are TUF's), or ``up_to_date``.
+        """
+        assert job.channel is not None
+        self._tuf_last = time.monotonic()
+        try:
+            res = tufclient.refresh(self.cfg, job.channel)
+        except UpdateError as exc:
+            if exc.reason == "metadata_expired":
+                self.metrics.inc("ota_metadata_expired")
+            old = self._reporter.last.tuf if self._reporter.last is not None else None
+            self._reporter.tuf(
+                TufStatus(
+                    expires=old.expires if old else None,
+                    expired=exc.reason == "metadata_expired",
+                    root_version=old.root_version if old else None,
+                    checked_at=time.time(),
+                )
+            )
+            raise
+        if res.signed_at is not None:
+            self._clock.floor.raise_to(res.signed_at)
+        self._reporter.tuf(
+            TufStatus(
+                expires=res.expires,
+                expired=False,
+                root_version=res.root_version,
+                checked_at=time.time(),
+            )
+        )
+        t = res.target
+        running = self.pipeline.active.version
+        if t is None:
+            raise UpdateError("up_to_date", f"no TUF target for this device on {job.channel}")
+        with contextlib.suppress(ValueError):
+            if not _awaiting(self.pipeline) and Version.parse(t.version) <= Version.parse(running):
+                raise UpdateError("up_to_date", f"TUF's newest is {t.version}; {running} runs")
+        part = self._paths.part(t.sha256)
+        data = self._fetcher.fetch(t.url, t.length, t.sha256, part, stop=self._stop)
+        part.unlink(missing_ok=True)
+        offer = offer_from_file(t.path.rsplit("/", 1)[-1], io.BytesIO(data))
+        source = f"tuf:{job.channel}"
+        self._tuf_targets[source] = t
+        return dataclasses.replace(offer, source=source, targets=t.targets)
+
+    def _bundle_offer(self, job: Job) -> Offer:
+        """An offline TUF bundle: its metadata verified against the trusted root (the child,
+        reading the zip instead of the network), then its package read with TUF's length and
+        sha256 as the bounds."""
+        assert job.path is not None
+        if not self._tuf:
+            raise UpdateError("no_trusted_root", "a TUF bundle needs ota.tuf_url and its root")
+        open_regular(job.path).close()  # a regular file of bounded size, or refused
+        res = tufclient.refresh(self.cfg, self.cfg.ota.channels[0], bundle=job.path)
+        t = res.target
+        if t is None:
+            raise UpdateError("no_target", f"{job.path.name} carries no target for this model")
+        with zipfile.ZipFile(job.path) as zf, zf.open(t.url) as f:
+            data = f.read(t.length + 1)
+        if len(data) != t.length or hashlib.sha256(data).hexdigest() != t.sha256:
+            raise UpdateError(
+                "hash_mismatch", f"{job.path.name}: {t.path} is not the target TUF names"
+            )
+        offer = offer_from_file(t.path.rsplit("/", 1)[-1], io.BytesIO(data))
+        source = f"incoming:{job.path.name}"
+        self._tuf_targets[source] = t
+        return dataclasses.replace(offer, source=source)
+
+    def _check_tuf_target(self, acc: Accepted) -> None:
+        """The package must be what TUF's custom metadata says it is (no mix-and-match)."""
+        t = self._tuf_targets.pop(acc.offer.source, None)
+        if t is None:
+            return
+        m = acc.manifest
+        if (m.name, m.version) != (self.cfg.model.name, t.version):
+            raise UpdateError(
+                "target_mismatch",
+                f"TUF target {t.path} is {self.cfg.model.name} {t.version}, the package inside "
+                f"is {m.name} {m.version}",
+            )
+
+    def _shadowing(self, acc: Accepted) -> bool:
+        """The offer is a shadow of the build shadowed now (a retained announcement delivered
+        again on reconnect): keep it running, with its counts."""
+        targets = acc.offer.targets
+        current = self.pipeline.shadow
+        if targets is None or not targets.shadow or current is None:
+            return False
+        cand = current.candidate
+        if (cand.version, cand.sha256) != (acc.version, acc.sha256):
+            return False
+        log.info("%s runs as a shadow already", acc.version)
+        return True
 
     def _refused(
         self, version: str | None, sha256: str | None, exc: UpdateError, source: str
@@ -314,7 +504,10 @@ class Updater:
             self._store.stage(m, acc.offer.manifest_bytes, signature, content)
             self._paths.part(acc.sha256).unlink(missing_ok=True)
             self._transition(State.STAGED)
-            self._activate(acc, smoke)
+            if acc.offer.targets is not None and acc.offer.targets.shadow:
+                self._shadow(acc, smoke)
+            else:
+                self._activate(acc, smoke)
         except UpdateError as exc:
             if exc.reason == "cancelled":
                 log.info("update to %s interrupted: the agent is stopping", m.version)
@@ -326,6 +519,12 @@ class Updater:
     def _obtain(self, acc: Accepted, fields: dict[str, Any]) -> bytes:
         """The verified model bytes: carried by the offer, already staged, or downloaded."""
         m = acc.manifest
+        if acc.offer.package is not None:  # the signature verified: now inflate, capped
+            self._transition(State.VERIFYING, **fields)
+            try:
+                return read_model_entry(acc.offer.package, m)
+            except PackageError as exc:
+                raise UpdateError(exc.reason, exc.detail) from exc
         if acc.offer.content is not None:
             self._transition(State.VERIFYING, **fields)
             try:
@@ -368,6 +567,7 @@ class Updater:
     def _activate(self, acc: Accepted, smoke: SmokeResult) -> None:
         m = acc.manifest
         old = self.pipeline.active
+        self.pipeline.set_shadow(None)  # a new active model ends any shadow
         self._transition(State.ACTIVATING, baseline_latency_s=smoke.running_latency_s)
         new = ActiveModel(
             model=smoke.model,
@@ -386,9 +586,31 @@ class Updater:
         except UpdateError:  # the disk still names the old model: so must the pipeline
             self.pipeline.swap_model(old)
             raise
+        self._pause("swapped")  # test hook: `current` swapped, the trial not yet written
         self._previous_active = old
         self._transition(State.TRIAL, boots=0, trial_started=time.time())
         self._start_watch(smoke.model, smoke.running_latency_s)
+
+    def _shadow(self, acc: Accepted, smoke: SmokeResult) -> None:
+        """Run the staged version beside the active one (targets.shadow): it serves nothing;
+        a later announcement of the same version without the flag activates it from the store."""
+        m = acc.manifest
+        if not self.cfg.shadow.enabled:
+            raise UpdateError("shadow_disabled", f"{m.version}: shadow.enabled = false here")
+        candidate = ActiveModel(
+            model=smoke.model,
+            name=m.name,
+            version=m.version,
+            labels=list(m.labels) or self.cfg.postprocess_labels(),
+            sha256=acc.sha256,
+            reference=m.reference,
+        )
+        try:
+            self.pipeline.set_shadow(candidate)
+        except EdgeAgentError as exc:
+            raise UpdateError("incompatible_pipeline", f"{m.version}: {exc}") from exc
+        self._transition(State.SHADOW, detail=f"shadowing {self.pipeline.active.version}")
+        log.info("%s runs as a shadow beside %s", m.version, self.pipeline.active.version)
 
     def _fail(self, acc: Accepted, exc: UpdateError) -> None:
         log.error("update to %s failed: %s", acc.version, exc)
@@ -417,6 +639,7 @@ class Updater:
         self._watch = None
         if verdict.status == "passed":
             self._sm.transition(State.ACTIVE, boots=0, detail=verdict.detail)
+            self._commit_floor()
             self._previous_active = None
             self._store.prune(self.cfg.ota.keep_versions)
             self.metrics.inc("ota_updates")

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config, MqttSource
 from agent.delivery.publisher import PredictionRecord, Publisher
@@ -55,6 +55,11 @@ from agent.model.runtime import Array, Model
 from agent.pipeline.ondemand import OnDemandRunner
 from agent.pipeline.streams import PerStream, stream_models
 from agent.wire.topics import Topics
+
+if TYPE_CHECKING:  # imported when used: a device without drift or shadows does not pay for them
+    from agent.pipeline.drift import DriftMonitor
+    from agent.pipeline.shadow import ShadowRunner
+    from agent.wire.fieldcheck import DriftAlertV1
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +88,20 @@ class _Stages:
     """A stateful model's interpreter per stream; None: every stream runs on ``active.model``."""
     hop: int = 1
     """Samples between window starts: window k of a stream starts at sample k * hop."""
+    drift: DriftMonitor | None = None
+    """The model's drift monitor (agent/pipeline/drift.py) when its package has a reference."""
 
 
 _Item = tuple[_Stages, Windows, str]
 """What the ingest queue carries: the stages a source encoded for, the windows, the stream."""
 
 
-def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
+def build_stages(
+    cfg: Config,
+    active: ActiveModel,
+    topics: Topics,
+    on_drift: Callable[[DriftAlertV1], None] | None = None,
+) -> _Stages:
     """Validate ``active`` against the configured pipeline (ShapeMismatch if it does not fit)."""
     model = active.model
     if len(model.inputs) != 1:
@@ -125,7 +137,21 @@ def build_stages(cfg: Config, active: ActiveModel, topics: Topics) -> _Stages:
         window=encoder.decode if reads_input and encoder.quantized else None,
         models=models,
         hop=cfg.window.hop,
+        drift=_drift_monitor(cfg, active, encoder, on_drift),
     )
+
+
+def _drift_monitor(
+    cfg: Config,
+    active: ActiveModel,
+    encoder: Encoder,
+    on_drift: Callable[[DriftAlertV1], None] | None,
+) -> DriftMonitor | None:
+    if active.reference is None or not cfg.drift.enabled:
+        return None
+    from agent.pipeline.drift import drift_monitor
+
+    return drift_monitor(cfg, active, encoder, on_drift)
 
 
 class Pipeline:
@@ -142,7 +168,9 @@ class Pipeline:
         self.metrics = metrics
         self._topics = topics
         self._publisher = publisher
-        self._stages = build_stages(cfg, active, topics)
+        self.on_drift: Callable[[DriftAlertV1], None] | None = None  # set by agent.observe
+        self._stages = build_stages(cfg, active, topics, self._drift_changed)
+        self.shadow: ShadowRunner | None = None
         self._swap_lock = threading.Lock()
         self._ingest: queue.Queue[_Item | _Eof] = queue.Queue(
             maxsize=max(s.max_queue for s in cfg.sources)
@@ -192,11 +220,33 @@ class Pipeline:
     def swap_model(self, active: ActiveModel) -> None:
         """Validate ``active`` now and switch to it: windows read from now on are encoded for
         and run on it; those already queued finish on the old model."""
-        stages = build_stages(self.cfg, active, self._topics)
+        stages = build_stages(self.cfg, active, self._topics, self._drift_changed)
         with self._swap_lock:
             old, self._stages = self._stages.active, stages
         self.metrics.set("model_version", active.version)
         log.info("model %s: switched %s -> %s", active.name, old.version, active.version)
+
+    @property
+    def drift(self) -> DriftMonitor | None:
+        return self._stages.drift
+
+    def _drift_changed(self, alert: DriftAlertV1) -> None:
+        if self.on_drift is not None:
+            self.on_drift(alert)
+
+    def set_shadow(self, candidate: ActiveModel | None) -> None:
+        """Run ``candidate`` as a shadow from now on (None: stop shadowing); ShapeMismatch
+        when it does not fit the pipeline (agent/pipeline/shadow.py)."""
+        runner = None
+        if candidate is not None:
+            from agent.pipeline.shadow import ShadowRunner
+
+            runner = ShadowRunner(self.cfg, candidate, lambda: self.metrics.latency("invoke"))
+            runner.start()
+        old, self.shadow = self.shadow, runner
+        if old is not None:
+            old.stop()
+        self.metrics.set("shadow_version", candidate.version if candidate else "")
 
     def stop(self, timeout: float) -> None:
         """Stop the sources, finish the windows already read, hand everything to the publisher."""
@@ -207,6 +257,8 @@ class Pipeline:
         self._ingest.put(_EOF)
         if self._infer_thread is not None:
             self._infer_thread.join(max(0.0, deadline - time.monotonic()))
+        if self.shadow is not None:
+            self.shadow.stop(max(0.0, deadline - time.monotonic()))
 
     @property
     def heartbeat(self) -> float:
@@ -368,6 +420,8 @@ class Pipeline:
         out: list[PredictionRecord] = []
         latencies: list[float] = []
         out_due = 0.0
+        shadow = self.shadow  # drift and shadow see each window's outputs, once per group
+        kept: list[list[Array] | None] = [None] * n if st.drift or shadow else []
         try:
             for i in range(n):
                 x = x_all[i].reshape(shape)
@@ -376,6 +430,8 @@ class Pipeline:
                 try:
                     outs = run(x)
                     latency = clock() - t0
+                    if kept:
+                        kept[i] = outs
                     result = post(outs, x if window is None else window(x), stream, sample)
                 except InferenceError as exc:
                     self.metrics.inc("inference_errors", reason=exc.reason)
@@ -408,3 +464,8 @@ class Pipeline:
             self.metrics.observe_many("invoke", latencies)
         if out:
             submit(out, inline=inline)
+        if kept:
+            if st.drift is not None:
+                st.drift.observe(windows.data, kept)
+            if shadow is not None:
+                shadow.offer(st.encoder, windows, stream, kept)

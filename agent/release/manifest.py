@@ -40,6 +40,7 @@ from pydantic import (
 
 from agent.config import PreprocessSection, WindowSection, check_topic_id
 from agent.errors import PackageError
+from agent.release.reference import Reference
 
 MANIFEST_SCHEMA_VERSION = 1
 ANNOUNCEMENT_SCHEMA_VERSION = 1
@@ -522,7 +523,7 @@ class BuildInfo(_Schema):
 class Manifest(_Additive):
     """Everything a device needs to know about one model version, signed as a whole."""
 
-    _added: ClassVar[frozenset[str]] = frozenset({"layout"})
+    _added: ClassVar[frozenset[str]] = frozenset({"layout", "reference"})
 
     schema_version: Literal[1] = Field(default=1, description="Version of this manifest's schema.")
     name: TopicId = Field(description="Model name: the OTA topic part and store directory.")
@@ -555,6 +556,11 @@ class Manifest(_Additive):
         description="The converter's verification report (null for package-only builds).",
     )
     golden: list[GoldenSample] = Field(min_length=1, description="Smoke-test samples.")
+    reference: Reference | None = Field(
+        default=None,
+        description="Reference statistics of the calibration/validation data (drift "
+        "monitoring; null: none computed). Omitted from the JSON when null.",
+    )
 
     @model_validator(mode="after")
     def _utc(self) -> Manifest:
@@ -607,7 +613,7 @@ def utc_now() -> datetime:
 # --------------------------------------------------------------------------- announcement
 
 
-class Targets(_Schema):
+class Targets(_Additive):
     """Which devices an announcement is for."""
 
     groups: list[TopicId] = Field(
@@ -621,9 +627,25 @@ class Targets(_Schema):
         "id, model, version) < percent.",
     )
 
+    devices: list[TopicId] | None = Field(
+        default=None,
+        description="Device ids; null means any device (of the groups). `edge-fleet promote "
+        "--min-agreement` names the devices whose shadow reports passed.",
+    )
+    shadow: bool | None = Field(
+        default=None,
+        description="true: install as a shadow: verify and smoke-test, then run beside the "
+        "active model on the same windows without publishing its predictions "
+        "(docs/shadow-and-drift.md); null: install as usual.",
+    )
+
+    _added: ClassVar[frozenset[str]] = frozenset({"devices", "shadow"})
+
     def includes(self, device_id: str, groups: list[str], model: str, version: str) -> bool:
         """Whether a device (with its groups) is targeted by this announcement."""
         if self.groups and not set(self.groups) & set(groups):
+            return False
+        if self.devices and device_id not in self.devices:
             return False
         return rollout_position(device_id, model, version) < self.percent
 

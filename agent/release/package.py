@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PACKAGE_SUFFIX = ".eapkg"
+BUNDLE_SUFFIX = ".eatuf"
+"""An offline TUF bundle: a zip of ``metadata/`` (the root chain, timestamp, snapshot,
+targets) and ``targets/<path>`` (the package), made by ``edge-convert tuf bundle``."""
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_MODEL_BYTES = 1024 * 1024 * 1024
@@ -154,50 +157,150 @@ def _read_up_to(f: IO[bytes], n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_package(source: Path | bytes, *, max_model_bytes: int = MAX_MODEL_BYTES) -> Package:
-    """Read a package from a path or its bytes; raise ``PackageError`` if it cannot be parsed.
+@dataclass(frozen=True)
+class PackageHead:
+    """A package's manifest and signature, read without inflating the model.
 
-    Hash, size and signature are *not* checked here: call ``verify_package``.
+    What a device checks *before* it inflates anything: the signature covers the manifest,
+    and the manifest declares the model's size and sha256, so once the signature verifies
+    the declared size is a trustworthy cap for ``read_model_entry``.
     """
-    where = str(source) if isinstance(source, Path) else "<package bytes>"
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    signature: SignatureFile | None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.signature.key_id if self.signature else None
+
+
+PackageSource = Path | bytes | IO[bytes]
+
+
+def _zip(source: PackageSource) -> zipfile.ZipFile:
+    if isinstance(source, bytes):
+        return zipfile.ZipFile(io.BytesIO(source))
+    return zipfile.ZipFile(source)
+
+
+def _where(source: PackageSource) -> str:
+    return str(source) if isinstance(source, Path) else "<package>"
+
+
+def _translate(where: str, exc: BaseException) -> PackageError:
+    if isinstance(exc, OSError):
+        return PackageError("malformed", f"{where}: cannot read: {exc}")
+    return PackageError("malformed", f"{where}: not a readable package zip: {exc}")
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError)
+
+
+def _head(zf: zipfile.ZipFile, where: str, max_model_bytes: int) -> PackageHead:
+    names = zf.namelist()
+    if len(names) != len(set(names)):
+        raise PackageError("malformed", f"{where}: duplicate entries in the zip")
+    unknown = sorted(set(names) - _ENTRIES)
+    if unknown:
+        raise PackageError("malformed", f"{where}: unexpected entries {unknown}")
+    for required in (MANIFEST_NAME, MODEL_FILENAME):
+        if required not in names:
+            raise PackageError("malformed", f"{where}: no {required} in the package")
+    manifest_bytes = _read_bounded(zf, MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+        raise PackageError(
+            "malformed", f"{where}: {MANIFEST_NAME} is over {MAX_MANIFEST_BYTES} bytes"
+        )
+    manifest = parse_manifest(manifest_bytes)
+    if manifest.artifact.size > max_model_bytes:
+        raise PackageError(
+            "malformed",
+            f"{where}: model declares {manifest.artifact.size} bytes, over the "
+            f"{max_model_bytes}-byte limit",
+        )
+    signature = None
+    if SIGNATURE_NAME in names:
+        sig_bytes = _read_bounded(zf, SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
+        if len(sig_bytes) > MAX_SIGNATURE_BYTES:
+            raise PackageError("malformed", f"{where}: {SIGNATURE_NAME} is too long")
+        signature = parse_signature(sig_bytes)
+    return PackageHead(manifest, manifest_bytes, signature)
+
+
+def read_package_head(
+    source: PackageSource, *, max_model_bytes: int = MAX_MODEL_BYTES
+) -> PackageHead:
+    """The manifest and signature of a package; the model entry is not inflated."""
+    where = _where(source)
     try:
-        with zipfile.ZipFile(source if isinstance(source, Path) else io.BytesIO(source)) as zf:
-            names = zf.namelist()
-            if len(names) != len(set(names)):
-                raise PackageError("malformed", f"{where}: duplicate entries in the zip")
-            unknown = sorted(set(names) - _ENTRIES)
-            if unknown:
-                raise PackageError("malformed", f"{where}: unexpected entries {unknown}")
-            for required in (MANIFEST_NAME, MODEL_FILENAME):
-                if required not in names:
-                    raise PackageError("malformed", f"{where}: no {required} in the package")
-            manifest_bytes = _read_bounded(zf, MANIFEST_NAME, MAX_MANIFEST_BYTES)
-            if len(manifest_bytes) > MAX_MANIFEST_BYTES:
-                raise PackageError(
-                    "malformed", f"{where}: {MANIFEST_NAME} is over {MAX_MANIFEST_BYTES} bytes"
-                )
-            manifest = parse_manifest(manifest_bytes)
-            if manifest.artifact.size > max_model_bytes:
-                raise PackageError(
-                    "malformed",
-                    f"{where}: model declares {manifest.artifact.size} bytes, over the "
-                    f"{max_model_bytes}-byte limit",
-                )
-            signature = None
-            if SIGNATURE_NAME in names:
-                sig_bytes = _read_bounded(zf, SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
-                if len(sig_bytes) > MAX_SIGNATURE_BYTES:
-                    raise PackageError("malformed", f"{where}: {SIGNATURE_NAME} is too long")
-                signature = parse_signature(sig_bytes)
-            # One byte past the declared size is enough to report a size mismatch.
-            model = _read_bounded(zf, MODEL_FILENAME, manifest.artifact.size)
+        with _zip(source) as zf:
+            return _head(zf, where, max_model_bytes)
     except PackageError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise PackageError("malformed", f"{where}: not a readable package zip: {exc}") from exc
-    except OSError as exc:
-        raise PackageError("malformed", f"{where}: cannot read: {exc}") from exc
-    return Package(manifest, manifest_bytes, model, signature)
+    except _ZIP_ERRORS as exc:
+        raise _translate(where, exc) from exc
+
+
+def read_model_entry(source: PackageSource, manifest: Manifest) -> bytes:
+    """The model entry, streamed with a cap: at most the declared size (plus one byte to
+    notice a longer entry) is ever inflated, and its sha256 is computed on the way.
+
+    Call it only once the manifest is trusted (its signature verified): the declared size is
+    then the signer's, not an attacker's. Raises ``size_mismatch`` / ``hash_mismatch``.
+    """
+    where = _where(source)
+    want = manifest.artifact
+    digest = hashlib.sha256()
+    chunks: list[bytes] = []
+    n = 0
+    try:
+        with _zip(source) as zf, zf.open(MODEL_FILENAME) as f:
+            while n <= want.size:
+                chunk = f.read(min(want.size + 1 - n, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                chunks.append(chunk)
+                n += len(chunk)
+    except _ZIP_ERRORS as exc:
+        raise _translate(where, exc) from exc
+    except KeyError as exc:
+        raise PackageError("malformed", f"{where}: no {MODEL_FILENAME} in the package") from exc
+    if n != want.size:
+        raise PackageError(
+            "size_mismatch",
+            f"{manifest.name} {manifest.version}: model is {n} bytes"
+            f"{' or more' if n > want.size else ''}, manifest says {want.size}",
+        )
+    got = digest.hexdigest()
+    if got != want.sha256:
+        raise PackageError(
+            "hash_mismatch",
+            f"{manifest.name} {manifest.version}: model sha256 {got}, manifest says {want.sha256}",
+        )
+    return b"".join(chunks)
+
+
+def read_package(source: PackageSource, *, max_model_bytes: int = MAX_MODEL_BYTES) -> Package:
+    """Read a package from a path, its bytes or an open file; ``PackageError`` if it cannot be
+    parsed. Hash, size and signature are *not* checked here: call ``verify_package``.
+
+    This inflates the model up to the size the (unverified) manifest declares: code that
+    takes packages from untrusted places reads ``read_package_head`` first, checks the
+    signature, and only then ``read_model_entry`` (as ``agent.ota`` does).
+    """
+    where = _where(source)
+    try:
+        with _zip(source) as zf:
+            head = _head(zf, where, max_model_bytes)
+            # One byte past the declared size is enough to report a size mismatch.
+            model = _read_bounded(zf, MODEL_FILENAME, head.manifest.artifact.size)
+    except PackageError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise _translate(where, exc) from exc
+    return Package(head.manifest, head.manifest_bytes, model, head.signature)
 
 
 def check_artifact(manifest: Manifest, data: bytes) -> None:

@@ -11,6 +11,12 @@ from agent.wire.detection import (
     DetectionHit,
     DetectionOutputs,
 )
+from agent.wire.fieldcheck import (
+    DriftAlertV1,
+    DriftScoreV1,
+    DriftV1,
+    ShadowReportV1,
+)
 from agent.wire.metrics import METRICS_SCHEMA, LatencyMs, MetricsV1, MqttStats, QueueStats, Rates
 from agent.wire.ota import DownloadProgress, OtaStateV1, Phase, Refusal
 from agent.wire.predictions import (
@@ -30,6 +36,9 @@ __all__ = [
     "DetectionHit",
     "DetectionOutputs",
     "DownloadProgress",
+    "DriftAlertV1",
+    "DriftScoreV1",
+    "DriftV1",
     "LatencyMs",
     "MetricsV1",
     "ModelRef",
@@ -41,6 +50,7 @@ __all__ = [
     "QueueStats",
     "Rates",
     "Refusal",
+    "ShadowReportV1",
     "Topics",
     "Wire",
     "prediction_dict",

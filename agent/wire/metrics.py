@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from agent.wire.base import Wire
+from agent.wire.fieldcheck import DriftV1
 from agent.wire.predictions import ModelRef
 
 METRICS_SCHEMA = 1
@@ -92,6 +93,12 @@ class MetricsV1(Wire):
     rates: Rates = Field(description="Throughput since the previous snapshot.")
     memory_rss_bytes: int | None = Field(None, ge=0, description="Resident memory (bytes).")
     cpu_temp_c: float | None = Field(None, description="CPU temperature, if the board has one.")
+    drift: DriftV1 | None = Field(
+        None, description="Drift scores (null: the model's package has no reference)."
+    )
+    shadow_agreement: float | None = Field(
+        None, description="Top-1 agreement of the shadowed candidate so far (null: none)."
+    )
     process: ProcessFacts | None = Field(None, description="CPU time, memory, file descriptors.")
     other: dict[str, int | dict[str, int]] = Field(
         default_factory=dict,

@@ -28,6 +28,7 @@ Phase = Literal[
     "downloading",
     "verifying",
     "staged",
+    "shadow",
     "active",
     "rolled_back",
     "failed",
@@ -50,6 +51,17 @@ class Refusal(Wire):
     detail: str = Field(description="Human-readable explanation.")
     source: str | None = Field(description="channel:<name> or incoming:<file>.")
     at: float = Field(description="When it was refused (epoch seconds).")
+
+
+class TufStatus(Wire):
+    expires: float | None = Field(
+        None, description="When the trusted TUF timestamp expires (epoch seconds)."
+    )
+    expired: bool = Field(
+        False, description="The last refresh found expired metadata: no update is taken."
+    )
+    root_version: int | None = Field(None, description="The trusted root's version.")
+    checked_at: float = Field(description="When the metadata was last refreshed (epoch s).")
 
 
 class OtaStateV1(Wire):
@@ -82,5 +94,8 @@ class OtaStateV1(Wire):
     )
     refusal: Refusal | None = Field(
         None, description="The most recent offer refused since the agent started."
+    )
+    tuf: TufStatus | None = Field(
+        None, description="The channel's TUF metadata (null without ota.tuf_url)."
     )
     ts: float = Field(description="When this report was made (epoch seconds).")

@@ -25,8 +25,16 @@ class PredictionV1(Wire):
     v: Literal[1] = Field(1, description="Payload schema version.")
     seq: int = Field(
         ge=0,
-        description="Per-device sequence number: +1 for every prediction, never reused, kept "
-        "across restarts. Subscribers de-duplicate on it and spot gaps.",
+        description="Per-device sequence number: +1 for every prediction, never reused, never "
+        "going backwards (a high-water mark outside the spool survives its loss). Subscribers "
+        "de-duplicate on it and spot gaps.",
+    )
+    boot: int = Field(
+        0,
+        ge=0,
+        description="The agent's boot counter: +1 at every start, kept outside the spool. A "
+        "resent message keeps its boot and seq, so (boot, seq) tells a restart from a duplicate. "
+        "0 (absent) from agents before it existed.",
     )
     device: str = Field(description="Device id.")
     model: ModelRef
@@ -39,6 +47,11 @@ class PredictionV1(Wire):
     )
     outputs: dict[str, Any] = Field(description="Postprocessed outputs (docs/payloads.md).")
     latency_ms: float = Field(description="Inference latency (preprocess + invoke), ms.")
+    clock_synced: bool = Field(
+        True,
+        description="false when the prediction was made before the system clock was "
+        "synchronised (systemd-timesyncd): its ts may be wrong. Absent (true) otherwise.",
+    )
 
 
 class PredictionBatchV1(Wire):
@@ -57,11 +70,13 @@ def prediction_dict(
     outputs: dict[str, Any],
     latency_ms: float,
     sample: int = 0,
+    boot: int = 0,
 ) -> dict[str, Any]:
     """The JSON object of ``PredictionV1``, built without a model instance."""
     return {
         "v": PREDICTION_SCHEMA,
         "seq": seq,
+        "boot": boot,
         "device": device,
         "model": {"name": model_name, "version": model_version},
         "stream": stream,

@@ -4,6 +4,8 @@
 <prefix>/<device>/prediction/<model>     predictions (wire.predictions.PredictionV1 / batch)
 <prefix>/<device>/metrics                retained periodic metrics (wire.metrics.MetricsV1)
 <prefix>/<device>/ota                    retained OTA state (wire.ota.OtaStateV1)
+<prefix>/<device>/drift                  retained drift alert (wire.fieldcheck.DriftAlertV1)
+<prefix>/<device>/shadow/<model>         retained shadow report (wire.fieldcheck.ShadowReportV1)
 <prefix>/<device>/ota/set                command: "install" tries the latest offer again
 <prefix>/<device>/set                    command: "restart" (Home Assistant's button)
 <prefix>/ota/<channel>/<model>           retained release announcements (release.Announcement)
@@ -58,6 +60,13 @@ class Topics:
         return f"{self.base}/ota"
 
     @property
+    def drift(self) -> str:
+        return f"{self.base}/drift"
+
+    def shadow(self, model: str) -> str:
+        return f"{self.base}/shadow/{check_topic_id(model, 'model name')}"
+
+    @property
     def ota_command(self) -> str:
         """``install``: take the latest announcement of every channel again (a retry)."""
         return f"{self.base}/ota/set"
@@ -96,8 +105,16 @@ class FleetTopics:
         return f"{self.prefix}/+/metrics"
 
     @property
+    def drift(self) -> str:
+        return f"{self.prefix}/+/drift"
+
+    @property
+    def shadow(self) -> str:
+        return f"{self.prefix}/+/shadow/+"
+
+    @property
     def filters(self) -> list[str]:
-        return [self.status, self.ota_state, self.metrics]
+        return [self.status, self.ota_state, self.metrics, self.drift, self.shadow]
 
     def split(self, topic: str) -> tuple[str, str] | None:
         """``(device, kind)`` of a topic these filters match (kind: status, ota, metrics)."""
@@ -105,6 +122,8 @@ class FleetTopics:
         if not topic.startswith(head):
             return None
         parts = topic[len(head) :].split("/")
+        if len(parts) == 3 and parts[1] == "shadow":
+            return parts[0], "shadow"
         if len(parts) != 2:
             return None
         return parts[0], parts[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,35 @@ def test_check_config_cli_prints_effective_config() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert '"host": "override.example"' in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("http", "warned"),
+    [
+        ({"enabled": True, "host": "0.0.0.0"}, True),
+        ({"enabled": True, "host": "::"}, True),
+        ({"enabled": True, "host": "pi.local"}, True),
+        ({"enabled": True, "host": "0.0.0.0", "token_file": "tok"}, False),
+        ({"enabled": True, "host": "127.0.0.1"}, False),
+        ({"enabled": True, "host": "::1"}, False),
+        ({"enabled": True, "host": "localhost"}, False),
+        ({"enabled": False, "host": "0.0.0.0"}, False),
+    ],
+)
+def test_check_config_warns_about_an_exposed_api_without_a_token(
+    tmp_path: Path, http: dict[str, object], warned: bool
+) -> None:
+    """Issue 13 finding 5: binding beyond loopback without a token is worth a warning."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in http.items()]
+    (tmp_path / "tok").write_text("s3cret-token\n")  # check-config reads the token file
+    f = tmp_path / "c.toml"
+    f.write_text("[http]\n" + "\n".join(lines) + "\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "--config", str(f)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert ("warning: http.host" in res.stderr) is warned, res.stderr

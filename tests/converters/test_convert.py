@@ -134,12 +134,17 @@ def test_unsupported_op_is_named(tmp_path: Path) -> None:
         convert_and_verify(tmp_path / "svd", BuildSettings(name="c", mode="float32"))
 
 
-def test_onnx_without_onnx2tf_names_the_extra(
+def test_onnx_goes_through_its_own_environment_and_names_what_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "onnx2tf", None)  # as if not installed
+    """The converter never imports onnx2tf: it makes (or reuses) the onnx2tf environment
+    (converters.onnxenv) and says what failed there. Here making it fails fast: the
+    interpreter that would make it does not exist."""
+    monkeypatch.setitem(sys.modules, "onnx2tf", None)  # importing it here would fail the test
+    monkeypatch.setenv("EDGE_CONVERT_ONNX_ENV", str(tmp_path / "onnxenv"))
+    monkeypatch.setenv("EDGE_CONVERT_ONNX_PYTHON", str(tmp_path / "no-such-python"))
     (tmp_path / "m.onnx").write_bytes(b"onnx")
-    with pytest.raises(ConversionError, match=r"pip install 'edge-agent\[onnx\]'"):
+    with pytest.raises(ConversionError, match=r"onnx2tf environment .*onnxenv.*venv"):
         convert_and_verify(tmp_path / "m.onnx", BuildSettings(name="c", mode="float32"))
 
 

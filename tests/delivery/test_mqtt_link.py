@@ -102,6 +102,7 @@ def test_a_broker_that_stops_reading_never_blocks_an_inline_producer(
         msgs = col.wait_for(lambda m: len(m) >= n, timeout=120)
         t.join()
         pub.stop(10)
+        spool.close()  # an open sqlite3 connection is a ResourceWarning on Python 3.13
     assert [json.loads(m.payload)["seq"] for m in msgs[:n]] == list(range(n))
 
 
@@ -121,6 +122,7 @@ def test_a_socket_stalled_past_the_write_timeout_is_closed_and_redelivered(
             _wait(lambda: not link.connected, "the stalled connection was not closed")
         msgs = col.wait_for(lambda m: {json.loads(x.payload)["seq"] for x in m} >= set(range(n)))
         pub.stop(10)
+        spool.close()
     seqs = [json.loads(m.payload)["seq"] for m in msgs]
     assert sorted(set(seqs)) == list(range(n))  # at least once, nothing lost
     assert link.reconnects >= 1

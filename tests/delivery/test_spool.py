@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.delivery.spool import Spool
+from agent.delivery.publisher import DropLog
+from agent.delivery.spool import SEQ_BLOCK, HighWater, Spool
 
 
 def rows(n: int, start: int = 0) -> list[tuple[str, bytes, int, bool]]:
@@ -23,6 +26,7 @@ def test_append_read_delete_in_order(tmp_path: Path) -> None:
     assert [m.payload for m in sp.read_after(0, 10)] == [b"m1", b"m3", b"m4"]
     assert sp.depth == 3
     assert [m.payload for m in sp.read_after(msgs[1].id, 10)] == [b"m3", b"m4"]
+    sp.close()  # an unclosed connection is a ResourceWarning on Python 3.13
 
 
 def test_survives_reopen_with_sequence_and_ids(tmp_path: Path) -> None:
@@ -38,6 +42,7 @@ def test_survives_reopen_with_sequence_and_ids(tmp_path: Path) -> None:
     assert [m.payload for m in left] == [b"m3", b"m4"]
     new, _ = sp.append(rows(1, 5), next_seq=6)
     assert new[0].id > left[-1].id  # ids are never reused, even after deletes and reopen
+    sp.close()
 
 
 def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
@@ -49,7 +54,9 @@ def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert sp.dropped_total == 2
     assert [m.payload for m in sp.read_after(0, 10)] == [b"m2", b"m3", b"m4", b"m5"]
     sp.close()
-    assert Spool(tmp_path / "q.db").dropped_total == 2
+    reopened = Spool(tmp_path / "q.db")
+    assert reopened.dropped_total == 2
+    reopened.close()
 
 
 @settings(max_examples=40, deadline=None)
@@ -73,3 +80,68 @@ def test_model_of_a_fifo(ops: list[tuple[int, int]]) -> None:
             assert sp.depth == len(model)
         assert [m.payload for m in sp.read_after(0, 1000)] == model
         sp.close()
+
+
+# --------------------------------------------------------------------------- damage (issue 13)
+
+
+def test_a_garbage_spool_is_quarantined_and_a_new_one_started(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    sp = Spool(path)
+    sp.append(rows(3), next_seq=3)
+    sp.close()
+    garbage = b"this is not an SQLite file at all" * 100
+    path.write_bytes(garbage)
+    sp = Spool(path)
+    assert sp.damage is not None and sp.damage.kind == "quarantined"
+    assert sp.damage.moved_to is not None and sp.damage.moved_to.read_bytes() == garbage
+    assert sp.next_seq >= 3, "seq went backwards"
+    assert sp.depth == 0
+    msgs, _ = sp.append(rows(1), next_seq=sp.next_seq + 1)
+    assert sp.read_after(0, 10) == msgs
+
+
+def test_a_truncated_spool_is_reported_and_seq_never_goes_backwards(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    sp = Spool(path)
+    boot1 = sp.boot
+    sp.append(rows(67), next_seq=67)
+    sp.close()
+    for suffix in ("", "-wal", "-shm"):
+        p = tmp_path / f"q.db{suffix}"
+        if p.exists():
+            p.write_bytes(b"")  # truncated to 0 bytes
+    sp = Spool(path)
+    assert sp.damage is not None and sp.damage.kind == "lost", sp.damage
+    assert sp.next_seq >= 67
+    assert sp.boot == boot1 + 1
+    sp.close()
+    sp = Spool(path)  # a clean reopen: no damage, no gap, the boot counter counts
+    assert sp.damage is None and sp.boot == boot1 + 2
+
+
+def test_the_high_water_mark_is_reserved_before_a_commit_uses_it(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    sp = Spool(path)
+    n = SEQ_BLOCK + 10
+    sp.append(rows(n), next_seq=n)
+    hw = HighWater(path.with_name("q.db.seq"))
+    assert hw.reserved >= n
+    sp.close()
+    path.unlink()  # the database deleted outright
+    sp = Spool(path)
+    assert sp.next_seq >= n and sp.damage is not None
+
+
+def test_drops_in_a_partition_are_one_summary_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = DropLog(every_s=60.0)
+    with caplog.at_level(logging.WARNING, logger="agent.delivery.publisher"):
+        logged = [log.add(1, total=i + 1, now=1000.0 + i * 0.1) for i in range(500)]
+        assert logged[0] and sum(logged) == 1  # 50 s of drops at 10/s: one line so far
+        assert log.add(1, total=501, now=1061.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "dropped the 1 oldest" in lines[0]
+    assert "dropped the 500 oldest" in lines[1] and "501 in total" in lines[1]

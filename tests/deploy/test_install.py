@@ -7,18 +7,16 @@ from a small wheel made here (offline: PIP_NO_INDEX), including an upgrade and a
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import stat
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from agent.config import load_config, read_password
+from tests.wheelmaker import build_wheel
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 WANTS = "etc/systemd/system/multi-user.target.wants/edge-agent.service"
@@ -192,32 +190,29 @@ def test_uninstall_keeps_operator_files_unless_purged(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- a real venv
 
 
-def make_wheel(directory: Path, version: str) -> Path:
-    """A minimal edge-agent wheel: package ``agent`` and the ``edge-agent`` console script."""
-    dist = f"edge_agent-{version}.dist-info"
-    files = {
-        "agent/__init__.py": f'__version__ = "{version}"\n\n\ndef main() -> None:\n'
-        f'    print("edge-agent {version}")\n',
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: edge-agent\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
-        f"{dist}/entry_points.txt": "[console_scripts]\nedge-agent = agent:main\n",
-    }
-    record = []
-    for name, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{name},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    path = directory / f"edge_agent-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
-    return path
+def make_wheel(
+    directory: Path, version: str, name: str = "edge-agent", requires: tuple[str, ...] = ()
+) -> Path:
+    """A minimal wheel: package ``agent`` and the ``edge-agent`` console script (for
+    ``name="edge-agent"``), or an empty distribution called ``name``."""
+    if name != "edge-agent":
+        return build_wheel(directory, name, version, {f"{name.replace('-', '_')}.py": ""})
+    main = (
+        f'__version__ = "{version}"\n\n\ndef main() -> None:\n    print("edge-agent {version}")\n'
+    )
+    return build_wheel(
+        directory,
+        name,
+        version,
+        {"agent/__init__.py": main},
+        {"edge-agent": "agent:main"},
+        requires,
+    )
 
 
 def version_of(exe: Path) -> str:
-    return subprocess.run([exe], check=True, capture_output=True, text=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv's own files
+    return subprocess.run([exe], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
 @pytest.mark.slow
@@ -255,3 +250,113 @@ def test_venv_install_upgrade_and_failed_upgrade(tmp_path: Path) -> None:
         [first.removeprefix("releases/"), second.removeprefix("releases/")]
     )
     assert version_of(exe) == "edge-agent 2.0.0"
+
+
+# --------------------------------------------------------------------------- interpreter choice
+# install.sh asks pip whether every device dependency has a wheel for the system python3 (the
+# wheels here: a find-links folder, offline). tests/deploy/test_interpreter_choice.py asks the
+# real index for other machines.
+
+FAKE_UV = """#!/bin/sh
+# uv as install.sh calls it: python install VERSION / python find VERSION. The "managed"
+# CPython is this machine's own Python, linked into UV_PYTHON_INSTALL_DIR.
+mkdir -p "$UV_PYTHON_INSTALL_DIR"
+echo "uv $*" >>"$UV_PYTHON_INSTALL_DIR/../uv.log"
+dir="$UV_PYTHON_INSTALL_DIR/cpython-3.12.99-linux-fake"
+case "$1 $2" in
+"python install") mkdir -p "$dir/bin" && ln -sf {python} "$dir/bin/python3.12" ;;
+"python find") echo "$dir/bin/python3.12" ;;
+*) echo "fake uv: unexpected $*" >&2; exit 2 ;;
+esac
+"""
+
+
+def fake_uv(tmp_path: Path) -> Path:
+    uv = tmp_path / "uv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    uv.write_text(FAKE_UV.replace("{python}", base))
+    uv.chmod(0o755)
+    return uv
+
+
+@pytest.mark.slow
+def test_system_python_is_chosen_when_pip_finds_its_wheels(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "1.0", name="edge-test-runtime")
+    agent = make_wheel(tmp_path, "1.0.0", requires=("edge-test-runtime>=1",))
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_NO_CACHE_DIR": "1"}
+    root = tmp_path / "root"
+    out = install(root, "--no-systemctl", "--device-id", "a", "--wheel", str(agent), env=offline)
+    assert "Python: the system python3" in out
+    assert "pip finds a wheel for every device dependency" in out, out
+    assert not (root / "opt/edge-agent/python").exists()
+    assert version_of(root / "opt/edge-agent/venv/bin/edge-agent") == "edge-agent 1.0.0"
+
+
+@pytest.mark.slow
+def test_managed_python_when_the_system_python_has_no_wheels(tmp_path: Path) -> None:
+    agent = make_wheel(tmp_path, "1.0.0", requires=("edge-test-runtime>=1",))
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(empty), "PIP_NO_CACHE_DIR": "1"}
+    root = tmp_path / "root"
+    args = ["--no-systemctl", "--device-id", "a", "--wheel", str(agent)]
+    err = sh(DEPLOY / "install.sh", "--destdir", str(root), *args, "--uv", str(fake_uv(tmp_path)),
+             env=offline)  # fmt: skip
+    # The probe found no wheel: install.sh says so and goes to the managed 3.12 ...
+    assert "pip finds no wheels for the system python3" in err.stdout, err.stdout + err.stderr
+    assert "edge-test-runtime" in err.stdout
+    assert "using a managed CPython 3.12 (uv) in /opt/edge-agent/python" in err.stdout
+    assert "the system Python is not touched" in err.stdout
+    uv_log = (root / "opt/edge-agent/uv.log").read_text().splitlines()
+    assert uv_log == ["uv python install 3.12", "uv python find 3.12"]
+    # ... where the same dependency is missing too: a clean failure, nothing switched.
+    assert err.returncode != 0
+    assert "/opt/edge-agent/venv is unchanged" in err.stderr
+    assert not (root / "opt/edge-agent/venv").exists()
+
+
+@pytest.mark.slow
+def test_managed_python_builds_the_service_venv(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "1.0", name="edge-test-runtime")
+    agent = make_wheel(tmp_path, "1.0.0", requires=("edge-test-runtime>=1",))
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_NO_CACHE_DIR": "1"}
+    root = tmp_path / "root"
+    out = install(root, "--no-systemctl", "--device-id", "a", "--wheel", str(agent),
+                  "--managed-python", "--uv", str(fake_uv(tmp_path)), env=offline)  # fmt: skip
+    assert "Python: --managed-python: using a managed CPython 3.12" in out
+    venv = root / "opt/edge-agent/venv"
+    cfg = (venv / "pyvenv.cfg").read_text()
+    home = next(ln.split("=", 1)[1].strip() for ln in cfg.splitlines() if ln.startswith("home"))
+    assert home.startswith(str(root / "opt/edge-agent/python/cpython-3.12")), cfg
+    assert version_of(venv / "bin/edge-agent") == "edge-agent 1.0.0"
+
+
+def test_python_override_and_explain_options_are_checked(tmp_path: Path) -> None:
+    err = run_failing(DEPLOY / "install.sh", "--destdir", str(tmp_path), "--python", "/nope/py")
+    assert "/nope/py not found" in err
+    err = run_failing(DEPLOY / "install.sh", "--explain-python", "--as", "aarch64,3.13")
+    assert "give MACHINE,PYTHON,GLIBC" in err
+
+
+@pytest.mark.slow
+def test_unreachable_index_is_not_taken_for_missing_wheels(tmp_path: Path) -> None:
+    """pip says "no matching distribution" also when it never reached the index: install.sh
+    stops and says so instead of going to the managed Python for a wrong reason."""
+    agent = make_wheel(tmp_path, "1.0.0", requires=("edge-test-runtime>=1",))
+    unreachable = {
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",  # discard port: nothing listens
+        "PIP_FIND_LINKS": "",
+        "PIP_EXTRA_INDEX_URL": "",
+        "PIP_RETRIES": "1",  # pip names the connection error when it retries (default 5)
+        "PIP_TIMEOUT": "2",
+    }
+    root = tmp_path / "root"
+    args = ["--no-systemctl", "--device-id", "a", "--wheel", str(agent)]
+    err = run_failing(DEPLOY / "install.sh", "--destdir", str(root), *args, env=unreachable)
+    assert "pip could not reach the package index" in err, err
+    assert not (root / "opt/edge-agent/python").exists()
+    assert not (root / "opt/edge-agent/venv").exists()

@@ -143,14 +143,29 @@ def test_view_follows_status_metrics_and_ota() -> None:
         "ROLLBACK",
         "PRED/S",
         "QUEUE",
+        "DRIFT",
+        "SHADOW",
     ]
     assert lines[1].split()[:6] == ["dev-1", "yes", "0s", "demo", "1.0.0", "idle"]
-    assert lines[1].split()[-2:] == ["2.50", "3"]
+    assert lines[1].split()[-4:-2] == ["2.50", "3"]  # then DRIFT and SHADOW: "-" "-"
     assert lines[2].split()[:3] == ["dev-2", "OFFLINE", "-"]
     assert lines[-3] == "2 device(s), 1 online, 1 offline"
     j = d1.to_json()
     assert j["ota"]["state"] == "idle" and j["last_seen_age_s"] is not None
     json.dumps([d.to_json() for d in v.devices()])
+    # the drift alert and the shadow report (retained, on their own topics)
+    v.handle("site/a/dev-1/drift", b'{"active": true, "channels": ["ch1"]}')
+    v.handle(
+        "site/a/dev-1/shadow/demo",
+        b'{"candidate": {"name": "demo", "version": "1.2.0"}, "windows_compared": 200,'
+        b' "top1_agreement": 0.985, "errors": {"invoke_failed": 2}}',
+    )
+    d1 = v.devices()[0]
+    assert d1.drift_alert and d1.drift_channels == ["ch1"]
+    assert d1.shadow is not None and (d1.shadow.version, d1.shadow.windows) == ("1.2.0", 200)
+    assert d1.shadow.errors == 2
+    row = format_table(v.devices(), now=time.time()).splitlines()[1]
+    assert "ALERT ch1" in row and "1.2.0 98.50% of 200" in row
 
 
 def test_view_wait_for_wakes_on_change() -> None:

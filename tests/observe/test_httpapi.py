@@ -49,6 +49,9 @@ class FakeView:
     def metrics_text(self) -> str:
         return '# HELP x X.\n# TYPE x gauge\nx{device="fake"} 1\n'
 
+    def field(self) -> dict[str, Any]:
+        return {"drift": None, "shadow": None}
+
     def predict(self, samples: object, stream: str) -> dict[str, Any]:
         self.calls.append((samples, stream))
         if stream == "slow":
@@ -137,6 +140,8 @@ def test_healthz_status_metrics(api: HttpApi, view: FakeView) -> None:
     assert status == 503 and json.loads(body)["status"] == "starting"
     status, _, body = request(api, "GET", "/status")
     assert status == 200 and json.loads(body)["device"] == "fake"
+    status, _, body = request(api, "GET", "/drift")
+    assert status == 200 and json.loads(body) == {"drift": None, "shadow": None}
     status, hdrs, body = request(api, "GET", "/metrics")
     assert status == 200 and hdrs["content-type"] == PROMETHEUS_CONTENT_TYPE
     parse_prometheus(body.decode())
@@ -281,6 +286,70 @@ def test_slow_client_is_dropped(view: FakeView) -> None:
         assert data == b"" or data.startswith(b"HTTP/1.1 400")
         assert view.calls == []
     finally:
+        api.stop()
+
+
+def test_slowloris_is_cut_at_the_request_deadline_and_healthz_still_answers(
+    view: FakeView,
+) -> None:
+    """Issue 13 finding 5: 40 connections trickling a byte each held every worker; /healthz
+    failed 25 of 25 probes. Now: a whole-request deadline, a per-client cap, and /healthz
+    answered on the accept thread when the caps are reached."""
+    api = HttpApi(
+        HttpSection(enabled=True, port=0),
+        view,
+        max_connections=2,
+        timeout_s=30.0,  # the per-read timeout alone would never fire on a trickle
+        request_deadline_s=1.0,
+        poll_interval_s=0.02,
+    )
+    api.start()
+    stop = threading.Event()
+    cut: list[bool] = []
+    request_bytes = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+
+    def trickle() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", api.port), timeout=30) as s:
+                for i in range(len(request_bytes)):  # 40 s at one byte per 0.2 s
+                    if stop.is_set():
+                        break
+                    s.sendall(request_bytes[i : i + 1])
+                    stop.wait(0.2)
+                else:
+                    cut.append(False)
+                    return
+        except OSError:
+            pass
+        cut.append(True)
+
+    clients = [threading.Thread(target=trickle, daemon=True) for _ in range(40)]
+    try:
+        for c in clients:
+            c.start()
+        probes = [request(api, "GET", "/healthz")[0] for _ in range(25)]
+        assert probes == [200] * 25
+        # the slow clients are let go at the deadline: each finds its connection closed
+        for c in clients:
+            c.join(35)
+        assert len(cut) == 40 and all(cut), cut
+    finally:
+        stop.set()
+        api.stop()
+
+
+def test_a_client_over_its_cap_gets_busy_not_a_hang(view: FakeView) -> None:
+    api = start_api(view)  # max_connections=2: two connections per client
+    held = [socket.create_connection(("127.0.0.1", api.port), timeout=10) for _ in range(2)]
+    try:
+        for s in held:
+            s.sendall(b"GET /status HTTP/1.1\r\n")  # incomplete: each holds a worker
+        status, _, body = request(api, "GET", "/status")
+        assert (status, json.loads(body)["reason"]) == (503, "busy")
+        assert request(api, "GET", "/healthz")[0] == 200
+    finally:
+        for s in held:
+            s.close()
         api.stop()
 
 

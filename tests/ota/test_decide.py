@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +13,16 @@ import numpy as np
 import pytest
 
 from agent.config import Config, parse_config
-from agent.errors import UpdateError
+from agent.errors import PackageError, UpdateError
 from agent.ota.decide import (
     Decider,
     Offer,
     Running,
-    VersionFloor,
     offer_from_announcement,
+    offer_from_file,
     offer_from_package,
 )
+from agent.ota.floor import VersionFloor
 from agent.ota.store import ModelStore
 from agent.release.manifest import (
     Artifact,
@@ -34,7 +37,7 @@ from agent.release.manifest import (
     rollout_position,
     utc_now,
 )
-from agent.release.package import make_package
+from agent.release.package import make_package, read_model_entry
 from agent.release.signing import SigningKey
 from tests.ota.conftest import Keys
 
@@ -158,7 +161,8 @@ def test_another_model_is_refused(tmp_path: Path, keys: Keys) -> None:
 
 def test_version_floor_refuses_replays_and_reused_versions(tmp_path: Path, keys: Keys) -> None:
     d = decider(tmp_path, keys)
-    d.accept(d.decide(offer(manifest("2.0.0"), keys.release), RUNNING))
+    acc = d.decide(offer(manifest("2.0.0"), keys.release), RUNNING)
+    d.commit("m", acc.version, acc.sha256)
     # the floor is on disk: a new Decider (a restart) still knows it
     d = decider(tmp_path, keys)
     assert refusal(d, offer(manifest("1.5.0"), keys.release)) == "version_rollback"
@@ -167,6 +171,30 @@ def test_version_floor_refuses_replays_and_reused_versions(tmp_path: Path, keys:
     # the accepted version itself may be retried (a download that failed, a kill)
     assert d.decide(offer(manifest("2.0.0"), keys.release), RUNNING).version == "2.0.0"
     assert d.decide(offer(manifest("2.0.1"), keys.release), RUNNING).version == "2.0.1"
+
+
+def test_accepting_an_offer_does_not_raise_the_floor(tmp_path: Path, keys: Keys) -> None:
+    """Finding 1: a signed 9.0.0 accepted (then never installed) must not freeze updates."""
+    d = decider(tmp_path, keys)
+    d.decide(offer(manifest("9.0.0"), keys.release), RUNNING)
+    assert d.floor.get("m") is None
+    assert d.decide(offer(manifest("4.0.0"), keys.release), RUNNING).version == "4.0.0"
+    d.commit("m", "4.0.0", SHA)
+    d.commit("m", "3.0.0", SHA)  # never lowers
+    assert d.floor.get("m") == ("4.0.0", SHA)
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"m": {"version": "x"}}', b"[1]"])
+def test_an_unreadable_floor_fails_closed(tmp_path: Path, keys: Keys, damage: bytes) -> None:
+    """Finding 2: a damaged floor stops updates; it never falls back to the running version."""
+    d = decider(tmp_path, keys)
+    d.floor.path.parent.mkdir(parents=True, exist_ok=True)
+    d.floor.path.write_bytes(damage)
+    assert refusal(d, offer(manifest("1.5.0"), keys.release)) == "floor_unreadable"
+    assert refusal(d, offer(manifest("9.0.0"), keys.release)) == "floor_unreadable"
+    with pytest.raises(UpdateError, match="floor_unreadable"):
+        d.commit("m", "9.0.0", SHA)
+    assert d.floor.path.read_bytes() == damage
 
 
 def test_the_running_version_is_a_floor_too(tmp_path: Path, keys: Keys) -> None:
@@ -317,3 +345,43 @@ def test_package_offers(keys: Keys) -> None:
     assert o.content == MODEL_BYTES and o.key_id == keys.release.key_id and o.targets is None
     with pytest.raises(UpdateError, match="malformed"):
         offer_from_package("half.eapkg", pkg.to_bytes()[:100])
+
+
+def test_a_file_offer_reads_no_model_before_the_signature(tmp_path: Path, keys: Keys) -> None:
+    """Finding 3: the model entry of a dropped-in package is not inflated by the offer."""
+    big = 128 * 1024 * 1024
+    m = manifest(artifact=Artifact(sha256="00" * 32, size=big))
+    path = tmp_path / "bomb.eapkg"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", m.to_bytes())
+        with zf.open("model.tflite", "w", force_zip64=True) as f:
+            zero = bytes(1 << 20)
+            for _ in range(big >> 20):
+                f.write(zero)
+    size = path.stat().st_size
+    assert size > 64 * 1024  # the compressed model entry alone is bigger than what is read
+
+    class Counting(io.FileIO):
+        read_bytes = 0
+
+        def read(self, n: int | None = -1, /) -> bytes:
+            data = super().read(n)
+            Counting.read_bytes += len(data)
+            return data
+
+    with Counting(path, "r") as fh:
+        o = offer_from_file(path.name, fh)
+        assert o.content is None and o.package is fh
+        assert refusal(decider(tmp_path, keys), o) == "unsigned"
+    assert Counting.read_bytes < 32 * 1024, f"read {Counting.read_bytes} of {size} bytes"
+
+
+def test_the_model_entry_is_read_with_the_signed_size_as_cap(keys: Keys) -> None:
+    pkg = make_package(manifest(), MODEL_BYTES, keys.release)
+    assert read_model_entry(pkg.to_bytes(), pkg.manifest) == MODEL_BYTES
+    short = manifest(artifact=Artifact(sha256=SHA, size=len(MODEL_BYTES) - 3))
+    with pytest.raises(PackageError, match="size_mismatch"):
+        read_model_entry(pkg.to_bytes(), short)
+    other = manifest(artifact=Artifact(sha256="ab" * 32, size=len(MODEL_BYTES)))
+    with pytest.raises(PackageError, match="hash_mismatch"):
+        read_model_entry(pkg.to_bytes(), other)

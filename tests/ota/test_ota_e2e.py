@@ -266,6 +266,7 @@ def test_every_bad_offer_is_refused_with_its_reason_and_the_old_model_serves(
         ("verifying", 3, "2.0.0"),
         ("staged", 3, "2.0.0"),
         ("activating", 3, "2.0.0"),
+        ("swapped", 3, "2.0.0"),  # between the `current` swap and the trial write
         ("trial", 3, "2.0.0"),
         ("trial", 1, "1.0.0"),
     ],
