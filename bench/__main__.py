@@ -28,7 +28,7 @@ from bench import (
 )
 from bench.context import Context
 from bench.procs import OUT, REPO, load_average, machine, versions
-from bench.report import Row, table, write_doc
+from bench.report import CALIBRATION_MODELS, Row, calibration, table, write_doc
 from tests.broker import Broker
 
 FAMILIES: dict[str, Callable[[Context], list[Row]]] = {
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(workdir, args.smoke, repeat, soak, broker)
     rows: list[Row] = []
     crashed = False
+    calib = ""
     try:
         for fam in only:
             t0 = time.monotonic()
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in got:
                 print(f"bench:   {r.target}: {r.agent:.4g} {r.unit} {r.verdict}", file=sys.stderr)
             print(f"bench: {fam} took {took:.0f} s", file=sys.stderr, flush=True)
+        calib = calibration(calibrate(ctx, names))
+        print(f"bench: {calib}", file=sys.stderr, flush=True)
     finally:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     judged = [r for r in rows if not r.info]
     print(f"\n{len(judged)} targets, {sum(r.passed for r in judged)} pass, in {took:.0f} s")
+    print(calib)
     if doc is not None:
         command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         write_doc(
@@ -127,11 +131,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"average at the end {load_average()}; {versions()}"
             ),
             notes=(DOC_NOTES_FILE.read_text() if DOC_NOTES_FILE.exists() else ""),
+            calibration_line=calib,
         )
         print(f"wrote {doc}")
     if crashed:
         return 2
     return 0 if all(r.passed for r in judged) else 1
+
+
+def calibrate(ctx: Context, names: list[str]) -> dict[str, float]:
+    """Bare-loop rates of the calibration models this run has (measured once, cached)."""
+    rates: dict[str, float] = {}
+    for name in CALIBRATION_MODELS:
+        if name not in names:
+            continue
+        try:
+            rates[name] = ctx.limit(name).rate
+        except Exception:  # a calibration that fails must not hide the rows already measured
+            traceback.print_exc()
+    return rates
 
 
 DOC_NOTES_FILE = REPO / "bench" / "NOTES.md"

@@ -80,8 +80,29 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+CALIBRATION_MODELS = ("tiny", "kws", "mnv2-96")
+"""The three model sizes whose bare loop rates calibrate a run (small, medium, large)."""
+
+
+def calibration(rates: dict[str, float]) -> str:
+    """The one-line machine calibration: bare-loop invokes/s of the three model sizes.
+
+    Runs on different machines compare through it: a row's ratio that moves with these
+    rates moves with the machine, not with the code.
+    """
+    parts = [f"{name} {fmt(rates[name])}/s" for name in CALIBRATION_MODELS if name in rates]
+    return "calibration (bare invoke loop): " + (", ".join(parts) or "not measured")
+
+
 def write_doc(
-    path: Path, rows: list[Row], *, command: str, machine: str, extra: str, notes: str
+    path: Path,
+    rows: list[Row],
+    *,
+    command: str,
+    machine: str,
+    extra: str,
+    notes: str,
+    calibration_line: str = "",
 ) -> None:
     judged = [r for r in rows if not r.info]
     passed = sum(r.passed for r in judged)
@@ -92,6 +113,7 @@ def write_doc(
         "Written by `bench` (do not edit by hand; re-run it). What each row measures, the",
         "references and how the figures are taken are described in `bench/__init__.py`.",
         "",
+        *([f"- {calibration_line}"] if calibration_line else []),
         f"- command: `{command}`",
         f"- machine: {machine}",
         f"- {extra}",

@@ -4,13 +4,14 @@ quiet machine); a crash of any family is (exit code 2, a '(crashed)' row)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench.report import HEADER, Row, table
+from bench.report import HEADER, Row, calibration, table, write_doc
 from bench.subscriber import Subscriber, steady_rate
 from tests.agentproc import REPO
 
@@ -56,6 +57,8 @@ def test_smoke_run_prints_every_row_and_writes_the_report(tmp_path: Path) -> Non
     assert "(crashed)" not in proc.stdout
     text = doc.read_text()
     assert "python -m bench --smoke" in text
+    # the machine calibration heads the report: the smoke run has the tiny model's bare rate
+    assert re.search(r"^- calibration \(bare invoke loop\): tiny [0-9,.]+/s$", text, re.M), text
     for name in SMOKE_ROWS:
         assert f"| {name} |" in text
 
@@ -70,6 +73,17 @@ def test_table_lists_figure_references_ratio_target_and_verdict() -> None:
     assert out[2].split() == want.split()
     assert out[3].endswith("FAIL")
     assert "  6 start-up: slow import" in out
+
+
+def test_report_opens_with_the_machine_calibration(tmp_path: Path) -> None:
+    line = calibration({"mnv2-96": 1322.4, "tiny": 105812.0, "kws": 13773.2})
+    assert line == "calibration (bare invoke loop): tiny 105,812/s, kws 13,773/s, mnv2-96 1,322/s"
+    doc = tmp_path / "b.md"
+    rows = [Row("6 start-up", "s", 0.9, {"bare": 0.2}, 4.5, "<= 2 x bare", False)]
+    write_doc(doc, rows, command="c", machine="m", extra="e", notes="", calibration_line=line)
+    head = doc.read_text().split("| benchmark |")[0]
+    assert f"- {line}\n" in head
+    assert calibration({}) == "calibration (bare invoke loop): not measured"
 
 
 def test_subscriber_parses_qos0_qos1_and_batched_publishes() -> None:
