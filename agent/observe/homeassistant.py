@@ -222,6 +222,13 @@ DETECTION_EVENT_TEMPLATE = guarded(
     pick_last=True,
 )
 """A detection event as HA's event JSON; a heartbeat renders ``None``, which HA ignores."""
+DRIFT_ALERT_TEMPLATE = guarded("'ON' if value_json.active else 'OFF'")
+"""The retained ``DriftAlertV1`` on ``<prefix>/<device>/drift``: raised or cleared."""
+DRIFT_SCORE_TEMPLATE = guarded(
+    "value_json.drift.score if value_json.drift is defined and value_json.drift "
+    "and value_json.drift.judged else None"
+)
+"""The largest PSI of the newest metrics; *unknown* until the rolling windows are judged."""
 
 _INSTALLING = "['downloading', 'verifying', 'staged']"
 _RETRYABLE = (
@@ -300,9 +307,11 @@ def discovery_configs(
     *,
     cpu_temp: bool = True,
     labels: Sequence[str] = (),
+    drift: bool = False,
 ) -> list[tuple[str, HaConfig]]:
     """``(discovery topic, config)`` for every entity of this device (``cpu_temp``: the board
-    reports a CPU temperature; ``labels``: the running model's, for detection events)."""
+    reports a CPU temperature; ``labels``: the running model's, for detection events;
+    ``drift``: the running model is drift-monitored, its package carries a reference)."""
     dev = cfg.agent.device_id
     node = safe_id(dev)
     model = safe_id(model_name)
@@ -378,6 +387,34 @@ def discovery_configs(
                 **common,
             ),
         )
+    if drift:
+        add(
+            f"{model}_drift",
+            HaBinarySensorConfig(
+                name=f"{model_name} drift",
+                unique_id=f"{node}_{model}_drift",
+                state_topic=topics.drift,
+                value_template=DRIFT_ALERT_TEMPLATE,
+                device_class="problem",
+                icon="mdi:chart-bell-curve",
+                **common,
+            ),
+        )
+        if cfg.metrics.interval_s > 0:
+            add(
+                f"{model}_drift_score",
+                HaSensorConfig(
+                    name=f"{model_name} drift score",
+                    unique_id=f"{node}_{model}_drift_score",
+                    state_topic=topics.metrics,
+                    value_template=DRIFT_SCORE_TEMPLATE,
+                    state_class="measurement",
+                    suggested_display_precision=3,
+                    entity_category="diagnostic",
+                    icon="mdi:chart-bell-curve",
+                    **common,
+                ),
+            )
     add(
         "restart",
         HaButtonConfig(
@@ -422,10 +459,18 @@ def discovery_messages(
     *,
     cpu_temp: bool = True,
     labels: Sequence[str] = (),
+    drift: bool = False,
 ) -> list[OutgoingMessage]:
     """The retained QoS 1 config messages, ``None`` fields left out."""
     configs = discovery_configs(
-        cfg, topics, model_name, agent_version, board, cpu_temp=cpu_temp, labels=labels
+        cfg,
+        topics,
+        model_name,
+        agent_version,
+        board,
+        cpu_temp=cpu_temp,
+        labels=labels,
+        drift=drift,
     )
     return [
         OutgoingMessage(topic, conf.model_dump_json(exclude_none=True).encode(), 1, True)

@@ -81,6 +81,7 @@ class Observability:
                     board,
                     cpu_temp=has_temp,
                     labels=r.pipeline.active.labels,
+                    drift=r.pipeline.drift is not None,
                 )
 
             prefix = cfg.homeassistant.discovery_prefix

@@ -586,3 +586,58 @@ def test_agent_publishes_retained_discovery(broker: Broker, tmp_path: Path) -> N
     with Collector(broker.host, broker.port, ["edge/ha-dev/status"]) as after:
         after.wait_for(lambda ms: bool(ms), timeout=10)
         assert after.messages[-1].payload == b"offline"
+
+
+def test_drift_entities_only_for_a_monitored_model() -> None:
+    """A drift-monitored model (its package carries a reference) gets a problem binary sensor
+    on the retained drift alert and a diagnostic drift score; other models get neither."""
+    from agent.wire.fieldcheck import DriftAlertV1, DriftScoreV1, DriftV1
+    from agent.wire.predictions import ModelRef
+
+    cfg = ha_config()
+    topics = Topics("edge", "pi.kitchen-1")
+    plain = discovery_messages(cfg, topics, "demo", "0.1.0", "b", cpu_temp=False)
+    assert not [m for m in plain if "drift" in m.topic]
+    msgs = discovery_messages(cfg, topics, "demo", "0.1.0", "b", cpu_temp=False, drift=True)
+    drift = {m.topic.split("/")[3]: m for m in msgs if "drift" in m.topic}
+    assert set(drift) == {"demo_drift", "demo_drift_score"}
+    alert_conf = check_ha_config(
+        drift["demo_drift"].topic, drift["demo_drift"].payload, "pi.kitchen-1"
+    )
+    score_conf = check_ha_config(
+        drift["demo_drift_score"].topic, drift["demo_drift_score"].payload, "pi.kitchen-1"
+    )
+    assert alert_conf["state_topic"] == topics.drift
+    assert score_conf["state_topic"] == topics.metrics
+    ref = ModelRef(name="demo", version="1.2.0")
+    for active, want in ((True, "ON"), (False, "OFF")):
+        alert = DriftAlertV1(
+            device="pi.kitchen-1",
+            ts=1.7e9,
+            model=ref,
+            active=active,
+            channels=["ch1"] if active else [],
+            psi={"ch0": 0.01, "ch1": 0.4 if active else 0.02},
+            threshold=0.25,
+            clear_below=0.1,
+        )
+        assert render(alert_conf["value_template"], alert.model_dump_json()) == want
+    assert render(alert_conf["value_template"], b"") in {"None", ""}
+    metrics = json.loads(snapshot(filled_metrics()).model_dump_json())
+    assert render(score_conf["value_template"], metrics) == "None"  # no drift in it
+    scores = DriftV1(
+        model=ref,
+        samples=4096,
+        predictions=1024,
+        judged=True,
+        score=0.4,
+        alert=True,
+        threshold=0.25,
+        clear_below=0.1,
+        channels=[DriftScoreV1(name="ch1", psi=0.4, out_of_range=0.0)],
+    )
+    metrics["drift"] = scores.model_dump(mode="json")
+    MetricsV1.model_validate(metrics)
+    assert render(score_conf["value_template"], metrics) == "0.4"
+    metrics["drift"]["judged"] = False
+    assert render(score_conf["value_template"], metrics) == "None"
