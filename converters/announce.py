@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 def make_announcement(
     pkg: Package, channel: str, url: str, package_url: str | None, targets: Targets
 ) -> Announcement:
+    """The OTA announcement of ``pkg`` on ``channel``, downloadable from ``url``."""
     return Announcement(
         channel=channel,
         manifest=pkg.manifest_bytes.decode("utf-8"),
@@ -40,6 +41,7 @@ def make_announcement(
 
 
 def announcement_topic(mqtt: MqttSection, channel: str, model: str) -> str:
+    """The topic of ``model``'s announcement on ``channel``."""
     return ota_topic(mqtt.topic_prefix, channel, model)
 
 

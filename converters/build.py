@@ -182,6 +182,8 @@ def _read_validation(settings: BuildSettings, thresholds: Thresholds) -> RawData
 
 @dataclass(frozen=True)
 class Built:
+    """A built package and the conversion it came from."""
+
     package: Package
     converted: Converted
 

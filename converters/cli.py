@@ -247,6 +247,7 @@ def _save_html(
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    """``edge-convert keygen``: write an Ed25519 key pair."""
     prefix: Path = args.prefix
     priv, pub = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +259,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    """``edge-convert convert``: convert and verify a model, write the .tflite and reports."""
     from converters.build import convert_and_verify
 
     settings = _build_settings(args, package=False)
@@ -282,6 +284,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
+    """``edge-convert package``: convert, verify, package and sign a model (.eapkg)."""
     from converters.build import build_package
 
     settings = _build_settings(args, package=True)
@@ -312,6 +315,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_package(args: argparse.Namespace) -> int:
+    """``edge-convert verify-package``: check a package offline."""
     try:
         pkg = read_package(args.package)
     except PackageError as exc:
@@ -373,6 +377,7 @@ def _mqtt_from_args(args: argparse.Namespace, data: dict[str, Any]) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    """``edge-convert publish``: upload a package to a store and announce it."""
     from converters.publish import publish_package
 
     base = args.config.resolve().parent if args.config else Path.cwd()
@@ -405,6 +410,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    """``edge-convert watch``: build packages from models dropped in a folder."""
     from converters.watch import DropWatcher, watch_forever
 
     folder: Path = args.folder
@@ -423,6 +429,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``edge-convert serve``: serve a directory over HTTP (development only)."""
     from converters.serve import make_server
 
     server = make_server(args.directory, args.host, args.port)
@@ -441,6 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-convert`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="edge-convert",
         description="Turn trained models into verified, signed packages on OTA channels.",
@@ -518,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_onnx_env(args: argparse.Namespace) -> int:
+    """``edge-convert onnx-env``: create the onnx2tf environment."""
     from converters.onnxenv import OnnxEnv, default_root
 
     env = OnnxEnv(default_root())
@@ -527,6 +536,7 @@ def cmd_onnx_env(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``edge-convert``: run the subcommand, its exit code."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -19,6 +19,8 @@ _FREQS = (1.0, 3.0, 6.0)  # cycles per window
 
 @dataclass(frozen=True)
 class SignalSet:
+    """Windows and their class labels."""
+
     x: npt.NDArray[np.float32]  # (n, window, channels)
     y: npt.NDArray[np.int64]  # (n,)
 

@@ -50,6 +50,7 @@ SAFETY = 4.0
 
 
 def tensor_spec(info: TensorInfo) -> TensorSpec:
+    """The manifest's ``TensorSpec`` of a model tensor."""
     quant = Quantization(scale=info.scale, zero_point=info.zero_point) if info.quantized else None
     return TensorSpec(name=info.name, shape=list(info.shape), dtype=info.dtype, quantization=quant)
 
@@ -187,6 +188,7 @@ def build_manifest(
     verification: VerificationReport | None,
     reference: Reference | None = None,
 ) -> Manifest:
+    """The manifest of a package: artifact hash, tensors, pre/postprocessing, build info."""
     return Manifest(
         name=spec.name,
         version=spec.version,

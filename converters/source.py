@@ -33,6 +33,8 @@ F32 = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class SourceInput:
+    """An input of a source model: name and shape."""
+
     name: str
     shape: tuple[int, ...]
     """Batch included; -1 for a dynamic dimension."""

@@ -68,6 +68,7 @@ class ArtifactKeys:
 
 
 def channel_key(name: str, channel: str) -> str:
+    """The store key of ``name``'s ``channel`` pointer: ``<name>/channels/<channel>.json``."""
     return check_key(f"{name}/channels/{channel}.json")
 
 

@@ -32,6 +32,7 @@ def _repo(args: argparse.Namespace) -> Any:
 
 
 def cmd_tuf(args: argparse.Namespace) -> int:
+    """``edge-convert tuf``: init, add, timestamp, rotate, status, bundle; prints JSON."""
     from agent.release.package import read_package
     from converters.tufrepo import TargetInfo
 
@@ -63,6 +64,7 @@ def cmd_tuf(args: argparse.Namespace) -> int:
 
 
 def add_tuf_parser(sub: Any) -> None:
+    """Add the ``tuf`` subcommand and its subcommands to ``sub``."""
     p = sub.add_parser("tuf", help="the TUF repository of a store (init, add, timestamp, ...)")
     tsub = p.add_subparsers(dest="tuf_command", required=True)
     for name, help_text in (

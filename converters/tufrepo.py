@@ -89,6 +89,7 @@ def generate_key(path: Path) -> Signer:
 
 
 def load_key(path: Path) -> Signer:
+    """A signer of the Ed25519 PEM key at ``path``; raises ``ConversionError``."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -99,6 +100,7 @@ def load_key(path: Path) -> Signer:
 
 
 def root_key_files(keydir: Path) -> list[Path]:
+    """The root key files in ``keydir``, sorted."""
     return sorted(keydir.glob("root-*.key"))
 
 

@@ -94,6 +94,8 @@ def model_inputs(model: Model) -> list[InputShape]:
 
 @dataclass(frozen=True)
 class RunResult:
+    """One model's outputs over a dataset and the latency of each call (s)."""
+
     outputs: list[npt.NDArray[np.float32]]  # one (N, ...) array per output
     latencies_s: list[float]
 

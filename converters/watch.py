@@ -83,6 +83,7 @@ class DropReport(BaseModel):
 
 
 def report_path(input_path: Path) -> Path:
+    """Where the report of ``input_path`` is written."""
     return input_path.with_name(input_path.name + REPORT_SUFFIX)
 
 

@@ -39,6 +39,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-agent`` argument parser: run, check-config, doctor, inspect, predict, demo, ..."""
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="On-device ML inference: sensor samples in, predictions out over MQTT.",
@@ -136,6 +137,7 @@ def _model_bytes(path: Path) -> bytes:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``edge-agent run``: load the config and run the agent until stopped; its exit code."""
     from agent.app.logs import setup_logging
     from agent.app.service import EXIT_CONFIG, Agent
     from agent.config import load_config
@@ -178,6 +180,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """``edge-agent doctor``: check the environment; 1 when a check fails, 2 for a bad config."""
     import os
 
     from agent.app.doctor import diagnose, format_rows
@@ -197,6 +200,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """``edge-agent inspect``: print a model's inputs, outputs and metadata (table or JSON)."""
     from agent.model.modelinfo import describe_model, format_description
 
     d = describe_model(_model_bytes(args.model), runtime=args.runtime, path=str(args.model))
@@ -205,6 +209,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``edge-agent predict``: run a model (or package) on an input file and print JSON."""
     if args.stream:
         return _predict_stream(args)
     from agent.model.modelinfo import predict_file
@@ -272,6 +277,7 @@ def _predict_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``edge-agent demo``: the agent on the demo model with a local broker."""
     from agent.app.demo import run_demo
 
     return run_demo(seconds=args.seconds, count=args.count, broker=args.broker)
@@ -288,6 +294,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``edge-agent``: run the subcommand; 2 on an ``EdgeAgentError``."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -120,6 +120,7 @@ def _line(topic: str, payload: bytes) -> str:
 
 
 def run_demo(seconds: float = 0, count: int = 0, broker: str = "auto") -> int:
+    """Run the agent on the demo model against a local broker, printing what it publishes."""
     from agent.app.service import Agent
 
     setup_logging("warning")

@@ -37,6 +37,8 @@ CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class Row:
+    """One line of the ``doctor`` report: a check, its result (None: not applicable), detail."""
+
     check: str
     ok: bool | None
     detail: str
@@ -138,6 +140,7 @@ def _broker(cfg: Config, timeout_s: float) -> list[Row]:
 
 
 def diagnose(cfg: Config, environ: dict[str, str], timeout_s: float = 5.0) -> list[Row]:
+    """Run every ``doctor`` check against ``cfg``: config, broker, runtime, state dir, keys, ..."""
     cfg_row, runtime = _config(cfg)
     return [
         cfg_row,
@@ -151,6 +154,7 @@ def diagnose(cfg: Config, environ: dict[str, str], timeout_s: float = 5.0) -> li
 
 
 def format_rows(rows: list[Row]) -> str:
+    """The ``doctor`` rows as an aligned text table (ok / FAIL / -)."""
     width = max(len(r.check) for r in rows)
     mark = {True: "ok", False: "FAIL", None: "-"}
     return "\n".join(f"{r.check:<{width}}  {mark[r.ok]:<4}  {r.detail}" for r in rows)

@@ -92,6 +92,7 @@ class PriorityFormatter(logging.Formatter):
 def setup_logging(
     level: str = "info", fmt: str = "text", environ: Mapping[str, str] | None = None
 ) -> None:
+    """Configure the root logger: text or JSON, journald priorities when under systemd."""
     journal = under_journal(environ)
     handler = logging.StreamHandler(console())
     formatter: logging.Formatter

@@ -42,6 +42,8 @@ Loader = Callable[[Config], ActiveModel | None]
 
 @dataclass(frozen=True)
 class Problem:
+    """One preflight problem: the config key, why, and whether the config must change."""
+
     key: str
     reason: str
     config: bool

@@ -68,6 +68,8 @@ class Running:
 
 
 class Agent:
+    """The agent process: runs the pipeline, reloads on SIGHUP, stops on SIGTERM."""
+
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path

@@ -30,6 +30,8 @@ LABEL_BYTES = 32
 
 @dataclass(frozen=True)
 class Limits:
+    """The limits of one broker platform (``mqtt.profile``); None: no limit."""
+
     name: str
     max_qos: int = 2
     max_payload: int | None = None

@@ -82,6 +82,8 @@ class _Table(BaseModel):
 
 
 class AgentSection(_Table):
+    """The ``[agent]`` table: device id, groups, state directory, logging."""
+
     device_id: str = Field(
         "demo-device",
         description="This device's id: MQTT client id and topic part. Letters, digits, _ . -",
@@ -121,6 +123,8 @@ class AgentSection(_Table):
 
 
 class ModelSection(_Table):
+    """The ``[model]`` table: which model to run, its name and version, the runtime."""
+
     path: str = Field(
         BUILTIN_DEMO_MODEL,
         description="A .tflite file, a signed .eapkg package, 'builtin:demo' (the shipped demo "
@@ -183,6 +187,8 @@ class _SourceBase(_Table):
 
 
 class AnomalyInjection(_Table):
+    """Synthetic anomalies injected into a synthetic source (``anomalies`` of a source)."""
+
     probability: float = Field(
         0.0, ge=0, le=1, description="Chance per sample of starting an anomaly."
     )
@@ -191,6 +197,8 @@ class AnomalyInjection(_Table):
 
 
 class SyntheticSource(_SourceBase):
+    """A ``[[sources]]`` entry with ``type = "synthetic"``: seeded sines plus noise."""
+
     type: Literal["synthetic"] = "synthetic"
     rate_hz: float = Field(50.0, gt=0, le=1_000_000, description="Samples per second.")
     seed: int = Field(0, description="Seed: the same seed gives the same signal.")
@@ -213,6 +221,8 @@ class SyntheticSource(_SourceBase):
 
 
 class ReplaySource(_SourceBase):
+    """A ``[[sources]]`` entry with ``type = "replay"``: samples read back from a file."""
+
     type: Literal["replay"] = "replay"
     path: Path = Field(description="CSV, .npy or JSON-lines file of samples.")
     rate: Literal["recorded", "fixed", "fast"] = Field(
@@ -235,6 +245,8 @@ class ReplaySource(_SourceBase):
 
 
 class MqttSource(_SourceBase):
+    """A ``[[sources]]`` entry with ``type = "mqtt"``: samples from subscribed topics."""
+
     type: Literal["mqtt"] = "mqtt"
     topic: str = Field(
         description="Topic filter to subscribe to (wildcards allowed; each topic is a stream)."
@@ -254,6 +266,8 @@ class MqttSource(_SourceBase):
 
 
 class CommandSource(_SourceBase):
+    """A ``[[sources]]`` entry with ``type = "command"``: JSON lines from a child program."""
+
     type: Literal["command"] = "command"
     argv: list[str] = Field(
         description="Program and arguments; it prints one JSON sample per line."
@@ -295,6 +309,8 @@ def _demo_source() -> SyntheticSource:
 
 
 class WindowSection(_Table):
+    """The ``[window]`` table: window length and hop, in samples."""
+
     length: int = Field(32, ge=1, description="Samples per window.")
     hop: int = Field(16, ge=1, description="Samples between window starts.")
     max_streams: int = Field(
@@ -312,6 +328,8 @@ class WindowSection(_Table):
 
 
 class PreprocessSection(_Table):
+    """The ``[preprocess]`` table: per-channel normalisation."""
+
     normalize: Literal["none", "standard", "minmax"] = Field(
         "none", description="'standard': (x-mean)/std; 'minmax': (x-min)/(max-min) to [0,1]."
     )
@@ -354,6 +372,8 @@ class _PostBase(_Table):
 
 
 class ClassificationPost(_PostBase):
+    """``[postprocess] type = "classification"``: labels, top-k, threshold, smoothing."""
+
     type: Literal["classification"] = "classification"
     labels: list[str] = Field(default_factory=list, description="Class names, in output order.")
     output: str | None = Field(None, description="Output tensor (default: the first).")
@@ -364,12 +384,16 @@ class ClassificationPost(_PostBase):
 
 
 class RegressionPost(_PostBase):
+    """``[postprocess] type = "regression"``: the output values, named."""
+
     type: Literal["regression"] = "regression"
     names: list[str] = Field(default_factory=list, description="Names of the output values.")
     output: str | None = Field(None, description="Output tensor (default: the first).")
 
 
 class AnomalyPost(_PostBase):
+    """``[postprocess] type = "anomaly"``: an anomaly score against a threshold."""
+
     type: Literal["anomaly"] = "anomaly"
     threshold: float = Field(description="Score above which the window is an anomaly.")
     output: str | None = Field(None, description="Output tensor holding the score.")
@@ -381,6 +405,8 @@ class AnomalyPost(_PostBase):
 
 
 class RawPost(_PostBase):
+    """``[postprocess] type = "raw"``: the output tensors as they are."""
+
     type: Literal["raw"] = "raw"
 
 
@@ -439,6 +465,8 @@ PostprocessConfig = Annotated[
 
 
 class TlsSection(_Table):
+    """The ``[mqtt.tls]`` table: TLS to the broker, optionally mutual."""
+
     enabled: bool = Field(False, description="Connect with TLS.")
     ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker (default: system)."
@@ -457,6 +485,8 @@ class TlsSection(_Table):
 
 
 class BatchSection(_Table):
+    """The ``[mqtt.batch]`` table: several predictions per MQTT message."""
+
     max_predictions: int = Field(
         1, ge=1, le=10_000, description="Predictions per MQTT message (1 = batching off)."
     )
@@ -466,6 +496,8 @@ class BatchSection(_Table):
 
 
 class MqttSection(_Table):
+    """The ``[mqtt]`` table: broker, protocol, topic prefix, QoS, credentials."""
+
     host: str = Field("localhost", description="Broker host.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
     protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
@@ -519,6 +551,8 @@ class MqttSection(_Table):
 
 
 class QueueSection(_Table):
+    """The ``[queue]`` table: the store-and-forward queue's file and cap."""
+
     path: Path | None = Field(
         None, description="SQLite file of the store-and-forward queue (default: state_dir)."
     )
@@ -533,6 +567,8 @@ class QueueSection(_Table):
 
 
 class OtaSection(_Table):
+    """The ``[ota]`` table: channels, trusted keys, downloads, health checks."""
+
     enabled: bool = Field(False, description="Follow OTA channels.")
     channels: list[str] = Field(
         default_factory=lambda: ["stable"], description="Channels to follow."
@@ -593,12 +629,16 @@ class OtaSection(_Table):
 
 
 class MetricsSection(_Table):
+    """The ``[metrics]`` table: how often ``MetricsV1`` is published."""
+
     interval_s: float = Field(
         60.0, ge=0, description="Publish metrics every N seconds (0 = never)."
     )
 
 
 class HttpSection(_Table):
+    """The ``[http]`` table: the local HTTP API."""
+
     enabled: bool = Field(False, description="Serve the local HTTP API.")
     host: str = Field("127.0.0.1", description="Bind address (localhost unless you mean it).")
     port: int = Field(8787, ge=0, le=65535, description="Port (0 = any free port).")
@@ -625,6 +665,8 @@ def _is_loopback(host: str) -> bool:
 
 
 class HomeAssistantSection(_Table):
+    """The ``[homeassistant]`` table: Home Assistant MQTT discovery."""
+
     enabled: bool = Field(False, description="Publish Home Assistant MQTT discovery.")
     discovery_prefix: str = Field("homeassistant", description="HA discovery prefix.")
 
@@ -683,6 +725,8 @@ class ShadowSection(_Table):
 
 
 class Config(_Table):
+    """The whole agent configuration (one config.toml)."""
+
     agent: AgentSection = Field(default_factory=lambda: AgentSection(), description="This device.")
     model: ModelSection = Field(default_factory=lambda: ModelSection(), description="The model.")
     sources: list[SourceConfig] = Field(

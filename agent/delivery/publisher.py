@@ -104,6 +104,8 @@ RECENT_KEPT = 5
 
 
 class Publisher:
+    """The delivery thread: numbers predictions, spools them and publishes them over MQTT."""
+
     def __init__(
         self,
         link: Link,

@@ -92,6 +92,8 @@ def _chunks(n: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True, slots=True)
 class SpooledMessage:
+    """A message read back from the spool, with its row id (to acknowledge it)."""
+
     id: int
     topic: str
     payload: bytes

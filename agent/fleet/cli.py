@@ -86,6 +86,7 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-fleet`` argument parser: status, rollout, promote, drift, serve, simulate."""
     parser = argparse.ArgumentParser(
         prog="edge-fleet", description="Fleet status and model rollouts over MQTT."
     )
@@ -245,6 +246,7 @@ def watch_frames(view: FleetView, out: TextIO, every_s: float = 2.0) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``edge-fleet status``: print the fleet's devices (table or JSON), optionally live."""
     settings = mqtt_settings(args)
     with watch_fleet(settings, password(settings)) as view:
         # every retained status/OTA/metrics message is in once our sync marker came back
@@ -294,6 +296,7 @@ def _finish(args: argparse.Namespace, report: RolloutReport) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    """``edge-fleet rollout``: announce a version and follow it (or resume/abort one)."""
     settings = mqtt_settings(args)
     pw = password(settings)
     store = RolloutStore(args.state_dir or RolloutStore.default_dir())
@@ -370,6 +373,7 @@ def _gate(args: argparse.Namespace, settings: MqttSection, pw: str | None) -> Ga
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    """``edge-fleet promote``: announce a channel's version on another channel."""
     settings = mqtt_settings(args)
     targets = _targets(args).model_copy(update={"shadow": None})
     gate = None
@@ -403,6 +407,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
+    """``edge-fleet drift``: list devices whose drift score is over the threshold."""
     settings = mqtt_settings(args)
     with watch_fleet(settings, password(settings)) as view:
         view.wait_for(all_reported, args.wait)
@@ -421,6 +426,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``edge-fleet serve``: the web dashboard (needs the ``fleet`` extra)."""
     try:
         from agent.fleet.web.serve import ServeOptions, serve
     except ImportError as exc:
@@ -441,6 +447,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """``edge-fleet simulate``: run simulated devices against a test broker."""
     settings = mqtt_settings(args)
     if settings.tls.enabled or settings.username:
         raise EdgeAgentError("the simulator connects without TLS or credentials (a test broker)")
@@ -504,6 +511,7 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``edge-fleet``: run the subcommand; EXIT_ERROR on an ``EdgeAgentError``."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

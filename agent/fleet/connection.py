@@ -19,6 +19,7 @@ from agent.errors import ConfigError
 
 
 def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """Add the broker options (host, port, TLS, credentials, ``--config``) to ``p``."""
     g = p.add_argument_group("broker (default: the [mqtt] table of --config, else localhost)")
     g.add_argument("--config", type=Path, help="agent config.toml whose [mqtt] table to use")
     g.add_argument("--host", help="broker host")
@@ -79,4 +80,5 @@ def mqtt_settings(args: argparse.Namespace) -> MqttSection:
 
 
 def password(settings: MqttSection) -> str | None:
+    """The broker password ``settings`` name (file or environment), or None."""
     return read_password(settings)

@@ -205,6 +205,8 @@ def promote(
 
 @dataclass(frozen=True)
 class RolloutPolicy:
+    """When a rollout aborts and how long it is followed."""
+
     max_failure_fraction: float = 0.2
     """Abort when more than this share of the devices involved failed (0: any failure)."""
     timeout_s: float = 600.0
@@ -222,6 +224,8 @@ class RolloutPolicy:
 
 
 class Outcome(StrEnum):
+    """How a rollout ended (or where it stands)."""
+
     ANNOUNCED = "announced"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -348,6 +352,8 @@ class RolloutTracker:
 
 @dataclass
 class RolloutReport:
+    """The result of a rollout: who was targeted, who succeeded or failed, the outcome."""
+
     model: str
     version: str
     sha256: str

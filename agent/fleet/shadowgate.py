@@ -11,6 +11,8 @@ from agent.fleet.view import DeviceState
 
 @dataclass
 class GateResult:
+    """Devices whose shadow report passes the promotion gate, and why the others do not."""
+
     passed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     """Device -> why its report does not pass (or that it has none for the version)."""

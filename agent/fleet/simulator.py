@@ -58,6 +58,8 @@ SIM_AGENT_VERSION = "sim"
 
 
 class Behaviour(StrEnum):
+    """How a simulated device answers an OTA offer."""
+
     ACCEPT = "accept"
     REFUSE = "refuse"
     FAIL_HEALTH = "fail_health"
@@ -99,6 +101,8 @@ class Script:
 
 @dataclass(frozen=True)
 class SimSpec:
+    """The simulated fleet: size, ids, model, rates and per-device behaviour."""
+
     devices: int = 100
     prefix: str = "edge"
     id_prefix: str = "sim-"
@@ -148,6 +152,8 @@ class _Offer:
 
 @dataclass
 class SimDevice:
+    """One simulated device: its MQTT client, its running build and its OTA behaviour."""
+
     spec: SimSpec
     index: int
     device: str

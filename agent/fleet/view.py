@@ -56,6 +56,8 @@ NOT_A_FAILURE = frozenset({"not_targeted", "up_to_date", "wrong_model", "wrong_c
 
 @dataclass(frozen=True)
 class OtaReport:
+    """A device's ``OtaStateV1`` report as the fleet view keeps it."""
+
     state: str
     version: str | None = None
     sha256: str | None = None
@@ -123,6 +125,8 @@ class ShadowSummary:
 
 @dataclass
 class DeviceState:
+    """What the fleet view knows of one device: status, model, OTA reports, metrics."""
+
     device: str
     online: bool | None = None
     model: str | None = None
@@ -636,6 +640,7 @@ def summary(devices: list[DeviceState]) -> dict[str, Any]:
 
 
 def format_summary(devices: list[DeviceState]) -> str:
+    """A short text summary: device counts, versions running, OTA states."""
     s = summary(devices)
     versions = ", ".join(f"{v} x{n}" for v, n in s["versions"].items()) or "-"
     states = ", ".join(f"{k} x{n}" for k, n in s["ota_states"].items()) or "-"

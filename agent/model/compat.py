@@ -178,6 +178,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def package_name(manifest: Manifest) -> str:
+    """``"<name> <version>"`` of a package, for messages."""
     return f"{manifest.name} {manifest.version}"
 
 
@@ -289,6 +290,7 @@ def _tensors(specs: Sequence[TensorSpec]) -> list[_Tensor]:
 
 
 def check_agent_version(manifest: Manifest, agent_version: str) -> None:
+    """Raise ``IncompatibleModel`` (``agent_too_old``) when this agent is older than needed."""
     need = Version.parse(manifest.min_agent_version)
     try:
         have = Version.parse(agent_version)
@@ -302,6 +304,8 @@ def check_agent_version(manifest: Manifest, agent_version: str) -> None:
 
 
 def check_preprocess(manifest: Manifest, cfg: Config) -> None:
+    """Raise ``IncompatibleModel`` (``incompatible_preprocess``) when the package's window,
+    channels or normalisation differ from the config's."""
     spec = manifest.preprocess
     if spec is None:
         return
@@ -347,6 +351,7 @@ def check_input(manifest: Manifest, cfg: Config) -> None:
 
 
 def check_output(manifest: Manifest, cfg: Config) -> None:
+    """Raise ``IncompatibleModel`` when the configured postprocessing cannot read the outputs."""
     where = package_name(manifest)
     if manifest.postprocess.type != cfg.postprocess.type:
         raise IncompatibleModel(

@@ -23,10 +23,12 @@ DEMO_LABELS = ["normal", "anomaly"]
 
 
 def demo_model_bytes() -> bytes:
+    """The bytes of the shipped demo model (``builtin:demo``)."""
     return resources.files("agent.model").joinpath("demo/model.tflite").read_bytes()
 
 
 def read_model_source(path: str) -> bytes:
+    """The model bytes ``model.path`` names; raises ``ModelError`` when there are none."""
     if path == BUILTIN_DEMO_MODEL:
         return demo_model_bytes()
     if path == NO_MODEL:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class FieldReporter:
+    """Publishes the drift alert and the shadow report (a thread of its own)."""
+
     def __init__(self, r: Running) -> None:
         self._r = r
         self._link: ReporterLink = r.link

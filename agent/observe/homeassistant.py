@@ -88,6 +88,8 @@ class _Ha(BaseModel):
 
 
 class HaDevice(_Ha):
+    """The ``device`` block of a Home Assistant discovery config."""
+
     identifiers: list[str] = Field(min_length=1, description="The device id.")
     name: str
     model: str = Field(description="The board (device tree model) or 'edge-agent'.")
@@ -115,6 +117,8 @@ class _Entity(_Ha):
 
 
 class HaSensorConfig(_Entity):
+    """Discovery config of a Home Assistant ``sensor`` entity."""
+
     state_topic: str
     value_template: str
     json_attributes_topic: str | None = None
@@ -126,6 +130,8 @@ class HaSensorConfig(_Entity):
 
 
 class HaBinarySensorConfig(_Entity):
+    """Discovery config of a Home Assistant ``binary_sensor`` entity."""
+
     state_topic: str
     value_template: str
     payload_on: str = "ON"
@@ -134,6 +140,8 @@ class HaBinarySensorConfig(_Entity):
 
 
 class HaUpdateConfig(_Entity):
+    """Discovery config of a Home Assistant ``update`` entity (the model version)."""
+
     state_topic: str
     value_template: str
     command_topic: str
@@ -143,6 +151,8 @@ class HaUpdateConfig(_Entity):
 
 
 class HaEventConfig(_Entity):
+    """Discovery config of a Home Assistant ``event`` entity."""
+
     state_topic: str
     value_template: str
     event_types: list[str] = Field(min_length=1)
@@ -150,6 +160,8 @@ class HaEventConfig(_Entity):
 
 
 class HaButtonConfig(_Entity):
+    """Discovery config of a Home Assistant ``button`` entity."""
+
     command_topic: str
     payload_press: str
     device_class: Literal["restart", "identify", "update"] | None = None
@@ -487,6 +499,8 @@ def node_filter(discovery_prefix: str, device_id: str) -> str:
 
 
 class DiscoveryLink(Protocol):
+    """What discovery needs of the MQTT link: publish, subscribe, reconnect callbacks."""
+
     def publish(self, msg: OutgoingMessage, on_ack: Callable[[], None] | None = None) -> bool: ...
     def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
     def subscribe(

@@ -62,6 +62,7 @@ def liveness(r: Running, stall_s: float = STALL_S) -> dict[str, bool]:
 
 
 def is_live(checks: dict[str, bool]) -> bool:
+    """Liveness: inference, publisher and MQTT link all healthy."""
     return checks["inference"] and checks["publisher"] and checks["mqtt_link"]
 
 
@@ -139,6 +140,8 @@ def recent_predictions(payloads: list[bytes], keep: int = 5) -> list[dict[str, A
 
 
 class RunningAgentView:
+    """Metrics, status and health of a running agent, for MQTT metrics and the HTTP API."""
+
     def __init__(self, agent: AgentLike, process: ProcessStats | None = None) -> None:
         self._agent = agent
         self._process = process or LinuxProcessStats()

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class Observability:
+    """The agent's observability parts (view, metrics reporter, HTTP API, HA, field reports)."""
+
     def __init__(self) -> None:
         self.view: RunningAgentView | None = None
         self.reporter: MetricsReporter | None = None

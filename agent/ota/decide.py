@@ -75,6 +75,8 @@ class Offer:
 
 @dataclass(frozen=True)
 class Accepted:
+    """An offer that passed the checks: its manifest and who signed it (None: unsigned)."""
+
     offer: Offer
     manifest: Manifest
     signer: str | None

@@ -71,6 +71,8 @@ class Fetcher(Protocol):
 
 @dataclass(frozen=True)
 class DownloadSettings:
+    """Download limits: deadline, retries, bandwidth (bytes/s), backoff and socket timeout (s)."""
+
     timeout_s: float = 600.0
     retries: int = 5
     bandwidth_bps: float | None = None

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def fsync_file(path: Path) -> None:
+    """fsync the file at ``path``."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -44,6 +45,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
     atomic_write(path, json.dumps(obj, sort_keys=True, indent=1).encode("utf-8") + b"\n")
 
 

@@ -42,6 +42,8 @@ CHECK_INTERVAL_S = 0.25
 
 @dataclass(frozen=True)
 class Counts:
+    """The ``Metrics`` counters the health watch judges a model by."""
+
     windows: int
     predictions: int
     errors: int
@@ -62,6 +64,7 @@ class Counts:
 
 
 def read_counts(metrics: Metrics) -> Counts:
+    """The current health counters from ``metrics``."""
     errors = metrics.counters_by_reason("inference_errors")
     return Counts(
         windows=metrics.counter("windows_run"),
@@ -73,6 +76,8 @@ def read_counts(metrics: Metrics) -> Counts:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The health watch's verdict: watching, passed or failed (with a reason)."""
+
     status: Literal["watching", "passed", "failed"]
     reason: str | None = None
     detail: str | None = None

@@ -32,6 +32,7 @@ OnFile = Callable[[Path, bool], None]
 
 
 def is_candidate(path: Path) -> bool:
+    """True for a visible ``.eapkg`` or offline bundle file."""
     return path.name.endswith((PACKAGE_SUFFIX, BUNDLE_SUFFIX)) and not path.name.startswith(".")
 
 
@@ -63,6 +64,8 @@ class _Handler(FileSystemEventHandler):
 
 
 class IncomingWatcher:
+    """Watches the drop-in folder and calls ``on_file`` for model packages that appear."""
+
     def __init__(self, directory: Path, on_file: OnFile) -> None:
         self.directory = directory
         self._on_file = on_file

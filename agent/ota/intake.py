@@ -39,6 +39,8 @@ MAX_PACKAGE_BYTES = MAX_MODEL_BYTES + MAX_MANIFEST_BYTES + 1024 * 1024
 
 @dataclass(frozen=True)
 class Job:
+    """One offer to handle: from a channel (payload) or the drop-in folder (path)."""
+
     key: str
     channel: str | None = None
     payload: bytes = b""

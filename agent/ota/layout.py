@@ -18,6 +18,8 @@ from agent.config import Config
 
 @dataclass(frozen=True)
 class OtaPaths:
+    """Where OTA keeps its files under the state directory."""
+
     state_dir: Path
     incoming: Path
 

@@ -41,6 +41,8 @@ SLACK_S = 0.005
 
 @dataclass(frozen=True)
 class SmokeResult:
+    """A candidate that passed the smoke test: the loaded model and its median latencies (s)."""
+
     model: Model
     latency_s: float
     running_latency_s: float | None

@@ -45,6 +45,8 @@ PAUSE_ENV = "EDGE_AGENT_OTA_PAUSE_AT"
 
 
 class State(StrEnum):
+    """The OTA state machine's states."""
+
     IDLE = "idle"
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"

@@ -95,6 +95,7 @@ _REASONS: list[tuple[type[Exception], str]] = [
 
 
 def reason_of(exc: Exception) -> str:
+    """The refusal reason for a TUF client exception (``metadata_rejected`` if unknown)."""
     for cls, reason in _REASONS:
         if isinstance(exc, cls):
             return reason
@@ -194,6 +195,7 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    """Run one TUF check: request JSON on stdin, result JSON on stdout."""
     req = json.loads(sys.stdin.read())
     json.dump(check(req), sys.stdout)
     sys.stdout.write("\n")

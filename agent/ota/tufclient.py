@@ -52,6 +52,8 @@ class TufTarget:
 
 @dataclass(frozen=True)
 class TufResult:
+    """The outcome of a TUF refresh: the target (None: none for us), expiry and root version."""
+
     target: TufTarget | None
     expires: float
     """When the trusted timestamp expires (epoch seconds)."""
@@ -61,10 +63,12 @@ class TufResult:
 
 
 def metadata_dir(state_dir: Path) -> Path:
+    """Where the trusted TUF metadata lives under ``state_dir``."""
     return state_dir / "ota" / "tuf"
 
 
 def targets_url(cfg: Config) -> str:
+    """The base URL of the TUF targets (``ota.tuf_targets_url``, else next to the metadata)."""
     ota = cfg.ota
     assert ota.tuf_url is not None
     return ota.tuf_targets_url or ota.tuf_url.rstrip("/").rsplit("/", 1)[0]

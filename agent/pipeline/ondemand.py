@@ -41,6 +41,8 @@ F32 = npt.NDArray[np.float32]
 
 
 class OnDemandRunner:
+    """Runs single windows on demand (HTTP API) with its own interpreter of the active model."""
+
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
         self.cfg = cfg
         self.metrics = metrics

@@ -155,6 +155,8 @@ def _drift_monitor(
 
 
 class Pipeline:
+    """The data path: sources, windowing, inference and hand-off to the publisher."""
+
     def __init__(
         self,
         cfg: Config,

@@ -69,12 +69,14 @@ class SignatureFile(BaseModel):
 
 
 def sign_manifest(manifest_bytes: bytes, key: SigningKey) -> SignatureFile:
+    """Sign the manifest bytes with ``key``."""
     return SignatureFile(
         key_id=key.key_id, signature=base64.b64encode(key.sign(manifest_bytes)).decode("ascii")
     )
 
 
 def parse_signature(data: bytes) -> SignatureFile:
+    """Parse a signature file; raises ``PackageError("malformed")`` when it is not one."""
     try:
         sig = SignatureFile.model_validate_json(data)
         sig.raw()
@@ -123,6 +125,7 @@ class Package:
 
 
 def package_filename(name: str, version: str) -> str:
+    """``<name>-<version>.eapkg``."""
     return f"{name}-{version}{PACKAGE_SUFFIX}"
 
 

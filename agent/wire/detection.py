@@ -15,6 +15,8 @@ from agent.wire.base import Wire
 
 
 class DetectionHit(Wire):
+    """One label that rose over its threshold."""
+
     label: str = Field(description="The label that rose (its mean went above its threshold).")
     mean: float = Field(description="Its mean score over the averaged windows (what crossed).")
     peak: float = Field(description="Its highest single-window score among those windows.")
@@ -22,6 +24,8 @@ class DetectionHit(Wire):
 
 
 class DetectionEventV1(DetectionHit):
+    """A detection prediction's ``outputs`` when a label rose: the event."""
+
     type: Literal["event"] = "event"
     start_sample: int = Field(
         ge=0, description="First sample of the oldest averaged window (stream sample index)."
@@ -37,6 +41,8 @@ class DetectionEventV1(DetectionHit):
 
 
 class DetectionHeartbeatV1(Wire):
+    """A detection prediction's ``outputs`` when nothing rose: the current means."""
+
     type: Literal["heartbeat"] = "heartbeat"
     means: dict[str, float] = Field(description="Current mean score per watched label.")
     start_sample: int = Field(ge=0, description="As in an event: the averaged windows' span.")

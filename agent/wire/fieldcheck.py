@@ -21,10 +21,13 @@ OUTPUT = "output"
 
 
 def channel_name(i: int) -> str:
+    """The drift score name of input channel ``i``: ``ch<i>``."""
     return f"ch{i}"
 
 
 class DriftScoreV1(Wire):
+    """Drift scores of one input channel or of the output."""
+
     name: str = Field(description="'ch<i>' for input channel i, or 'output'.")
     psi: float = Field(ge=0, description="Population stability index against the reference.")
     out_of_range: float = Field(
@@ -67,17 +70,23 @@ class DriftAlertV1(Wire):
 
 
 class LatencyPairMs(Wire):
+    """Median and p99 invoke latency (ms) in a shadow report."""
+
     p50: float = Field(ge=0, description="Median invoke latency, ms.")
     p99: float = Field(ge=0, description="99th percentile, ms.")
 
 
 class OutputDiffV1(Wire):
+    """How far the candidate's output tensor is from the active model's."""
+
     name: str = Field(description="Output tensor name.")
     mean_abs_diff: float = Field(ge=0, description="Mean |candidate - active| over all values.")
     max_abs_diff: float = Field(ge=0, description="Largest |candidate - active|.")
 
 
 class DisagreementV1(Wire):
+    """One window where the shadow candidate and the active model disagreed."""
+
     stream: str = Field(description="Stream the window came from.")
     ts: float = Field(description="Timestamp of the window's last sample.")
     active: int | None = Field(description="Active model's top-1 class index (classification).")
@@ -90,6 +99,8 @@ class DisagreementV1(Wire):
 
 
 class EventAgreementV1(Wire):
+    """How often the candidate's detection events match the active model's."""
+
     active: int = Field(ge=0, description="Detection events the active model raised.")
     candidate: int = Field(ge=0, description="Detection events the candidate raised.")
     matched: int = Field(

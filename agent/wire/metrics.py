@@ -14,6 +14,8 @@ METRICS_SCHEMA = 1
 
 
 class LatencyMs(Wire):
+    """Latency percentiles (ms) in ``MetricsV1``."""
+
     p50: float = Field(ge=0, description="Median over the most recent observations, ms.")
     p95: float = Field(ge=0, description="95th percentile, ms.")
     p99: float = Field(ge=0, description="99th percentile, ms.")
@@ -39,16 +41,22 @@ class ProcessFacts(Wire):
 
 
 class QueueStats(Wire):
+    """The store-and-forward queue in ``MetricsV1``."""
+
     depth: int = Field(ge=0, description="Messages waiting in the store-and-forward queue.")
     dropped: int = Field(ge=0, description="Messages the queue cap dropped (oldest first).")
 
 
 class MqttStats(Wire):
+    """The MQTT connection in ``MetricsV1``."""
+
     connected: bool = Field(description="Connected to the broker now.")
     reconnects: int = Field(ge=0, description="Reconnect attempts since start.")
 
 
 class Rates(Wire):
+    """Sample and prediction rates in ``MetricsV1``."""
+
     samples_per_s: float = Field(ge=0, description="Samples in per second since the last report.")
     predictions_per_s: float = Field(
         ge=0, description="Predictions out per second since the last report."

@@ -36,11 +36,15 @@ Phase = Literal[
 
 
 class DownloadProgress(Wire):
+    """Download progress in ``OtaStateV1``."""
+
     bytes: int = Field(ge=0, description="Bytes of the model downloaded so far.")
     total: int = Field(ge=0, description="The model's size from the signed manifest.")
 
 
 class Refusal(Wire):
+    """The last refused OTA offer in ``OtaStateV1``."""
+
     version: str | None = Field(description="Version offered (null if the offer was unreadable).")
     sha256: str | None = Field(
         None,
@@ -54,6 +58,8 @@ class Refusal(Wire):
 
 
 class TufStatus(Wire):
+    """The TUF metadata's freshness in ``OtaStateV1``."""
+
     expires: float | None = Field(
         None, description="When the trusted TUF timestamp expires (epoch seconds)."
     )
@@ -65,6 +71,8 @@ class TufStatus(Wire):
 
 
 class OtaStateV1(Wire):
+    """The OTA state, retained on ``<prefix>/<device>/ota``."""
+
     v: Literal[1] = Field(1, description="Payload schema version.")
     device: str = Field(description="Device id.")
     model: str = Field(description="Model name (the OTA channel's model).")

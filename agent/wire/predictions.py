@@ -17,11 +17,15 @@ PREDICTION_SCHEMA = 1
 
 
 class ModelRef(Wire):
+    """The model that made a prediction."""
+
     name: str = Field(description="Model name.")
     version: str = Field(description="Model version that produced this prediction.")
 
 
 class PredictionV1(Wire):
+    """One prediction, published on ``<prefix>/<device>/prediction/<model>``."""
+
     v: Literal[1] = Field(1, description="Payload schema version.")
     seq: int = Field(
         ge=0,
@@ -55,6 +59,8 @@ class PredictionV1(Wire):
 
 
 class PredictionBatchV1(Wire):
+    """Several predictions in one message (``[mqtt.batch]``)."""
+
     v: Literal[1] = 1
     device: str
     batch: list[PredictionV1] = Field(description="Several predictions, in sequence order.")

@@ -13,6 +13,8 @@ Listener = Callable[[], None]
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
+    """One MQTT message to publish: topic, payload bytes, QoS, retain."""
+
     topic: str
     payload: bytes
     qos: int = 1

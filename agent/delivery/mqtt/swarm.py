@@ -51,6 +51,8 @@ def raise_fd_limit(wanted: int) -> int:
 
 @dataclass
 class Will:
+    """A client's last will: published by the broker when the client drops."""
+
     topic: str
     payload: bytes
     qos: int = 1

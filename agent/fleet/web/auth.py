@@ -31,6 +31,8 @@ LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 @dataclass(frozen=True)
 class Credentials:
+    """The dashboard's credentials: a bearer token and/or a basic-auth user and password."""
+
     token: str | None = None
     basic: tuple[str, str] | None = None
 

@@ -58,6 +58,8 @@ class RolloutRequest:
 
 @dataclass(frozen=True)
 class Progress:
+    """A running rollout's progress: targeted, succeeded, failed, pending."""
+
     targeted: int
     succeeded: list[str]
     failed: dict[str, str]
@@ -67,6 +69,8 @@ class Progress:
 
 @dataclass
 class RolloutJob:
+    """A rollout started from the dashboard: its request, state, events and report."""
+
     id: int
     request: RolloutRequest
     started: float

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServeOptions:
+    """Options of the dashboard server (``edge-fleet serve``)."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     token_file: Path | None = None

@@ -49,6 +49,8 @@ failed (the OTA state is failed or rolled back, or the last offer was refused)."
 
 @dataclass(frozen=True)
 class MetricsPoint:
+    """One metrics report of a device: rate and p50 latencies (ms)."""
+
     ts: float
     rate: float | None
     invoke_p50_ms: float | None
@@ -57,6 +59,8 @@ class MetricsPoint:
 
 @dataclass(frozen=True)
 class OtaEvent:
+    """An OTA report as received (epoch seconds), with the refusal it carried if any."""
+
     received: float
     report: OtaReport
     refusal: OtaReport | None
@@ -64,6 +68,8 @@ class OtaEvent:
 
 @dataclass(frozen=True)
 class Release:
+    """What a channel announces for a model, or the problem reading it."""
+
     channel: str
     model: str
     announcement: Announcement | None
@@ -73,6 +79,8 @@ class Release:
 
 @dataclass(frozen=True)
 class Page:
+    """One page of the device list."""
+
     devices: list[DeviceState]
     total: int
     page: int

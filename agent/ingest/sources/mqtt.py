@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def has_wildcard(topic_filter: str) -> bool:
+    """True when the topic filter has a ``+`` or ``#`` level."""
     return any(level in ("+", "#") for level in topic_filter.split("/"))
 
 
