@@ -39,7 +39,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``edge-agent`` argument parser: run, check-config, doctor, inspect, predict, demo, ..."""
+    """The ``edge-agent`` argument parser: run, check-config, doctor, inspect, predict, demo."""
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="On-device ML inference: sensor samples in, predictions out over MQTT.",

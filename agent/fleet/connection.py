@@ -80,5 +80,5 @@ def mqtt_settings(args: argparse.Namespace) -> MqttSection:
 
 
 def password(settings: MqttSection) -> str | None:
-    """The broker password ``settings`` name (file or environment), or None."""
+    """The MQTT password from ``settings``' file or environment variable, or None."""
     return read_password(settings)

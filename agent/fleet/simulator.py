@@ -58,7 +58,7 @@ SIM_AGENT_VERSION = "sim"
 
 
 class Behaviour(StrEnum):
-    """How a simulated device answers an OTA offer."""
+    """What a simulated device does: accept or refuse offers, fail health, go offline, flap."""
 
     ACCEPT = "accept"
     REFUSE = "refuse"
