@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.errors import ConfigError, EdgeAgentError
@@ -208,6 +209,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime choices every ``predict`` path passes to the model loader."""
+    return {
+        "runtime": args.runtime,
+        "signature": args.signature,
+        "num_threads": args.threads,
+        "reference_kernels": args.reference_kernels,
+    }
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """``edge-agent predict``: run a model (or package) on an input file and print JSON."""
     if args.stream:
@@ -219,10 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = predict_file(
         _model_bytes(args.model),
         args.input,
-        runtime=args.runtime,
-        signature=args.signature,
-        num_threads=args.threads,
-        reference_kernels=args.reference_kernels,
+        **_runtime_options(args),
         carry_state=args.carry_state,
         label=str(args.model),
     )
@@ -243,10 +251,7 @@ def _predict_package(args: argparse.Namespace) -> int:
     out = predict_file(
         pkg.model,
         args.input,
-        runtime=args.runtime,
-        signature=args.signature,
-        num_threads=args.threads,
-        reference_kernels=args.reference_kernels,
+        **_runtime_options(args),
         carry_state=args.carry_state,
         labels=list(m.labels) or None,
         label=f"{m.name} {m.version}",
@@ -264,10 +269,7 @@ def _predict_stream(args: argparse.Namespace) -> int:
     lines = predict_stream(
         _model_bytes(args.model),
         args.input,
-        runtime=args.runtime,
-        signature=args.signature,
-        num_threads=args.threads,
-        reference_kernels=args.reference_kernels,
+        **_runtime_options(args),
         hop=args.hop,
         label=str(args.model),
     )
