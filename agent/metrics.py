@@ -56,6 +56,7 @@ KNOWN_COUNTERS: dict[str, tuple[str, ...]] = {
     "messages_acked": (),
     "inference_errors": ("error", "non_finite"),
     "queue_dropped": (),
+    "spool_written_behind": (),
 }
 """Counter name -> the reasons it is incremented with (empty: a counter without a reason).
 ``source_failures`` / ``source_restarts`` are labelled by source name (from the config);

@@ -154,6 +154,7 @@ class Agent:
             batch=cfg.mqtt.batch,
             window=cfg.mqtt.max_inflight,
             clock=ClockStatus(cfg.agent.state_dir),
+            write_behind_ms=cfg.queue.write_behind_ms,
         )
         ctx = SourceContext(metrics=self.metrics, subscriber=link)
         running: Running | None = None

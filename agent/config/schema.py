@@ -561,6 +561,15 @@ class QueueSection(_Table):
         ge=1,
         description="Cap on queued messages; past it the oldest are dropped and counted.",
     )
+    write_behind_ms: float = Field(
+        200.0,
+        ge=0,
+        description="On a live connection with no backlog, predictions are published first "
+        "and written to the queue file only if the broker has not acknowledged them after "
+        "this long (acknowledged in time: never written). A kill -9 or crash of the agent "
+        "can lose the unacknowledged predictions of this last interval; a broker outage "
+        "loses nothing. 0: write every prediction before publishing it.",
+    )
 
 
 # --------------------------------------------------------------------------- ota

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 _MEM_ROWS = 20_000  # newest rows kept in memory so live publishing never reads SQLite
 _READ_CHUNK = 1_000
 _MAX_EVENTS = 5_000  # events handled per pass of the publisher loop
+_PENDING_MAX = 1_000  # most messages in the spool's write-behind tier (and the window)
 
 AckCallback = Callable[[], None]
 
@@ -117,6 +118,7 @@ class Publisher:
         window: int = 1000,
         max_ahead: int | None = None,
         clock: SyncState | None = None,
+        write_behind_ms: float = 0.0,
     ) -> None:
         self._link = link
         self._spool = spool
@@ -147,6 +149,11 @@ class Publisher:
         self._room = threading.Event()
         self._room.set()
         self._publish_many = link.publish_many
+        self._write_behind = write_behind_ms / 1000
+        self._pending_max = min(_PENDING_MAX, window)
+        self._written_behind = spool.written_behind  # counted into the metric so far
+        self._wake_at = math.inf  # when the thread's idle timeout ends (monotonic)
+        self._deferred = False  # an append went to the write-behind tier since the last wake
         self.delivered = 0
         self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_KEPT)
         # Inline hand-over: a producer finding the publisher idle does its work itself,
@@ -195,6 +202,12 @@ class Publisher:
             if self._thread is None or not self._thread.is_alive():
                 return False  # not started, or gone: the thread's rules apply
             self._round([recs])
+            since = self._spool.pending_since
+            if since is not None and since + self._write_behind < self._wake_at:
+                # the thread sleeps past the deadline of what this round wrote behind: once
+                # (it computes its next timeout from the deadline when it wakes)
+                self._wake_at = -math.inf
+                self._events.put(_WAKE)
         finally:
             self._state.release()
         return True
@@ -239,7 +252,9 @@ class Publisher:
         get, get_nowait = self._events.get, self._events.get_nowait
         try:
             while True:
-                timeout = self._next_timeout(self._stopping_at)
+                with self._state:
+                    timeout = self._next_timeout(self._stopping_at)
+                    self._wake_at = time.monotonic() + timeout
                 try:
                     events = [get(timeout=timeout)]
                 except queue.Empty:
@@ -263,6 +278,7 @@ class Publisher:
                 ):
                     with self._state:
                         self._idle()
+                        self._persist_pending()  # what is still unacknowledged
                     return
         finally:
             self._throttled = False
@@ -292,10 +308,17 @@ class Publisher:
                 self._acked(acked)
             if self._link.connected:
                 self._pump()
+            if self._spool.pending:
+                self._settle()
         except SpoolError:
             log.exception("store-and-forward failed; predictions may be lost")
             self._metrics.inc("predictions_dropped", len(records), reason="spool_error")
         self._metrics.set("queue_depth", self._spool.depth)
+        if self._spool.written_behind != self._written_behind:
+            self._metrics.inc(
+                "spool_written_behind", self._spool.written_behind - self._written_behind
+            )
+            self._written_behind = self._spool.written_behind
         self._update_throttle(stopping)
         # Acks wake the thread only when they unblock something: a backlog waiting for
         # window room, a half-full window, a shutdown waiting for them. Otherwise (a steady
@@ -316,9 +339,39 @@ class Publisher:
     def _next_timeout(self, stopping_at: float | None) -> float:
         if stopping_at is not None:
             return 0.05
+        timeout = 0.5
         if self._pending_batch:
-            return max(0.0, self._batch_deadline - time.monotonic())
-        return 0.5
+            timeout = max(0.0, self._batch_deadline - time.monotonic())
+        since = self._spool.pending_since
+        if since is not None:  # wake at the write-behind deadline (not before: no polling)
+            timeout = min(timeout, max(0.0, since + self._write_behind - time.monotonic()))
+        if self._deferred:
+            # predictions are being written behind: come back one deadline from now, so the
+            # next ones (which an inline round hands over without waking the thread) are
+            # checked in time; once a deadline passes with none, back to the long timeout
+            self._deferred = False
+            timeout = min(timeout, self._write_behind)
+        return timeout
+
+    def _settle(self) -> None:
+        """The write-behind tier (``_write_behind``): to the file at once when the connection
+        it was published on is gone (or never was) or producers are throttled; else what
+        is still unacknowledged at its deadline."""
+        link = self._link
+        if self._throttled or not link.connected or link.generation != self._gen:
+            self._persist_pending()
+        else:
+            self._spool.settle(time.monotonic() - self._write_behind)
+
+    def _persist_pending(self) -> None:
+        """Take the queued acks first (they never need the file), then write the rest."""
+        acked: list[int] = []
+        acks = self._acks
+        while acks:
+            acked.append(acks.popleft())
+        if acked:
+            self._acked(acked)
+        self._spool.persist_pending()
 
     def _update_throttle(self, stopping: bool) -> None:
         """Block producers while more than ``max_ahead`` messages wait unpublished."""
@@ -375,7 +428,22 @@ class Publisher:
         if not rows:
             # sequence numbers of a still-open batch are committed with the batch
             return
-        msgs, dropped = self._spool.append(rows, self._seq)
+        # Write-behind: published first, written to the file only if not acknowledged within
+        # the deadline; when connected and caught up (no backlog ahead: ids stay in order)
+        # with window room, and not stopping
+        link = self._link
+        defer = (
+            self._write_behind > 0
+            and self._stopping_at is None
+            and not self._throttled
+            and link.connected
+            and link.generation == self._gen
+            and self._cursor == self._spool.last_id
+            and self._inflight + len(rows) <= self._window
+            and self._spool.pending + len(rows) <= self._pending_max
+        )
+        msgs, dropped = self._spool.append(rows, self._seq, defer=defer)
+        self._deferred = self._deferred or defer
         if dropped:
             self._metrics.inc("queue_dropped", dropped)
             self._drops.add(dropped, self._spool.dropped_total)
@@ -400,6 +468,8 @@ class Publisher:
         """Publish spooled messages after the cursor while the in-flight window has room."""
         gen = self._link.generation
         if gen != self._gen:  # a new connection: resend everything not acknowledged
+            if self._spool.pending:
+                self._persist_pending()  # what the old connection did not acknowledge
             self._gen = gen
             self._cursor = 0
             self._inflight = 0

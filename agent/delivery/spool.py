@@ -40,7 +40,9 @@ once, and duplicates keep their seq.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -122,9 +124,17 @@ class HighWater:
         self.path = path
         self.reserved = 0
         self.boot = 0
+        self.clean = True
+        """Every ``seq`` handed out is below the database's ``next_seq`` (and ``next_seq``
+        below): False while write-behind may have published numbers not committed yet."""
+        self.next_seq = 0
+        """The exact next number, written by a clean close (0: not known)."""
         try:
             obj = json.loads(path.read_bytes())
             self.reserved, self.boot = int(obj["reserved"]), int(obj["boot"])
+            # files written before write-behind have no flag: every seq was committed then
+            self.clean = bool(obj.get("clean", True))
+            self.next_seq = int(obj.get("next_seq", 0))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -134,7 +144,14 @@ class HighWater:
 
     def save(self) -> None:
         try:
-            data = json.dumps({"reserved": self.reserved, "boot": self.boot}).encode()
+            data = json.dumps(
+                {
+                    "reserved": self.reserved,
+                    "boot": self.boot,
+                    "clean": self.clean,
+                    "next_seq": self.next_seq,
+                }
+            ).encode()
             atomic_write(self.path, data)
         except OSError as exc:
             raise SpoolError(f"cannot write the seq high-water mark {self.path}: {exc}") from exc
@@ -190,22 +207,47 @@ class Spool:
             )
         self._depth = int(row[0])
         self._acked: list[int] = []  # acknowledged, not yet removed from the file
+        # the write-behind tier: newest messages, not in the file (yet); id order
+        self._pend: dict[int, SpooledMessage] = {}
+        self._groups: collections.deque[tuple[float, int, int]] = collections.deque()
+        """(monotonic time, first id, last id) of each deferred append, oldest first."""
+        self.written_behind = 0
+        """Deferred messages written to the file so far (unacknowledged at their deadline,
+        or on a disconnect, a stop, a strict append)."""
         self._next_id = max(int(row[1]), int(last[0]) if last else 0) + 1
         self.next_seq = self._meta("next_seq")
         self.dropped_total = self._meta("dropped_total")
-        if fresh and self._hw.reserved > self.next_seq:
+        hw = self._hw
+        if fresh and hw.reserved > self.next_seq:
             if self.damage is None:
                 self.damage = SpoolDamage(
                     "lost",
-                    f"{path} came up empty, but sequence numbers up to {self._hw.reserved} "
+                    f"{path} came up empty, but sequence numbers up to {hw.reserved} "
                     "were reserved: queued messages were lost",
                 )
                 log.error("spool: %s", self.damage.detail)
-            self.next_seq = self._hw.reserved
+            self.next_seq = hw.reserved
             self._set_meta("next_seq", self.next_seq)
-        self._hw.boot += 1
-        self._hw.reserved = max(self._hw.reserved, self.next_seq + SEQ_BLOCK)
-        self._hw.save()
+        elif not hw.clean and hw.reserved > self.next_seq:
+            # the last run wrote behind and did not close: numbers up to the mark may have
+            # gone out without being committed; continue above every one of them
+            log.warning(
+                "spool %s was not closed cleanly: sequence numbers continue at the reserved "
+                "mark %d (up to %d unused)",
+                path,
+                hw.reserved,
+                hw.reserved - self.next_seq,
+            )
+            self.next_seq = hw.reserved
+            self._set_meta("next_seq", self.next_seq)
+        elif hw.clean and hw.next_seq > self.next_seq:  # the close's commit did not last
+            self.next_seq = hw.next_seq
+            self._set_meta("next_seq", self.next_seq)
+        hw.boot += 1
+        hw.clean = True  # every number so far is below the committed next_seq
+        hw.next_seq = 0
+        hw.reserved = max(hw.reserved, self.next_seq + SEQ_BLOCK)
+        hw.save()
         self.boot = self._hw.boot
         if self._depth:
             log.info("spool %s holds %d undelivered message(s)", path, self._depth)
@@ -234,23 +276,96 @@ class Spool:
 
     @property
     def depth(self) -> int:
+        """Messages not acknowledged yet, in the file and in the write-behind tier."""
         return self._depth
 
-    def append(
-        self, rows: list[tuple[str, bytes, int, bool]], next_seq: int
-    ) -> tuple[list[SpooledMessage], int]:
-        """Commit ``rows`` and the new ``next_seq`` in one transaction.
+    @property
+    def pending(self) -> int:
+        """Messages in the write-behind tier (in memory only; acknowledged ones leave it)."""
+        return len(self._pend)
 
+    @property
+    def pending_since(self) -> float | None:
+        """When the oldest deferred append still in the tier was made (None: empty)."""
+        return self._groups[0][0] if self._groups else None
+
+    def append(
+        self,
+        rows: list[tuple[str, bytes, int, bool]],
+        next_seq: int,
+        defer: bool = False,
+        now: float | None = None,
+    ) -> tuple[list[SpooledMessage], int]:
+        """Store ``rows`` (ids from this spool) and the new ``next_seq``.
+
+        Strict (``defer`` False): one transaction, which takes the write-behind tier along
+        first (ids stay in order in the file). ``defer``: the rows join the write-behind tier
+        in memory (made at ``now``, monotonic), unless the cap would drop messages; they reach
+        the file only through ``settle``, ``persist_pending``, a strict append or ``close``.
         Returns the stored messages (with ids) and how many old ones the cap dropped.
         """
-        if next_seq > self._hw.reserved:  # reserve before any commit can use the numbers
-            self._hw.reserved = next_seq + SEQ_BLOCK
-            self._hw.save()
+        hw = self._hw
+        if next_seq > hw.reserved or (defer and hw.clean):
+            # reserve before any commit or publish can use the numbers; and from the first
+            # deferred append on, numbers may go out uncommitted: an unclean end continues
+            # at the reserved mark (module doc)
+            if next_seq > hw.reserved:
+                hw.reserved = next_seq + SEQ_BLOCK
+            if defer:
+                hw.clean = False
+            hw.save()
         first = self._next_id
         msgs = [SpooledMessage(first + i, t, p, q, r) for i, (t, p, q, r) in enumerate(rows)]
         overflow = max(0, self._depth + len(rows) - self.max_messages)
+        if defer and not overflow:
+            pend = self._pend
+            for m in msgs:
+                pend[m.id] = m
+            if msgs:
+                t = time.monotonic() if now is None else now
+                self._groups.append((t, first, first + len(msgs) - 1))
+            dropped = 0
+        else:
+            dropped = self._write(msgs, next_seq, overflow)
+        self._next_id += len(rows)
+        self._depth += len(rows) - dropped
+        self.next_seq = next_seq
+        self.dropped_total += dropped
+        return msgs, dropped
+
+    def settle(self, cutoff: float) -> int:
+        """Write the write-behind tier to the file if a message in it was appended at or
+        before ``cutoff`` (monotonic) and is still unacknowledged; how many were written.
+
+        All of the tier goes in one transaction (the ids in order), not just the old part:
+        a broker slow to acknowledge costs one commit per deadline, not one per message."""
+        pend, groups = self._pend, self._groups
+        if not pend:
+            groups.clear()
+            return 0
+        while groups:
+            t, lo, hi = groups[0]
+            if any(i in pend for i in range(lo, hi + 1)):
+                return self.persist_pending() if t <= cutoff else 0
+            groups.popleft()  # all acknowledged
+        return 0
+
+    def persist_pending(self) -> int:
+        """Write the whole write-behind tier to the file now; how many messages."""
+        n = len(self._pend)
+        if n:
+            self._write([], self.next_seq, 0)
+        return n
+
+    def _write(self, new: list[SpooledMessage], next_seq: int, overflow: int) -> int:
+        """One transaction: the write-behind tier, then ``new``, the cap's drops (how many is
+        returned), ``next_seq``; acknowledged rows are removed along when there are enough."""
+        pend = list(self._pend.values())
+        msgs = pend + new if pend else new
         acked: list[int] = []
-        if len(self._acked) >= _DEFER_MIN or overflow:  # the cap counts only unacknowledged
+        # the cap counts only unacknowledged rows; a write without new rows is rare (a
+        # deadline, a disconnect, a close): take every acknowledged row along
+        if len(self._acked) >= _DEFER_MIN or overflow or not new:
             acked, self._acked = self._acked, []
         try:
             self._db.execute("BEGIN")
@@ -276,16 +391,20 @@ class Spool:
         except sqlite3.Error as exc:
             self._rollback()
             self._acked = acked + self._acked
-            raise SpoolError(f"spool {self.path}: cannot append {len(rows)} row(s): {exc}") from exc
+            raise SpoolError(f"spool {self.path}: cannot write {len(msgs)} row(s): {exc}") from exc
         self._depth += len(acked) - removed  # ids that were already gone
-        self._next_id += len(rows)
-        self._depth += len(rows) - dropped
-        self.next_seq = next_seq
-        self.dropped_total += dropped
-        return msgs, dropped
+        if pend:
+            self._pend = {}
+            self._groups.clear()
+            self.written_behind += len(pend)
+        return dropped
 
     def read_after(self, after_id: int, limit: int) -> list[SpooledMessage]:
-        """Up to ``limit`` messages with id > ``after_id``, oldest first."""
+        """Up to ``limit`` messages with id > ``after_id``, oldest first (the file's, then
+        the write-behind tier's: every id of the tier is above every id in the file)."""
+        pend = self._pend
+        if pend and after_id >= next(iter(pend)) - 1:  # nothing after it in the file
+            return list(itertools.islice((m for m in pend.values() if m.id > after_id), limit))
         self.flush()
         try:
             rows = self._db.execute(
@@ -295,15 +414,32 @@ class Spool:
             ).fetchall()
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: cannot read: {exc}") from exc
-        return [SpooledMessage(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+        out = [SpooledMessage(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+        if len(out) < limit and pend:
+            for m in pend.values():
+                if m.id > after_id:
+                    out.append(m)
+                    if len(out) >= limit:
+                        break
+        return out
 
     def delete(self, ids: list[int]) -> None:
         """Forget acknowledged messages (ids already dropped are ignored).
 
-        ``depth`` drops at once; the rows go with the next ``append`` or ``flush``.
+        ``depth`` drops at once; the rows go with the next ``append`` or ``flush``. Messages
+        of the write-behind tier just leave it: they never reach the file.
         """
         if not ids:
             return
+        pend = self._pend
+        if pend:
+            rest = [i for i in ids if pend.pop(i, None) is None]
+            self._depth -= len(ids) - len(rest)
+            if not pend:
+                self._groups.clear()
+            ids = rest
+            if not ids:
+                return
         self._acked += ids
         self._depth -= len(ids)
         if len(self._acked) >= _DEFER_MAX:
@@ -348,8 +484,13 @@ class Spool:
             self._db.execute("ROLLBACK")
 
     def close(self) -> None:
+        """Write the write-behind tier and the exact ``next_seq`` (one transaction), mark
+        the high-water file clean (numbering continues with no gap), close the file."""
         try:
-            self.flush()
+            self._write([], self.next_seq, 0)
+            self._hw.clean = True
+            self._hw.next_seq = self.next_seq
+            self._hw.save()
         except SpoolError as exc:
             log.warning("%s", exc)
         try:

@@ -97,6 +97,8 @@ _HELP = {
     "messages_acked": "Messages acknowledged by the broker.",
     "inference_errors": "Failed windows, per reason.",
     "queue_dropped": "Messages the queue cap dropped.",
+    "spool_written_behind": "Published messages written to the queue file because the "
+    "broker had not acknowledged them within write_behind_ms.",
     "mqtt_reconnects": "MQTT reconnect attempts.",
     "source_failures": "Source failures, per source.",
     "source_restarts": "Command source restarts, per source.",

@@ -138,10 +138,12 @@ def _close_spools() -> Iterator[None]:
         _open_spools.pop().close()
 
 
-def make(tmp_path: Path, link: FakeLink, **kw: object) -> tuple[Publisher, Spool]:
+def make(
+    tmp_path: Path, link: FakeLink, metrics: Metrics | None = None, **kw: object
+) -> tuple[Publisher, Spool]:
     spool = Spool(tmp_path / "q.db")
     _open_spools.append(spool)
-    pub = Publisher(link, spool, "d", 1, Metrics(), **kw)  # type: ignore[arg-type]
+    pub = Publisher(link, spool, "d", 1, metrics or Metrics(), **kw)  # type: ignore[arg-type]
     pub.start()
     return pub, spool
 
@@ -342,3 +344,136 @@ def test_real_broker_delivery_with_link(tmp_path: Path, broker: Broker) -> None:
     pub.stop(5)
     link.stop()
     assert spool.depth == 0
+
+
+# ----------------------------------------------------------------------- write-behind (issue 15)
+
+
+def _file_rows(spool: Spool) -> int:
+    """Rows in the spool's file, read the way an operator would (another connection)."""
+    import sqlite3
+
+    db = sqlite3.connect(spool.path, timeout=5)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _write_behind(
+    tmp_path: Path, link: FakeLink, write_behind_ms: float
+) -> tuple[Publisher, Spool, Metrics, list[str]]:
+    """A connected publisher past its first message (the steady state), and the trace of
+    every statement its spool runs from then on."""
+    metrics = Metrics()
+    pub, spool = make(tmp_path, link, metrics=metrics, write_behind_ms=write_behind_ms)
+    link.connect()
+    pub.submit(record(0))
+    link.wait_sent(1)
+    link.ack()
+    wait_until(lambda: spool.depth == 0 and _file_rows(spool) == 0)  # its row removed
+    trace: list[str] = []
+    spool._db.set_trace_callback(trace.append)
+    return pub, spool, metrics, trace
+
+
+def test_write_behind_messages_acked_in_time_never_reach_the_file(tmp_path: Path) -> None:
+    link = FakeLink(auto_ack=False)
+    pub, spool, metrics, trace = _write_behind(tmp_path, link, write_behind_ms=600_000)
+    for i in range(1, 21):
+        pub.submit(record(i))
+        link.wait_sent(i + 1)
+        link.ack()
+    wait_until(lambda: spool.depth == 0)
+    assert seqs(link.sent) == list(range(21))
+    assert trace == [], trace  # not one statement: no INSERT, no DELETE, no next_seq
+    assert spool.written_behind == 0 and metrics.counter("spool_written_behind") == 0
+    pub.stop(5)
+
+
+def test_strict_mode_commits_every_prediction_before_publishing_it(tmp_path: Path) -> None:
+    link = FakeLink(auto_ack=False)
+    pub, spool, _, trace = _write_behind(tmp_path, link, write_behind_ms=0)
+    for i in range(1, 21):
+        pub.submit(record(i))
+        link.wait_sent(i + 1)
+        link.ack()
+    wait_until(lambda: spool.depth == 0)
+    assert sum(s.startswith("INSERT") for s in trace) == 20
+    assert spool.pending == 0
+    pub.stop(5)
+
+
+def test_write_behind_unacked_past_the_deadline_is_written_then_resent_in_order(
+    tmp_path: Path,
+) -> None:
+    link = FakeLink(auto_ack=False)
+    pub, spool, metrics, _ = _write_behind(tmp_path, link, write_behind_ms=50)
+    for i in range(1, 11):
+        pub.submit(record(i))
+    link.wait_sent(11)
+    # no acks and no more predictions: the publisher's own deadline wake writes them
+    wait_until(lambda: spool.pending == 0 and _file_rows(spool) == 10)
+    assert spool.depth == 10 and metrics.counter("spool_written_behind") == 10
+    link.disconnect()
+    link.auto_ack = True
+    link.sent.clear()
+    link.connect()
+    sent = link.wait_sent(10)
+    assert seqs(sent) == list(range(1, 11))
+    wait_until(lambda: spool.depth == 0)
+    pub.stop(5)
+
+
+def test_write_behind_pending_at_a_disconnect_is_written_then_resent_in_order(
+    tmp_path: Path,
+) -> None:
+    link = FakeLink(auto_ack=False)
+    pub, spool, metrics, _ = _write_behind(tmp_path, link, write_behind_ms=600_000)
+    for i in range(1, 11):
+        pub.submit(record(i))
+    link.wait_sent(11)
+    assert spool.pending == 10 and _file_rows(spool) == 0
+    link.disconnect()
+    # the link is down: the next round (here the idle one) writes everything pending
+    wait_until(lambda: spool.pending == 0 and _file_rows(spool) == 10)
+    for i in range(11, 14):  # while disconnected: straight to the file, behind them
+        pub.submit(record(i))
+    wait_until(lambda: _file_rows(spool) == 13)
+    link.auto_ack = True
+    link.sent.clear()
+    link.connect()
+    sent = link.wait_sent(13)
+    assert seqs(sent) == list(range(1, 14))
+    wait_until(lambda: spool.depth == 0)
+    assert metrics.counter("spool_written_behind") == 10
+    pub.stop(5)
+
+
+def test_write_behind_pending_at_a_reconnect_is_resent_in_order(tmp_path: Path) -> None:
+    """A new connection before any round saw the link down: the generation changed."""
+    link = FakeLink(auto_ack=False)
+    pub, spool, _, _ = _write_behind(tmp_path, link, write_behind_ms=600_000)
+    for i in range(1, 6):
+        pub.submit(record(i))
+    link.wait_sent(6)
+    link.disconnect()
+    link.auto_ack = True
+    link.sent.clear()
+    link.connect()
+    sent = link.wait_sent(5)
+    assert seqs(sent) == list(range(1, 6))
+    wait_until(lambda: spool.depth == 0)
+    assert spool.written_behind == 5
+    pub.stop(5)
+
+
+def test_write_behind_stop_writes_what_is_unacknowledged(tmp_path: Path) -> None:
+    link = FakeLink(auto_ack=False)
+    pub, spool, _, _ = _write_behind(tmp_path, link, write_behind_ms=600_000)
+    for i in range(1, 6):
+        pub.submit(record(i))
+    link.wait_sent(6)
+    pub.stop(5)
+    assert not pub.alive()
+    assert spool.pending == 0 and _file_rows(spool) == 5
