@@ -188,8 +188,27 @@ def test_broker_outage_of_10s_loses_nothing(tmp_path: Path) -> None:
         broker.stop()
 
 
+def by_boot(msgs: list[Received]) -> dict[int, list[int]]:
+    """The sequence numbers of each boot, first arrivals, in arrival order."""
+    out: dict[int, list[int]] = {}
+    seen: set[tuple[int, int]] = set()
+    for p in predictions(msgs):
+        key = (int(p["boot"]), int(p["seq"]))
+        if key not in seen:
+            seen.add(key)
+            out.setdefault(key[0], []).append(key[1])
+    return out
+
+
 @pytest.mark.slow
-def test_kill_9_while_broker_down_then_restart_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("write_behind_ms", [0, None], ids=["strict", "write-behind"])
+def test_kill_9_while_broker_down_then_restart_loses_nothing(
+    tmp_path: Path, write_behind_ms: float | None
+) -> None:
+    """Strict (write_behind_ms = 0): the numbering goes on with no gap across the kill.
+    Write-behind (the default): the first run's acknowledged predictions were never
+    committed, so the second continues above the reserved mark (a jump, a new boot); still
+    nothing lost: each boot's numbers arrive complete and in order."""
     broker = Broker(tmp_path / "broker", persistent=True)
     broker.start()
     x = demo_signal(1600)
@@ -202,6 +221,8 @@ def test_kill_9_while_broker_down_then_restart_loses_nothing(tmp_path: Path) -> 
             {"type": "replay", "name": "rec", "path": str(csv), "rate": "fixed", "rate_hz": 400.0}
         ],
     )
+    if write_behind_ms is not None:
+        cfg["queue"] = {"write_behind_ms": write_behind_ms}
     conf = write_config(tmp_path / "agent.toml", cfg)
     per_run = (len(x) - WINDOW) // HOP + 1
     first = AgentProcess(conf, tmp_path / "agent1.log")
@@ -220,8 +241,27 @@ def test_kill_9_while_broker_down_then_restart_loses_nothing(tmp_path: Path) -> 
             # the second run replays the file again: its predictions continue the numbering
             msgs = col.wait_for(lambda m: len(set(seqs(m))) >= per_run + 20, timeout=60)
             _wait(lambda: _spool_depth(state) == 0, 30, "spool not drained")
+            if write_behind_ms != 0:  # numbered apart from the first run: all of it
+
+                def second_done(m: list[Received]) -> bool:
+                    boots = by_boot(m)
+                    return len(boots) == 2 and len(boots[max(boots)]) >= per_run
+
+                col.wait_for(second_done, timeout=60)
             msgs = col.wait_for(lambda m: True, timeout=1)
-        check_complete_and_ordered(seqs(msgs))
+        if write_behind_ms == 0:
+            check_complete_and_ordered(seqs(msgs))
+        else:
+            boots = by_boot(msgs)
+            assert len(boots) == 2, sorted(boots)
+            b1, b2 = sorted(boots)
+            assert b2 == b1 + 1
+            ran = boots[b1]
+            assert len(ran) >= 25, "the first run's spooled predictions were lost"
+            assert ran == list(range(len(ran))), "a sequence number is missing (first run)"
+            again = boots[b2]
+            assert again == list(range(again[0], again[0] + per_run)), "second run incomplete"
+            assert again[0] > ran[-1], f"seq reused: {again[0]} after {ran[-1]}"
         code, _ = second.terminate()
         assert code == 0, second.output()
     finally:
@@ -229,6 +269,57 @@ def test_kill_9_while_broker_down_then_restart_loses_nothing(tmp_path: Path) -> 
             if a.alive():
                 a.kill()
         broker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("end", ["kill", "term"])
+def test_numbering_after_a_restart_on_a_live_broker(
+    tmp_path: Path, broker: Broker, end: str
+) -> None:
+    """Write-behind on a healthy broker: acknowledged predictions never reach the spool
+    file, so their numbers are not committed. After a kill -9 the next run numbers above
+    every seq the broker saw (never a reuse); after a SIGTERM it continues with no gap."""
+    x = demo_signal(1600)
+    csv = write_csv(tmp_path / "samples.csv", x)
+    cfg = base_config(
+        tmp_path,
+        broker,
+        sources=[
+            {"type": "replay", "name": "rec", "path": str(csv), "rate": "fixed", "rate_hz": 400.0}
+        ],
+    )
+    conf = write_config(tmp_path / "agent.toml", cfg)
+    first = AgentProcess(conf, tmp_path / "agent1.log")
+    second = AgentProcess(conf, tmp_path / "agent2.log")
+    try:
+        with Collector(broker.host, broker.port, ["edge/dev-1/#"], session=f"obs-{end}") as col:
+            first.start()
+            col.wait_for(lambda m: len(predictions(m)) >= 10, timeout=30)
+            if end == "kill":
+                first.kill()
+            else:
+                code, _ = first.terminate()
+                assert code == 0, first.output()
+            second.start()
+            msgs = col.wait_for(lambda m: len(by_boot(m)) == 2, timeout=30)
+            b1 = min(by_boot(msgs))
+            msgs = col.wait_for(lambda m: len(by_boot(m).get(b1 + 1, [])) >= 10, timeout=30)
+            code, _ = second.terminate()
+            assert code == 0, second.output()
+            msgs = col.wait_for(lambda m: True, timeout=1)
+        boots = by_boot(msgs)
+        assert sorted(boots) == [b1, b1 + 1], sorted(boots)
+        ran, again = boots[b1], boots[b1 + 1]
+        assert ran == list(range(len(ran))), "a sequence number is missing (first run)"
+        assert again == list(range(again[0], again[0] + len(again))), "second run has a gap"
+        if end == "kill":
+            assert again[0] > ran[-1], f"seq reused: {again[0]} after {ran[-1]}"
+        else:
+            assert again[0] == ran[-1] + 1, f"a gap after a clean stop: {ran[-1]} -> {again[0]}"
+    finally:
+        for a in (first, second):
+            if a.alive():
+                a.kill()
 
 
 def test_bad_sensor_messages_are_counted_and_skipped(tmp_path: Path, broker: Broker) -> None:
