@@ -5,11 +5,20 @@ One thread owns the ``Spool`` and all delivery state. Everything reaches it thro
 wake-up for the acks the MQTT network thread queued (a deque: one wake-up per burst of acks,
 not per ack) — so no lock guards the delivery state.
 
-For each batch of new predictions it assigns sequence numbers, serialises them, commits them to
-the spool (one transaction), then publishes from the spool in id order: from an in-memory
-copy of the newest rows when it can, from SQLite after an outage. A message is deleted when the
-broker acknowledges it. On disconnect the in-flight set is forgotten and the cursor goes back
-to the oldest row, so the next connection resends everything not acknowledged, in order.
+For each batch of new predictions it assigns sequence numbers, serialises them, stores them in
+the spool, then publishes from the spool in id order: from an in-memory copy of the newest
+rows when it can, from SQLite after an outage. A message is deleted when the broker
+acknowledges it. On disconnect the in-flight set is forgotten and the cursor goes back to the
+oldest row, so the next connection resends everything not acknowledged, in order.
+
+Storing is write-behind (``write_behind_ms`` > 0) when the connection is up, the cursor has
+caught up and the window has room: the spool keeps the messages in memory, they are published
+at once, and only those still unacknowledged at the deadline reach SQLite (``_settle``, one
+transaction for all of them); on a link that went down or changed generation, on throttling
+and at the end of the thread, everything pending is written at once. Otherwise each batch is
+committed before it is published (one transaction). The thread's idle timeout ends at the
+deadline of the oldest pending message (and is one deadline long while messages are written
+behind, so an inline round never has to wake it): no timer, no wake-up per prediction.
 
 Back-pressure: while connected, at most ``max_ahead`` messages wait in the spool unpublished
 (not counting the backlog a connection starts with, which is drained behind them at full
@@ -21,7 +30,8 @@ counts). While disconnected nothing blocks: everything is spooled (store-and-for
 Cost per prediction (it is what bounds a tiny model's throughput): the payload is formatted
 from a cached per-(model, version, stream) head instead of ``json.dumps`` of a dict (the
 bytes are identical), messages go out in bursts (``publish_many``: corked socket, one lock),
-and the spool commits one transaction per burst of predictions.
+and the spool commits one transaction per burst of predictions (none on a healthy live
+connection: write-behind).
 """
 
 from __future__ import annotations

@@ -1,10 +1,23 @@
 """Store-and-forward: the on-disk queue every outgoing prediction passes through.
 
-A message is written here (SQLite, WAL) *before* it is published and deleted only when the
-broker acknowledged it. A broker outage, a lost network or a ``kill -9`` of the agent
-therefore loses nothing that was committed: on the next connection everything left is sent
-again, oldest first. Delivery is at least once; the sequence number in each payload lets
-subscribers drop duplicates and spot gaps.
+A message is deleted only when the broker acknowledged it. Two tiers hold it until then:
+
+- the file (SQLite, WAL): a strict ``append`` commits the message *before* it is published.
+  A broker outage, a lost network or a ``kill -9`` of the agent loses nothing committed: on
+  the next connection everything left is sent again, oldest first.
+- the write-behind tier (memory): ``append(..., defer=True)`` gives the messages their ids
+  (from the same counter) and keeps them in memory; the publisher publishes them at once and
+  does so only on a live connection with no backlog ahead of them. Acknowledged in time,
+  they never touch the file (at a steady rate: no statement per prediction). ``settle``
+  writes the tier when its oldest unacknowledged message is older than the deadline,
+  ``persist_pending`` on a disconnect or a stop; a strict append and ``close`` take it along.
+  Every id in the tier is above every id in the file, and it is always written in one
+  transaction, in id order. ``depth``, ``last_id``, ``read_after`` and ``delete`` see both
+  tiers. A ``kill -9`` or crash can lose the tier's unacknowledged messages (at most one
+  deadline's worth, ``queue.write_behind_ms``); a broker outage still loses nothing.
+
+Delivery is at least once; the sequence number in each payload lets subscribers drop
+duplicates and spot gaps.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash of the process (the WAL is in
 the OS page cache); a power cut may lose the last commits. ``durable = True`` makes every
@@ -14,7 +27,15 @@ Size cap and drop policy: past ``max_messages`` the **oldest** messages are drop
 data is the most useful after a long outage) and counted in ``dropped_total``.
 
 The sequence counter lives in the same database and is updated in the same transaction as the
-rows that use it, so after a restart numbering continues with no gap and no repeat.
+rows that use it, and ``close`` commits the exact next number: after a clean stop numbering
+continues with no gap and no repeat. Written-behind messages that were acknowledged never
+commit their numbers, so after an *unclean* end (``kill -9``, a crash) the database's counter
+may be below numbers already published: the high-water file (below) carries a ``clean`` flag,
+cleared (one write) by the first deferred append of a run and set again by ``close`` together
+with the exact ``next_seq``; a start that finds it cleared continues at the reserved mark (a
+jump of at most ``SEQ_BLOCK`` unused numbers, with the new ``boot``), never below a number that
+may have gone out. A run that never wrote behind leaves the flag set: its numbering continues
+from the database with no gap even after a crash.
 
 Damage: ``seq`` never goes backwards for a device, even when the database does. A high-water
 mark is kept *outside* it, in ``<spool>.seq`` (JSON, written atomically): numbers are reserved
