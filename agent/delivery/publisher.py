@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 _MEM_ROWS = 20_000  # newest rows kept in memory so live publishing never reads SQLite
 _READ_CHUNK = 1_000
 _MAX_EVENTS = 5_000  # events handled per pass of the publisher loop
-_PENDING_MAX = 1_000  # most messages in the spool's write-behind tier (and the window)
 
 AckCallback = Callable[[], None]
 
@@ -160,10 +159,8 @@ class Publisher:
         self._room.set()
         self._publish_many = link.publish_many
         self._write_behind = write_behind_ms / 1000
-        self._pending_max = min(_PENDING_MAX, window)
         self._written_behind = spool.written_behind  # counted into the metric so far
         self._wake_at = math.inf  # when the thread's idle timeout ends (monotonic)
-        self._deferred = False  # an append went to the write-behind tier since the last wake
         self.delivered = 0
         self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_KEPT)
         # Inline hand-over: a producer finding the publisher idle does its work itself,
@@ -316,10 +313,11 @@ class Publisher:
                 self._flush_batch()
             if acked:
                 self._acked(acked)
-            if self._link.connected:
-                self._pump()
+            connected = self._link.connected
+            if connected:
+                self._pump()  # (on a new connection: writes the tier first)
             if self._spool.pending:
-                self._settle()
+                self._settle(connected)
         except SpoolError:
             log.exception("store-and-forward failed; predictions may be lost")
             self._metrics.inc("predictions_dropped", len(records), reason="spool_error")
@@ -355,20 +353,18 @@ class Publisher:
         since = self._spool.pending_since
         if since is not None:  # wake at the write-behind deadline (not before: no polling)
             timeout = min(timeout, max(0.0, since + self._write_behind - time.monotonic()))
-        if self._deferred:
+        if time.monotonic() - self._spool.deferred_at < 2 * self._write_behind:
             # predictions are being written behind: come back one deadline from now, so the
-            # next ones (which an inline round hands over without waking the thread) are
-            # checked in time; once a deadline passes with none, back to the long timeout
-            self._deferred = False
+            # next ones (which an inline round hands over without waking the thread: it
+            # wakes by then) are checked in time; back to the long timeout once they stop
             timeout = min(timeout, self._write_behind)
         return timeout
 
-    def _settle(self) -> None:
-        """The write-behind tier (``_write_behind``): to the file at once when the connection
-        it was published on is gone (or never was) or producers are throttled; else what
-        is still unacknowledged at its deadline."""
-        link = self._link
-        if self._throttled or not link.connected or link.generation != self._gen:
+    def _settle(self, connected: bool) -> None:
+        """The write-behind tier (``_write_behind``): to the file at once when the link is
+        down or producers are throttled (``_pump`` wrote it when the connection changed);
+        else what is still unacknowledged at its deadline."""
+        if self._throttled or not connected:
             self._persist_pending()
         else:
             self._spool.settle(time.monotonic() - self._write_behind)
@@ -449,11 +445,9 @@ class Publisher:
             and link.connected
             and link.generation == self._gen
             and self._cursor == self._spool.last_id
-            and self._inflight + len(rows) <= self._window
-            and self._spool.pending + len(rows) <= self._pending_max
+            and self._inflight + len(rows) <= self._window  # (the spool caps the tier too)
         )
         msgs, dropped = self._spool.append(rows, self._seq, defer=defer)
-        self._deferred = self._deferred or defer
         if dropped:
             self._metrics.inc("queue_dropped", dropped)
             self._drops.add(dropped, self._spool.dropped_total)

@@ -66,6 +66,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -195,9 +196,17 @@ def _quarantine(path: Path) -> Path:
 class Spool:
     """The queue. Used by one thread (the publisher); ``depth`` may be read from any."""
 
-    def __init__(self, path: Path, max_messages: int = 1_000_000, durable: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_messages: int = 1_000_000,
+        durable: bool = False,
+        max_pending: int = 1_000,
+    ) -> None:
         self.path = path
         self.max_messages = max_messages
+        self.max_pending = max_pending
+        """Most messages in the write-behind tier: a deferred append past it is strict."""
         self.damage: SpoolDamage | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +241,8 @@ class Spool:
         self._pend: dict[int, SpooledMessage] = {}
         self._groups: collections.deque[tuple[float, int, int]] = collections.deque()
         """(monotonic time, first id, last id) of each deferred append, oldest first."""
+        self.deferred_at = -math.inf
+        """When the last deferred append was made (monotonic)."""
         self.written_behind = 0
         """Deferred messages written to the file so far (unacknowledged at their deadline,
         or on a disconnect, a stop, a strict append)."""
@@ -338,13 +349,14 @@ class Spool:
         first = self._next_id
         msgs = [SpooledMessage(first + i, t, p, q, r) for i, (t, p, q, r) in enumerate(rows)]
         overflow = max(0, self._depth + len(rows) - self.max_messages)
-        if defer and not overflow:
-            pend = self._pend
+        pend = self._pend
+        if defer and not overflow and len(pend) + len(msgs) <= self.max_pending:
             for m in msgs:
                 pend[m.id] = m
             if msgs:
                 t = time.monotonic() if now is None else now
                 self._groups.append((t, first, first + len(msgs) - 1))
+                self.deferred_at = t
             dropped = 0
         else:
             dropped = self._write(msgs, next_seq, overflow)
@@ -366,8 +378,9 @@ class Spool:
             return 0
         while groups:
             t, lo, hi = groups[0]
-            if any(i in pend for i in range(lo, hi + 1)):
-                return self.persist_pending() if t <= cutoff else 0
+            for i in range(lo, hi + 1):
+                if i in pend:
+                    return self.persist_pending() if t <= cutoff else 0
             groups.popleft()  # all acknowledged
         return 0
 

@@ -292,3 +292,13 @@ def test_model_of_a_fifo_with_write_behind(ops: list[tuple[int, int, bool, bool]
         assert [m.payload for m in sp.read_after(0, 1000)] == model
         assert sp.next_seq == counter
         sp.close()
+
+
+def test_the_write_behind_tier_is_capped(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "q.db", max_pending=4)
+    sp.append(rows(3), next_seq=3, defer=True)
+    assert sp.pending == 3
+    sp.append(rows(2, 3), next_seq=5, defer=True)  # 5 > 4: strict, the tier goes along first
+    assert sp.pending == 0 and sp.written_behind == 3
+    assert [m.payload for m in sp.read_after(0, 10)] == [f"m{i}".encode() for i in range(5)]
+    sp.close()
