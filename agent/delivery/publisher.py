@@ -285,7 +285,10 @@ class Publisher:
                 ):
                     with self._state:
                         self._idle()
-                        self._persist_pending()  # what is still unacknowledged
+                        try:
+                            self._persist_pending()  # what is still unacknowledged
+                        except SpoolError:  # Spool.close tries again
+                            log.exception("store-and-forward: cannot write pending messages")
                     return
         finally:
             self._throttled = False
