@@ -161,6 +161,7 @@ class Publisher:
         self._write_behind = write_behind_ms / 1000
         self._written_behind = spool.written_behind  # counted into the metric so far
         self._wake_at = math.inf  # when the thread's idle timeout ends (monotonic)
+        self._live = False  # at the end of the last round: connected, everything published
         self.delivered = 0
         self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_KEPT)
         # Inline hand-over: a producer finding the publisher idle does its work itself,
@@ -319,7 +320,10 @@ class Publisher:
             connected = self._link.connected
             if connected:
                 self._pump()  # (on a new connection: writes the tier first)
-            if self._spool.pending:
+            since = self._spool.pending_since
+            if since is not None and (
+                not connected or self._throttled or since <= time.monotonic() - self._write_behind
+            ):
                 self._settle(connected)
         except SpoolError:
             log.exception("store-and-forward failed; predictions may be lost")
@@ -330,14 +334,14 @@ class Publisher:
                 "spool_written_behind", self._spool.written_behind - self._written_behind
             )
             self._written_behind = self._spool.written_behind
-        self._update_throttle(stopping)
+        last_id = self._spool.last_id
+        self._update_throttle(stopping, connected, last_id)
+        self._live = connected and self._cursor == last_id and not self._throttled
         # Acks wake the thread only when they unblock something: a backlog waiting for
         # window room, a half-full window, a shutdown waiting for them. Otherwise (a steady
         # trickle: one message in flight at a time) they are taken with the next prediction
         # or at the idle timeout: one thread wake-up per message less.
-        self._want_acks = (
-            stopping or self._inflight * 2 >= self._window or self._cursor < self._spool.last_id
-        )
+        self._want_acks = stopping or self._inflight * 2 >= self._window or self._cursor < last_id
 
     def _idle(self) -> None:
         """Nothing to do for a while: remove acknowledged rows from the spool file now."""
@@ -382,11 +386,11 @@ class Publisher:
             self._acked(acked)
         self._spool.persist_pending()
 
-    def _update_throttle(self, stopping: bool) -> None:
+    def _update_throttle(self, stopping: bool, connected: bool, last_id: int) -> None:
         """Block producers while more than ``max_ahead`` messages wait unpublished."""
         ahead = 0
-        if not stopping and self._link.connected and self._cursor >= self._floor:
-            ahead = self._spool.last_id - self._cursor
+        if not stopping and connected and self._cursor >= self._floor:
+            ahead = last_id - self._cursor
         if self._throttled:
             if ahead <= self._high // 2:
                 self._throttled = False
@@ -438,16 +442,13 @@ class Publisher:
             # sequence numbers of a still-open batch are committed with the batch
             return
         # Write-behind: published first, written to the file only if not acknowledged within
-        # the deadline; when connected and caught up (no backlog ahead: ids stay in order)
-        # with window room, and not stopping
-        link = self._link
+        # the deadline; when the last round ended connected with everything published (no
+        # backlog ahead: ids stay in order), with window room, and not stopping. Should the
+        # link have gone down or changed since, this round's _pump/_settle write the rows.
         defer = (
-            self._write_behind > 0
+            self._live
+            and self._write_behind > 0
             and self._stopping_at is None
-            and not self._throttled
-            and link.connected
-            and link.generation == self._gen
-            and self._cursor == self._spool.last_id
             and self._inflight + len(rows) <= self._window  # (the spool caps the tier too)
         )
         msgs, dropped = self._spool.append(rows, self._seq, defer=defer)

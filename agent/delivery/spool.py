@@ -241,6 +241,9 @@ class Spool:
         self._pend: dict[int, SpooledMessage] = {}
         self._groups: collections.deque[tuple[float, int, int]] = collections.deque()
         """(monotonic time, first id, last id) of each deferred append, oldest first."""
+        self.pending_since: float | None = None
+        """When the oldest deferred append in the tier was made (None: empty); it may be
+        acknowledged already (``settle`` moves it on)."""
         self.deferred_at = -math.inf
         """When the last deferred append was made (monotonic)."""
         self.written_behind = 0
@@ -316,11 +319,6 @@ class Spool:
         """Messages in the write-behind tier (in memory only; acknowledged ones leave it)."""
         return len(self._pend)
 
-    @property
-    def pending_since(self) -> float | None:
-        """When the oldest deferred append still in the tier was made (None: empty)."""
-        return self._groups[0][0] if self._groups else None
-
     def append(
         self,
         rows: list[tuple[str, bytes, int, bool]],
@@ -357,6 +355,8 @@ class Spool:
                 t = time.monotonic() if now is None else now
                 self._groups.append((t, first, first + len(msgs) - 1))
                 self.deferred_at = t
+                if self.pending_since is None:
+                    self.pending_since = t
             dropped = 0
         else:
             dropped = self._write(msgs, next_seq, overflow)
@@ -375,13 +375,16 @@ class Spool:
         pend, groups = self._pend, self._groups
         if not pend:
             groups.clear()
+            self.pending_since = None
             return 0
         while groups:
             t, lo, hi = groups[0]
             for i in range(lo, hi + 1):
                 if i in pend:
+                    self.pending_since = t
                     return self.persist_pending() if t <= cutoff else 0
             groups.popleft()  # all acknowledged
+        self.pending_since = None
         return 0
 
     def persist_pending(self) -> int:
@@ -430,6 +433,7 @@ class Spool:
         if pend:
             self._pend = {}
             self._groups.clear()
+            self.pending_since = None
             self.written_behind += len(pend)
         return dropped
 
@@ -467,10 +471,14 @@ class Spool:
             return
         pend = self._pend
         if pend:
-            rest = [i for i in ids if pend.pop(i, None) is None]
+            rest = []
+            for i in ids:
+                if pend.pop(i, None) is None:
+                    rest.append(i)
             self._depth -= len(ids) - len(rest)
             if not pend:
                 self._groups.clear()
+                self.pending_since = None
             ids = rest
             if not ids:
                 return
