@@ -258,24 +258,29 @@ class Publisher:
     def _run(self) -> None:
         stop_budget = 1.5
         get, get_nowait = self._events.get, self._events.get_nowait
+        with self._state:
+            timeout = self._next_timeout(None)
+            self._wake_at = time.monotonic() + timeout
         try:
             while True:
-                with self._state:
-                    timeout = self._next_timeout(self._stopping_at)
-                    self._wake_at = time.monotonic() + timeout
                 try:
                     events = [get(timeout=timeout)]
+                    idle = False
                 except queue.Empty:
                     events = []
-                    with self._state:
-                        self._idle()
+                    idle = True
                 try:
                     while len(events) < _MAX_EVENTS:
                         events.append(get_nowait())
                 except queue.Empty:
                     pass
+                # one hold of _state per wake-up (an inline hand-over meanwhile must queue)
                 with self._state:
+                    if idle:
+                        self._idle()
                     self._round(events)
+                    timeout = self._next_timeout(self._stopping_at)
+                    self._wake_at = time.monotonic() + timeout
                 handed = sum(1 for ev in events if type(ev) is list)
                 if handed:
                     with self._queued_lock:

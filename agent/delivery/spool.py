@@ -330,7 +330,8 @@ class Spool:
 
         Strict (``defer`` False): one transaction, which takes the write-behind tier along
         first (ids stay in order in the file). ``defer``: the rows join the write-behind tier
-        in memory (made at ``now``, monotonic), unless the cap would drop messages; they reach
+        in memory (made at ``now``, monotonic), unless the cap would drop messages or the tier
+        would exceed ``max_pending`` (then the append is strict); they reach
         the file only through ``settle``, ``persist_pending``, a strict append or ``close``.
         Returns the stored messages (with ids) and how many old ones the cap dropped.
         """
