@@ -72,6 +72,10 @@ class Link(Protocol):
 
     def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
 
+    def prompt_acks(self, on: bool) -> None:
+        """Whether acks are waited on now (on at start). Off: they may arrive late, with a
+        later ``publish_many`` (the link then does not wake its network thread for each)."""
+
 
 class SyncState(Protocol):
     """``agent.clock.ClockStatus``: whether the system clock is synchronised (None: unknown)."""
@@ -301,9 +305,10 @@ class Publisher:
         # window room, a half-full window, a shutdown waiting for them. Otherwise (a steady
         # trickle: one message in flight at a time) they are taken with the next prediction
         # or at the idle timeout: one thread wake-up per message less.
-        self._want_acks = (
-            stopping or self._inflight * 2 >= self._window or self._cursor < self._spool.last_id
-        )
+        want = stopping or self._inflight * 2 >= self._window or self._cursor < self._spool.last_id
+        if want != self._want_acks:
+            self._link.prompt_acks(want)  # off: the link need not wake for each ack either
+        self._want_acks = want
 
     def _idle(self) -> None:
         """Nothing to do for a while: remove acknowledged rows from the spool file now."""
