@@ -58,8 +58,9 @@ class Link(Protocol):
     """The part of ``agent.delivery.mqtt.MqttLink`` the publisher uses.
 
     ``publish_many`` sends a burst in order and returns how many went out (a prefix; 0 when
-    there is no connection). ``on_ack`` callbacks run on the link's network thread, once per
-    acknowledged message of the connection (``generation``) it was sent on.
+    there is no connection). ``on_ack`` callbacks run on the link's network thread (or, after
+    ``prompt_acks(False)``, on a thread calling ``publish_many``), once per acknowledged
+    message of the connection (``generation``) it was sent on.
     """
 
     @property
@@ -431,9 +432,10 @@ class Publisher:
                 return
 
     def _ack_callback(self, msg_id: int) -> AckCallback:
-        """Runs on the network thread: queue the id, and wake the publisher once for all the
-        acks that arrive before it gets round to them (not once per ack), and only when it
-        wants them now (``_want_acks``)."""
+        """Runs on the network thread (or inside a later ``publish_many``: quiet acks, then
+        possibly with ``_state`` held; it takes no lock): queue the id, and wake the
+        publisher once for all the acks that arrive before it gets round to them (not once
+        per ack), and only when it wants them now (``_want_acks``)."""
         acks, put = self._acks, self._events.put
 
         def acked() -> None:

@@ -20,6 +20,9 @@ from typing import Any, NoReturn
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttSection
 from agent.errors import PublishError
@@ -212,10 +215,10 @@ least one character and, in MQTT 5, a properties length (5 bytes in MQTT 3.1.1, 
 at once, and so do two acks nobody read."""
 
 
-def _whole_acks(data: bytes) -> int:
-    """How many complete PUBACK and PINGRESP packets ``data`` starts with."""
-    n = i = 0
-    size = len(data)
+def _whole_acks(data: bytes) -> list[int]:
+    """Where each complete PUBACK or PINGRESP packet ``data`` starts with ends."""
+    ends: list[int] = []
+    i, size = 0, len(data)
     while i + 1 < size:
         cmd, length = data[i], data[i + 1]
         if not ((cmd == 0x40 and 2 <= length < 128) or (cmd == 0xD0 and length == 0)):
@@ -223,8 +226,12 @@ def _whole_acks(data: bytes) -> int:
         i += 2 + length
         if i > size:
             break
-        n += 1
-    return n
+        ends.append(i)
+    return ends
+
+
+_PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
+_PUBACK_PROPS = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
 class AckMode:
@@ -429,10 +436,7 @@ class _Client(paho.Client):
                 data = b""
             if data:
                 sock.feed(data)
-                for _ in range(_whole_acks(data)):
-                    if self._packet_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        failed = True
-                        break
+                failed = not self._handle_acks(sock, data, _whole_acks(data))
             left = not data or sock.pending()
         finally:
             self._reading.release()
@@ -444,6 +448,30 @@ class _Client(paho.Client):
         # was held here: the network thread takes it now
         if left or self._out_packet:
             self.wake_loop()
+
+    def _handle_acks(self, sock: _TcpBuffer, data: bytes, ends: list[int]) -> bool:
+        """Hand the acks ending at ``ends`` (served by ``sock``) to paho; False if it refused
+        one. A plain PUBACK (success, no properties: nearly all of them) takes paho's own
+        steps for it (``_handle_pubackcomp``) without decoding it into new ReasonCode and
+        Properties objects: ~20 Python calls less per message."""
+        ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+        start = 0
+        for end in ends:
+            if end - start == 4 and data[start] == 0x40:
+                sock._rpos = end
+                mid = data[start + 2] << 8 | data[start + 3]
+                with self._out_message_mutex:
+                    if (
+                        mid in self._out_messages
+                        and self._do_on_publish(mid, _PUBACK_OK, _PUBACK_PROPS) != ok
+                    ):
+                        return False
+            elif self._packet_read() != ok:
+                return False
+            start = end
+        with self._msgtime_mutex:
+            self._last_bytes_received = paho.time_func()
+        return True
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
         self.turns += 1
