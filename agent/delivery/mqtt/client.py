@@ -15,16 +15,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttSection
+from agent.delivery.mqtt.messages import AckCallback, Message
 from agent.errors import PublishError
 
 log = logging.getLogger(__name__)
@@ -36,6 +34,31 @@ def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
 
 
 _CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
+
+_MAX_REMAINING = 268_435_455  # MQTT's largest remaining length (4 length bytes)
+
+
+def _topic_field(topic: str) -> bytes:
+    """A PUBLISH packet's topic name field; ValueError for a topic paho would refuse."""
+    raw = topic.encode("utf-8")
+    if not raw or len(raw) > 65535 or b"+" in raw or b"#" in raw:
+        raise ValueError(f"invalid topic to publish to: {topic!r}")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _fixed_header(first: int, size: int) -> bytes:
+    """The fixed header: the first byte, then the remaining length (1 to 4 bytes)."""
+    if size < 128:
+        return bytes((first, size))
+    out = bytearray((first,))
+    while True:
+        b = size & 127
+        size >>= 7
+        if size:
+            out.append(b | 128)
+        else:
+            out.append(b)
+            return bytes(out)
 
 
 class _TcpBuffer:
@@ -52,6 +75,16 @@ class _TcpBuffer:
       Outside a burst a ``send`` goes out at once. Everything is written in the order it was
       sent, by one thread at a time; a send never returns short, so paho's own queue stays
       empty.
+    - our own PUBLISH packets (``publish``, the predictions' path) are encoded here from a
+      cached per-topic header and their PUBACKs are taken off the incoming stream here, by
+      packet id, before paho parses anything: per message, paho's ``publish`` (~20 Python
+      calls and three objects, a ``Condition`` among them) and its PUBACK handling (~45
+      calls: packet decoding, properties and reason-code objects, callbacks) become a few
+      bytes operations. Everything else (CONNACK, SUBACK, PINGRESP, incoming PUBLISHes, the
+      PUBACKs of what paho itself published) reaches paho unchanged and in order: the
+      incoming stream is cut at packet boundaries, and an incomplete packet waits here
+      until its last byte arrives. Packet ids come from paho's own counter, so the two
+      never collide.
     - no thread but the network thread ever waits for the socket: a write takes what the
       socket accepts now and leaves the rest in the buffer, and the network thread (paho's
       loop: ``_Client.want_write``/``loop_write``) writes it when the socket is writable. So a
@@ -72,6 +105,13 @@ class _TcpBuffer:
         self._out = bytearray()
         self._hold = 0
         self._stalled_since: float | None = None  # monotonic time the buffer last moved
+        self._partial = b""  # the start of an incoming packet whose end has not arrived
+        self._framing = True  # False after a malformed length: paho gets the bytes as they are
+        self.acks: dict[int, AckCallback] = {}
+        """Packet id -> callback for the QoS 1 messages ``publish`` sent and not yet acked."""
+        self.refused = 0
+        """PUBACKs with a failure reason code (MQTT 5): the message stays unacknowledged."""
+        self._topics: dict[str, bytes] = {}
 
     # ---------------------------------------------------------------- reading (network thread)
 
@@ -82,6 +122,10 @@ class _TcpBuffer:
             self._rpos = end
             return buf[pos:end]
         data = self.tcp.recv(max(n, 65536))
+        if data and self._framing:
+            data = self._split(self._partial + data if self._partial else data)
+            if not data:  # only our PUBACKs, or a packet's first part: nothing for paho yet
+                raise BlockingIOError
         if len(data) <= n:
             self._rbuf, self._rpos = b"", 0
             return data
@@ -91,10 +135,133 @@ class _TcpBuffer:
     def pending(self) -> int:
         return len(self._rbuf) - self._rpos
 
-    def feed(self, data: bytes) -> None:
-        """Serve ``data`` (just read from the socket by another thread: quiet acks) to the
-        next ``recv`` calls. Only when nothing is pending."""
-        self._rbuf, self._rpos = data, 0
+    def take_acks(self) -> bool | None:
+        """On a publishing thread (quiet acks; the caller holds ``_Client._reading``): read
+        what the socket holds, without waiting, and fire the callbacks of our
+        PUBACKs in it. True when something is left for the network thread (bytes for paho,
+        part of a packet, the end of the stream, an error); None when nothing was there."""
+        if self._rpos < len(self._rbuf) or self._partial or not self._framing:
+            return True  # the network thread's to read
+        try:
+            data = self.tcp.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError:  # the network thread's select/recv sees it too
+            return True
+        if not data:  # the end of the stream
+            return True
+        rest = self._split(data)
+        if rest:
+            self._rbuf, self._rpos = rest, 0
+        return bool(rest or self._partial)
+
+    def _split(self, buf: bytes) -> bytes:
+        """``buf`` less our PUBACKs (their callbacks run here) and less a trailing incomplete
+        packet (kept for the next read): what paho gets, whole packets in their order."""
+        acks = self.acks
+        n = len(buf)
+        i = start = 0
+        kept: list[bytes] = []
+        fired: list[AckCallback] = []
+        while i + 2 <= n:
+            j = i + 2
+            b = buf[i + 1]
+            size = b & 127
+            if b & 128:  # a multi-byte remaining length (not a PUBACK)
+                mult = 128
+                while True:
+                    if j >= n:
+                        break
+                    b = buf[j]
+                    j += 1
+                    size += (b & 127) * mult
+                    if not b & 128:
+                        break
+                    mult *= 128
+                    if mult > 128**3:  # more than 4 length bytes: paho reports the error
+                        self._framing = False
+                        self._partial = b""
+                        return self._joined(kept, buf[start:])
+                if b & 128:
+                    break  # the length itself is incomplete
+            end = j + size
+            if end > n:
+                break
+            if buf[i] == 0x40 and size >= 2:  # PUBACK
+                cb = acks.pop(buf[j] << 8 | buf[j + 1], None)
+                if cb is not None:
+                    if i > start:
+                        kept.append(buf[start:i])
+                    start = end
+                    if size == 2 or buf[j + 2] < 0x80:
+                        fired.append(cb)
+                    else:
+                        self.refused += 1
+            i = end
+        self._partial = buf[i:]
+        out = self._joined(kept, buf[start:i])
+        for cb in fired:
+            cb()
+        return out
+
+    @staticmethod
+    def _joined(kept: list[bytes], tail: bytes) -> bytes:
+        if not kept:
+            return tail
+        kept.append(tail)
+        return b"".join(kept)
+
+    # ---------------------------------------------------------------- our PUBLISH packets
+
+    def publish(
+        self,
+        items: Sequence[tuple[Message, AckCallback | None]],
+        next_mid: Callable[[], int],
+        v5: bool,
+    ) -> int:
+        """Encode and write ``items`` (QoS 0 or 1) in order as one burst; returns how many.
+
+        The callback of a QoS 1 message is registered under its packet id before the packet
+        can leave (its PUBACK may be read on another thread at once); a QoS 0 message's runs
+        once it is handed to the socket, as paho does. ``ValueError`` for a topic paho would
+        refuse (wildcards, too long) or a payload over MQTT's limit, before anything is sent.
+        """
+        topics, acks = self._topics, self.acks
+        props = b"\0" if v5 else b""
+        parts: list[bytes] = []
+        written: list[AckCallback] = []
+        for msg, on_ack in items:
+            head = topics.get(msg.topic)
+            if head is None:
+                head = topics[msg.topic] = _topic_field(msg.topic)
+            qos = msg.qos
+            if qos == 1:
+                mid = next_mid()
+                var = head + mid.to_bytes(2, "big") + props
+                if on_ack is not None:
+                    acks[mid] = on_ack
+            elif qos == 0:
+                var = head + props
+                if on_ack is not None:
+                    written.append(on_ack)
+            else:
+                raise ValueError(f"QoS {qos}: the agent publishes at QoS 0 or 1")
+            payload = msg.payload
+            size = len(var) + len(payload)
+            if size > _MAX_REMAINING:
+                raise ValueError(f"payload too large for MQTT: {len(payload)} bytes")
+            parts += (_fixed_header(0x30 | qos << 1 | (1 if msg.retain else 0), size), var, payload)
+        with self._lock:
+            self._out += b"".join(parts)
+            held = self._hold
+        if not held:
+            try:  # noqa: SIM105 (contextlib.suppress: 3 Python calls more per burst)
+                self.flush()
+            except OSError:  # the connection is closed: paho will notice
+                pass
+        for cb in written:
+            cb()
+        return len(items)
 
     # ---------------------------------------------------------------- writing (any thread)
 
@@ -179,16 +346,11 @@ class _TcpBuffer:
                 self.tcp.shutdown(socket.SHUT_RDWR)  # paho's select/recv sees it
 
     def _fail(self, why: str) -> NoReturn:
-        self.abort()
-        raise ConnectionError(f"MQTT socket: {why}")
-
-    def abort(self) -> None:
-        """End the connection from any thread: the network thread's select/recv sees it and
-        runs paho's disconnect handling (the one thread that does)."""
         with self._lock:
             self._out.clear()
         with contextlib.suppress(OSError):
-            self.tcp.shutdown(socket.SHUT_RDWR)
+            self.tcp.shutdown(socket.SHUT_RDWR)  # the network thread's select/recv sees it
+        raise ConnectionError(f"MQTT socket: {why}")
 
     # ---------------------------------------------------------------- the rest
 
@@ -215,25 +377,6 @@ least one character and, in MQTT 5, a properties length (5 bytes in MQTT 3.1.1, 
 at once, and so do two acks nobody read."""
 
 
-def _whole_acks(data: bytes) -> list[int]:
-    """Where each complete PUBACK or PINGRESP packet ``data`` starts with ends."""
-    ends: list[int] = []
-    i, size = 0, len(data)
-    while i + 1 < size:
-        cmd, length = data[i], data[i + 1]
-        if not ((cmd == 0x40 and 2 <= length < 128) or (cmd == 0xD0 and length == 0)):
-            break
-        i += 2 + length
-        if i > size:
-            break
-        ends.append(i)
-    return ends
-
-
-_PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
-_PUBACK_PROPS = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
-
-
 class AckMode:
     """How soon a link's acks must be read; shared by ``MqttLink`` and each connection's client.
 
@@ -257,10 +400,10 @@ class _Client(paho.Client):
     closes a connection whose socket has taken nothing for ``write_timeout_s``.
 
     **Quiet acks** (plain TCP, ``allow_quiet_acks``; ``MqttLink`` does it): a PUBACK arrives
-    ~1 ms after its PUBLISH, and waking the network thread for it costs more CPU than the
-    rest of a prediction at a steady rate (a wake-up on a cold cache, a GIL hand-off, paho's
-    packet parsing). So while a thread publishes bursts (``after_burst``: one within the
-    last ``AckMode.hold_s``) and nobody waits on acks (``AckMode.prompt`` off):
+    ~1 ms after its PUBLISH, and waking the network thread for it costs more CPU than
+    handling it (a wake-up on a cold cache, a GIL hand-off, a loop turn). So while a thread
+    publishes bursts (``after_burst``: one within the last ``AckMode.hold_s``) and nobody
+    waits on acks (``AckMode.prompt`` off):
 
     - the network thread raises the socket's low-water mark to ``QUIET_LOWAT``: a lone PUBACK
       (or PINGRESP) no longer wakes it; anything else still does at once (a PUBLISH for a
@@ -269,15 +412,15 @@ class _Client(paho.Client):
       keepalive (``loop_misc``) and to see whether the bursts stopped;
     - the publishing thread, right before each burst, reads what the socket already holds
       without waiting (the acks of its earlier messages: at a steady rate they arrived long
-      before) and feeds the complete PUBACK/PINGRESP packets at its head to paho's reader
-      (``before_burst``, ``_take_acks``): ``on_publish`` runs on that thread. Anything
-      else (the start of another packet, the end of the stream, an error) is left to the
-      network thread and wakes it (``wake_loop``). One thread at a time feeds paho's
-      reader (``_reading``);
+      before) and takes our PUBACKs off it by packet id as the network thread would
+      (``before_burst``, ``_TcpBuffer.take_acks``): their callbacks run on that thread.
+      Anything else (bytes for paho, part of a packet, the end of the stream, an error) is
+      left to the network thread, which it wakes (``wake_loop``); paho's packet handling,
+      disconnects included, stays there. One thread at a time reads (``_reading``);
     - the mark goes back to 1 byte, so every ack is read as it arrives, when the bursts
       stop (within ``hold_s``), when someone waits on acks (``read_acks_now``: the kernel
       wakes the network thread at once if bytes wait), while a PINGRESP is awaited, while
-      paho holds half a packet, and before the CONNACK.
+      half a packet has been read, and before the CONNACK.
 
     So at a steady rate one wake-up per prediction remains: the producer's own. TLS
     connections keep the old mode (a PUBACK in a TLS record is more than 5 bytes on the
@@ -420,58 +563,16 @@ class _Client(paho.Client):
             self.wake_loop()
 
     def _take_acks(self, sock: _TcpBuffer) -> None:
-        """Read what the socket holds now, without waiting, and let paho handle the complete
-        PUBACK/PINGRESP packets at its head; the rest is the network thread's."""
+        """Take the acks already received (``_TcpBuffer.take_acks``) unless the network thread
+        is reading; wake it for anything else found."""
         if not self._reading.acquire(blocking=False):
             return  # the network thread is reading
-        failed = False
         try:
-            if self._in_packet["command"] or sock.pending():
-                return  # half a packet, or bytes waiting for the network thread
-            try:
-                data = sock.tcp.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if data:
-                sock.feed(data)
-                failed = not self._handle_acks(sock, data, _whole_acks(data))
-            left = not data or sock.pending()
+            left = None if self._in_packet["command"] else sock.take_acks()
         finally:
             self._reading.release()
-        if failed:  # paho refused a packet: the network thread closes the connection
-            log.warning("MQTT: a malformed acknowledgement; closing the connection")
-            sock.abort()
-        # the end of the stream, an error, another packet or part of one (left for the
-        # network thread), or a packet another thread queued while paho's callback lock
-        # was held here: the network thread takes it now
-        if left or self._out_packet:
+        if left:
             self.wake_loop()
-
-    def _handle_acks(self, sock: _TcpBuffer, data: bytes, ends: list[int]) -> bool:
-        """Hand the acks ending at ``ends`` (served by ``sock``) to paho; False if it refused
-        one. A plain PUBACK (success, no properties: nearly all of them) takes paho's own
-        steps for it (``_handle_pubackcomp``) without decoding it into new ReasonCode and
-        Properties objects: ~20 Python calls less per message."""
-        ok = MQTTErrorCode.MQTT_ERR_SUCCESS
-        start = 0
-        for end in ends:
-            if end - start == 4 and data[start] == 0x40:
-                sock._rpos = end
-                mid = data[start + 2] << 8 | data[start + 3]
-                with self._out_message_mutex:
-                    if (
-                        mid in self._out_messages
-                        and self._do_on_publish(mid, _PUBACK_OK, _PUBACK_PROPS) != ok
-                    ):
-                        return False
-            elif self._packet_read() != ok:
-                return False
-            start = end
-        with self._msgtime_mutex:
-            self._last_bytes_received = paho.time_func()
-        return True
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
         self.turns += 1
@@ -493,6 +594,7 @@ class _Client(paho.Client):
                 and type(sock) is _TcpBuffer
                 and not self._ping_t  # a PINGRESP is awaited
                 and not self._in_packet["command"]  # half a packet read
+                and not sock._partial
                 and not sock.pending()
                 and self.is_connected()  # a CONNACK is 4 bytes
             )

@@ -31,7 +31,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
 from agent.config import MqttSection
-from agent.delivery.mqtt.client import AckMode, _burst, _Client, _connect, _make_client
+from agent.delivery.mqtt.client import (
+    AckMode,
+    _burst,
+    _Client,
+    _connect,
+    _make_client,
+    _TcpBuffer,
+)
 from agent.delivery.mqtt.messages import (
     AckCallback,
     Listener,
@@ -50,7 +57,7 @@ class MqttLink:
     ``publish`` returns False when there is no connection: the caller keeps the message (in the
     spool) and sends it again after a reconnect. ``on_ack`` fires when the broker acknowledged
     a QoS>0 message (or a QoS 0 one was written), on the network thread, or (after
-    ``prompt_acks(False)``) on a thread calling ``publish_many``, right after a later burst.
+    ``prompt_acks(False)``) on a thread calling ``publish_many``, right before a later burst.
     """
 
     quiet_hold_s = 0.5
@@ -72,6 +79,7 @@ class MqttLink:
     ) -> None:
         self.settings = settings
         self.client_id = client_id
+        self._v5 = settings.protocol == "5"
         self._will = will
         self._password = password
         self._birth = list(birth)
@@ -137,7 +145,8 @@ class MqttLink:
         Off (the publisher at a steady rate: nothing waits on them): acks may wait for the
         next ``publish_many``, which reads them on its own thread, and for at most
         ``quiet_hold_s`` after the last one; the network thread then no longer wakes for
-        each PUBACK. Incoming messages are never delayed by it.
+        each PUBACK. Incoming messages are never delayed by it. Plain TCP only (TLS: the
+        network thread reads every ack).
         """
         self._acks.prompt = on
         if on:
@@ -192,10 +201,15 @@ class MqttLink:
             gen = self._generation
         if client is None or not items:
             return 0
+        sock = client.socket()
+        if type(sock) is _TcpBuffer:  # plain TCP: our own packets, our own PUBACKs
+            client.before_burst()  # quiet acks: takes the acks already received
+            n = sock.publish(items, client._mid_generate, self._v5)
+            client.after_burst()  # and wakes the loop if the socket did not take it all
+            return n
         sent: list[tuple[int, AckCallback]] = []
         n = 0
         publish, ok = client.publish, paho.MQTT_ERR_SUCCESS
-        client.before_burst()  # quiet acks: takes the acks already received
         with _burst(client):
             for msg, on_ack in items:
                 info = publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
@@ -215,8 +229,6 @@ class MqttLink:
                     self._pending[key] = on_ack
         for on_ack in early:
             on_ack()
-        if n:
-            client.after_burst()
         return n
 
     def stop(self, final: Sequence[OutgoingMessage] = (), timeout: float = 2.0) -> None:
