@@ -595,6 +595,7 @@ class _Client(paho.Client):
                 and not self._ping_t  # a PINGRESP is awaited
                 and not self._in_packet["command"]  # half a packet read
                 and not sock._partial
+                and sock._framing  # paho reads the stream as it is
                 and not sock.pending()
                 and self.is_connected()  # a CONNACK is 4 bytes
             )
