@@ -21,13 +21,14 @@ from typing import Literal
 
 import pytest
 
-from agent.config import MqttSection
+from agent.config import MqttSection, TlsSection
 from agent.delivery.mqtt import MqttLink, OutgoingMessage, publish_once
 from agent.delivery.publisher import PredictionRecord, Publisher
 from agent.delivery.spool import Spool
 from agent.metrics import Metrics
-from tests.broker import Broker
+from tests.broker import Broker, TlsFiles
 from tests.mqttclient import Collector
+from tests.tlsfiles import make_ca
 
 HOLD_S = 600.0  # far beyond every deadline below
 DEADLINE_S = 60.0
@@ -267,3 +268,24 @@ def test_a_broker_killed_while_acks_are_quiet_is_noticed_and_everything_resent(
     assert sorted(set(seqs)) == list(range(40))  # at least once, nothing lost
     after = seqs[seqs.index(20) :]
     assert after == sorted(after)  # resent in order
+
+
+def test_tls_keeps_the_network_thread_reading_every_ack(tmp_path: Path) -> None:
+    """TLS records hide packet sizes: acks are never quiet there, and all still arrive."""
+    ca = make_ca(tmp_path / "pki")
+    tls = TlsFiles(ca["ca_file"], ca["server_cert"], ca["server_key"])
+    with Broker(tmp_path / "broker", tls=tls) as broker:
+        settings = MqttSection(
+            host=broker.host, port=broker.port, tls=TlsSection(enabled=True, ca_file=ca["ca_file"])
+        )
+        link = MqttLink(settings, "tls-acks")
+        acks = Acks()
+        n = 20
+        with Collector(broker.host, broker.plain_port, ["tls/#"]) as col, running(link):
+            link.prompt_acks(False)
+            for i in range(n):
+                assert link.publish_many([(OutgoingMessage("tls/x", b"x"), acks.callback(i))])
+                col.wait_for(lambda m, i=i: len(m) > i)  # type: ignore[misc]
+                assert not link.quiet
+            assert acks.wait(n)
+        assert acks.threads() == {"mqtt-link"}

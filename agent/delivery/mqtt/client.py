@@ -491,11 +491,12 @@ class _Client(paho.Client):
     # ---------------------------------------------------------------- quiet acks
 
     def allow_quiet_acks(self, mode: AckMode) -> None:
-        """Let acks wait for the publishing thread while ``mode`` allows it (before
-        ``loop_forever``; not with ``loop_start``, whose wake-up pair paho owns)."""
+        """Let acks wait for the publishing thread while ``mode`` allows it (after
+        ``connect``, before ``loop_forever``; plain TCP only; not with ``loop_start``, whose
+        wake-up pair paho owns)."""
         lowat = QUIET_LOWAT.get(self._protocol)
-        if self._sockpairR is not None or lowat is None:
-            return
+        if self._sockpairR is not None or lowat is None or type(self._sock) is not _TcpBuffer:
+            return  # paho's wake-up pair, another protocol, TLS: the network thread reads all
         self._lowat = lowat
         # paho's loop also selects on _sockpairR: our wake-up (paho writes to it only
         # through _sockpairW, which stays None: no wake-up per publish)
