@@ -432,7 +432,7 @@ class _Client(paho.Client):
     """``threading.get_ident()`` of the thread running this client's network loop."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._reading = threading.Lock()  # held by the thread feeding paho's packet reader
+        self._reading = threading.Lock()  # held by the thread reading the socket (+ paho)
         self._ack_mode: AckMode | None = None  # quiet acks allowed (allow_quiet_acks)
         self._quiet_lock = threading.Lock()  # guards _quiet and the socket's mark
         self._quiet = False  # the low-water mark is raised
