@@ -320,6 +320,7 @@ class Publisher:
             elif ev is _STOP and self._stopping_at is None:
                 self._stopping_at = time.monotonic()
         stopping = self._stopping_at is not None
+        connected = self._link.connected
         try:
             if records:
                 self._spool_records(records, flush=stopping)
@@ -327,7 +328,6 @@ class Publisher:
                 self._flush_batch()
             if acked:
                 self._acked(acked)
-            connected = self._link.connected
             if connected:
                 self._pump()  # (on a new connection: writes the tier first)
             since = self._spool.pending_since

@@ -481,3 +481,31 @@ def test_write_behind_stop_writes_what_is_unacknowledged(tmp_path: Path) -> None
     pub.stop(5)
     assert not pub.alive()
     assert spool.pending == 0 and _file_rows(spool) == 5
+
+
+def test_a_spool_error_drops_that_batch_counted_and_the_publisher_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.errors import SpoolError
+
+    link = FakeLink()
+    metrics = Metrics()
+    pub, spool = make(tmp_path, link, metrics=metrics)
+    link.connect()
+    real_append = spool.append
+    calls = {"n": 0}
+
+    def failing_once(*a: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SpoolError("disk full (test)")
+        return real_append(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(spool, "append", failing_once)
+    pub.submit(record(0))
+    wait_until(lambda: metrics.counter("predictions_dropped", reason="spool_error") == 1)
+    assert pub.alive()
+    pub.submit(record(1))
+    sent = link.wait_sent(1)
+    assert seqs(sent) == [1]  # the failed one's number is not reused
+    pub.stop(5)
