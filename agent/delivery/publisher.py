@@ -16,9 +16,11 @@ caught up and the window has room: the spool keeps the messages in memory, they 
 at once, and only those still unacknowledged at the deadline reach SQLite (``_settle``, one
 transaction for all of them); on a link that went down or changed generation, on throttling
 and at the end of the thread, everything pending is written at once. Otherwise each batch is
-committed before it is published (one transaction). The thread's idle timeout ends at the
-deadline of the oldest pending message (and is one deadline long while messages are written
-behind, so an inline round never has to wake it): no timer, no wake-up per prediction.
+committed before it is published (one transaction). The thread's idle timeout ends when the
+oldest pending message has waited half the deadline (then the link is asked to read acks at
+once: a quiet link would wait for the next burst) and at the deadline; it is half a deadline
+long while messages are written behind, so an inline round never has to wake it: no timer,
+no wake-up per prediction.
 
 Back-pressure: while connected, at most ``max_ahead`` messages wait in the spool unpublished
 (not counting the backlog a connection starts with, which is drained behind them at full
@@ -216,7 +218,7 @@ class Publisher:
                 return False  # not started, or gone: the thread's rules apply
             self._round([recs])
             since = self._spool.pending_since
-            if since is not None and since + self._write_behind < self._wake_at:
+            if since is not None and since + self._write_behind / 2 < self._wake_at:
                 # the thread sleeps past the deadline of what this round wrote behind: once
                 # (it computes its next timeout from the deadline when it wakes)
                 self._wake_at = -math.inf
@@ -321,6 +323,7 @@ class Publisher:
                 self._stopping_at = time.monotonic()
         stopping = self._stopping_at is not None
         connected = self._link.connected
+        late = False
         try:
             if records:
                 self._spool_records(records, flush=stopping)
@@ -331,10 +334,15 @@ class Publisher:
             if connected:
                 self._pump()  # (on a new connection: writes the tier first)
             since = self._spool.pending_since
-            if since is not None and (
-                not connected or self._throttled or since <= time.monotonic() - self._write_behind
-            ):
-                self._settle(connected)
+            if since is not None:
+                now = time.monotonic()
+                half = now - self._write_behind / 2
+                if not connected or self._throttled or since <= half:
+                    self._settle(connected, now)
+                    since = self._spool.pending_since
+                    # unacknowledged for half the deadline: have the link read acks now (a
+                    # quiet link reads a lone PUBACK only with the next burst or later)
+                    late = since is not None and since <= half
         except SpoolError:
             log.exception("store-and-forward failed; predictions may be lost")
             self._metrics.inc("predictions_dropped", len(records), reason="spool_error")
@@ -351,7 +359,7 @@ class Publisher:
         # window room, a half-full window, a shutdown waiting for them. Otherwise (a steady
         # trickle: one message in flight at a time) they are taken with the next prediction
         # or at the idle timeout: one thread wake-up per message less.
-        want = stopping or self._inflight * 2 >= self._window or self._cursor < last_id
+        want = stopping or late or self._inflight * 2 >= self._window or self._cursor < last_id
         if want != self._want_acks:
             self._link.prompt_acks(want)  # off: the link need not wake for each ack either
         self._want_acks = want
@@ -371,23 +379,29 @@ class Publisher:
         if self._pending_batch:
             timeout = max(0.0, self._batch_deadline - time.monotonic())
         since = self._spool.pending_since
-        if since is not None:  # wake at the write-behind deadline (not before: no polling)
-            timeout = min(timeout, max(0.0, since + self._write_behind - time.monotonic()))
+        if since is not None:
+            # wake when the oldest pending message has waited half the write-behind deadline
+            # (its acks are then read at once: _round's ``late``), then at the deadline
+            now = time.monotonic()
+            due = since + self._write_behind / 2
+            if due <= now:
+                due = since + self._write_behind
+            timeout = min(timeout, max(0.0, due - now))
         if time.monotonic() - self._spool.deferred_at < 2 * self._write_behind:
-            # predictions are being written behind: come back one deadline from now, so the
-            # next ones (which an inline round hands over without waking the thread: it
+            # predictions are being written behind: come back half a deadline from now, so
+            # the next ones (which an inline round hands over without waking the thread: it
             # wakes by then) are checked in time; back to the long timeout once they stop
-            timeout = min(timeout, self._write_behind)
+            timeout = min(timeout, self._write_behind / 2)
         return timeout
 
-    def _settle(self, connected: bool) -> None:
+    def _settle(self, connected: bool, now: float) -> None:
         """The write-behind tier (``_write_behind``): to the file at once when the link is
         down or producers are throttled (``_pump`` wrote it when the connection changed);
         else what is still unacknowledged at its deadline."""
         if self._throttled or not connected:
             self._persist_pending()
         else:
-            self._spool.settle(time.monotonic() - self._write_behind)
+            self._spool.settle(now - self._write_behind)
 
     def _persist_pending(self) -> None:
         """Take the queued acks first (they never need the file), then write the rest."""

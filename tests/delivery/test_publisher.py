@@ -509,3 +509,30 @@ def test_a_spool_error_drops_that_batch_counted_and_the_publisher_goes_on(
     sent = link.wait_sent(1)
     assert seqs(sent) == [1]  # the failed one's number is not reused
     pub.stop(5)
+
+
+@pytest.mark.slow
+def test_write_behind_on_a_quiet_link_has_the_acks_read_before_the_deadline(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quiet acks (the link reads a lone PUBACK only with the next burst) and a rate below
+    one per deadline: the publisher has the acks read once a message has waited half the
+    deadline, so acknowledged predictions still never reach the file."""
+    settings = MqttSection(host=broker.host, port=broker.port)
+    monkeypatch.setattr(MqttLink, "quiet_hold_s", 60.0)  # it would hold a lone ack a minute
+    link = MqttLink(settings, "pub-quiet")
+    spool = Spool(tmp_path / "q.db")
+    _open_spools.append(spool)
+    pub = Publisher(link, spool, "d", 1, Metrics(), write_behind_ms=3000)
+    link.start()
+    assert link.wait_connected(10)
+    pub.start()
+    for i in range(20):  # a steady stream: the link goes quiet
+        pub.submit_many([record(i)], inline=True)
+        time.sleep(0.01)
+    wait_until(lambda: link.quiet)
+    pub.submit_many([record(20)], inline=True)  # then one message and no next burst
+    wait_until(lambda: spool.depth == 0)
+    assert spool.written_behind == 0
+    pub.stop(5)
+    link.stop()
