@@ -218,7 +218,7 @@ class Publisher:
                 return False  # not started, or gone: the thread's rules apply
             self._round([recs])
             since = self._spool.pending_since
-            if since is not None and since + self._write_behind / 2 < self._wake_at:
+            if since is not None and since + self._write_behind / 2 < self._wake_at - 0.001:
                 # the thread sleeps past the deadline of what this round wrote behind: once
                 # (it computes its next timeout from the deadline when it wakes)
                 self._wake_at = -math.inf
@@ -266,8 +266,9 @@ class Publisher:
         stop_budget = 1.5
         get, get_nowait = self._events.get, self._events.get_nowait
         with self._state:
-            timeout = self._next_timeout(None)
-            self._wake_at = time.monotonic() + timeout
+            now = time.monotonic()
+            timeout = self._next_timeout(None, now)
+            self._wake_at = now + timeout
         try:
             while True:
                 try:
@@ -286,8 +287,9 @@ class Publisher:
                     if idle:
                         self._idle()
                     self._round(events)
-                    timeout = self._next_timeout(self._stopping_at)
-                    self._wake_at = time.monotonic() + timeout
+                    now = time.monotonic()
+                    timeout = self._next_timeout(self._stopping_at, now)
+                    self._wake_at = now + timeout
                 handed = sum(1 for ev in events if type(ev) is list)
                 if handed:
                     with self._queued_lock:
@@ -372,22 +374,21 @@ class Publisher:
         except SpoolError:
             log.exception("store-and-forward: cannot remove acknowledged messages")
 
-    def _next_timeout(self, stopping_at: float | None) -> float:
+    def _next_timeout(self, stopping_at: float | None, now: float) -> float:
         if stopping_at is not None:
             return 0.05
         timeout = 0.5
         if self._pending_batch:
-            timeout = max(0.0, self._batch_deadline - time.monotonic())
+            timeout = max(0.0, self._batch_deadline - now)
         since = self._spool.pending_since
         if since is not None:
             # wake when the oldest pending message has waited half the write-behind deadline
             # (its acks are then read at once: _round's ``late``), then at the deadline
-            now = time.monotonic()
             due = since + self._write_behind / 2
             if due <= now:
                 due = since + self._write_behind
             timeout = min(timeout, max(0.0, due - now))
-        if time.monotonic() - self._spool.deferred_at < 2 * self._write_behind:
+        if now - self._spool.deferred_at < 2 * self._write_behind:
             # predictions are being written behind: come back half a deadline from now, so
             # the next ones (which an inline round hands over without waking the thread: it
             # wakes by then) are checked in time; back to the long timeout once they stop
