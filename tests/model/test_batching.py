@@ -1,0 +1,157 @@
+"""Several windows in one invoke (agent/model/batching.py): which models may, why the others
+may not (typed reasons), and that the batched path's payloads are the one-window path's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import ClassificationPost, RawPost, RegressionPost
+from agent.errors import BatchUnsupported, InferenceError
+from agent.model.batching import invoke_batch, smoke_windows
+from agent.model.postprocess import Postprocessor, build_postprocessor, postprocess_rows
+from agent.model.runtime import load_model
+from tests import modelzoo as zoo
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Stands in for ``agent.model.runtime.TensorInfo`` (the fields postprocessing reads)."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@pytest.mark.parametrize("mode", ["int8", "float32"])
+def test_a_model_with_a_free_batch_dimension_runs_windows_in_one_invoke(mode: str) -> None:
+    model = load_model(zoo.batchable_classifier(mode).content)
+    batch = invoke_batch(model, 8)
+    assert batch.size == 8 and 2 <= batch.pad_from <= 8
+    assert batch.model.feed.shape == (8, *model.feed.shape[1:])
+    x = smoke_windows(model.feed, 8, seed=3)  # other windows than the load-time smoke run
+    got = batch.run(x)
+    for i in range(8):
+        want = model.run_native(x[i : i + 1])
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g[i : i + 1], w)
+
+
+def test_the_reasons_a_model_runs_one_window_per_invoke() -> None:
+    ok = load_model(zoo.batchable_classifier("int8").content)
+    with pytest.raises(BatchUnsupported) as off:
+        invoke_batch(ok, 1)
+    assert off.value.reason == "off"
+    # batch dimension baked into the graph (Keras batch_size=1): the runtime cannot resize it
+    fixed = load_model(zoo.tiny_classifier("int8").content)
+    with pytest.raises(BatchUnsupported) as resize:
+        invoke_batch(fixed, 8)
+    assert resize.value.reason == "resize_failed"
+    with pytest.raises(BatchUnsupported) as stateful:
+        invoke_batch(load_model(zoo.streaming_model().content), 8)
+    assert stateful.value.reason == "stateful"
+    with pytest.raises(BatchUnsupported) as multi:
+        invoke_batch(load_model(zoo.multi_io_model("int8").content), 8)
+    assert multi.value.reason == "multi_input"
+
+
+def test_a_batched_interpreter_that_differs_from_single_invokes_is_refused() -> None:
+    """The smoke run compares row by row and names both values: a batched interpreter of
+    another model (same shapes, other weights) must not pass for this one's."""
+    model = load_model(zoo.batchable_classifier("int8").content)
+    other = load_model(zoo.batchable_classifier("int8", seed=8).content)
+    model.batched = other.batched  # type: ignore[method-assign]
+    with pytest.raises(BatchUnsupported) as exc:
+        invoke_batch(model, 4)
+    assert exc.value.reason == "mismatch"
+    assert "batched invoke gave" in exc.value.detail and "a single invoke" in exc.value.detail
+
+
+# --------------------------------------------------------------------------- postprocessing
+
+LABELS = [f"c{i}" for i in range(40)]
+# few distinct values: ties everywhere; zeros of both signs; now and then a non-finite row
+VALUES = st.sampled_from([0.0, -0.0, 0.25, 0.5, 0.5, 0.75, 1.0, -1.0, 1e-7])
+
+
+def _outcome(r: Any) -> Any:
+    if isinstance(r, InferenceError):
+        return ("error", r.reason, str(r))
+    return json.dumps(r, sort_keys=True)
+
+
+def _per_window(post: Postprocessor, outs: list[np.ndarray], streams: list[str]) -> list[Any]:
+    res = []
+    for j, s in enumerate(streams):
+        try:
+            res.append(post([o[j : j + 1] for o in outs], np.zeros(1), s, j))
+        except InferenceError as exc:
+            res.append(exc)
+    return res
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    classes=st.sampled_from([2, 3, 12, 33, 40]),
+    rows=st.integers(1, 9),
+    threshold=st.sampled_from([0.0, 0.5, 0.9]),
+    on_change=st.booleans(),
+    smoothing=st.sampled_from([1, 1, 3]),
+)
+def test_classification_rows_equal_one_call_per_window(
+    data: st.DataObject,
+    classes: int,
+    rows: int,
+    threshold: float,
+    on_change: bool,
+    smoothing: int,
+) -> None:
+    top_k = data.draw(st.integers(1, classes))
+    scores = np.array(
+        data.draw(
+            st.lists(
+                st.lists(VALUES, min_size=classes, max_size=classes), min_size=rows, max_size=rows
+            )
+        ),
+        np.float32,
+    )
+    for j in data.draw(st.lists(st.integers(0, rows - 1), max_size=2)):
+        scores[j, data.draw(st.integers(0, classes - 1))] = data.draw(
+            st.sampled_from([np.nan, np.inf, -np.inf])
+        )
+    streams = data.draw(st.lists(st.sampled_from("ab"), min_size=rows, max_size=rows))
+    cfg = ClassificationPost(
+        labels=LABELS[:classes],
+        top_k=top_k,
+        threshold=threshold,
+        publish_on_change=on_change,
+        smoothing=smoothing,
+    )
+    info = [Tensor("scores", (1, classes))]
+    batched, single = build_postprocessor(cfg, info), build_postprocessor(cfg, info)
+    got = postprocess_rows(batched, [scores], streams, list(range(rows)))
+    want = _per_window(single, [scores], streams)
+    assert [_outcome(r) for r in got] == [_outcome(r) for r in want]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [RegressionPost(names=["x", "y", "z"]), RegressionPost(), RawPost()],
+    ids=["regression-named", "regression", "raw"],
+)
+def test_other_postprocessors_give_the_per_window_payloads(cfg: Any) -> None:
+    rng = np.random.default_rng(2)
+    outs = [rng.normal(0, 1, (5, 3)).astype(np.float32)]
+    outs[0][3, 1] = np.nan
+    info = [Tensor("values", (1, 3))]
+    streams = list("aabab")
+    got = postprocess_rows(build_postprocessor(cfg, info), outs, streams, list(range(5)))
+    want = _per_window(build_postprocessor(cfg, info), outs, streams)
+    assert [_outcome(r) for r in got] == [_outcome(r) for r in want]
+    assert isinstance(got[3], InferenceError) and got[3].reason == "non_finite"
