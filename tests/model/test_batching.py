@@ -86,7 +86,7 @@ def _outcome(r: Any) -> Any:
 
 
 def _per_window(post: Postprocessor, outs: list[np.ndarray], streams: list[str]) -> list[Any]:
-    res = []
+    res: list[Any] = []
     for j, s in enumerate(streams):
         try:
             res.append(post([o[j : j + 1] for o in outs], np.zeros(1), s, j))
