@@ -1,25 +1,27 @@
-"""Several windows in one ``invoke()``: whether a model allows it, decided once at load.
+"""Several windows in one ``invoke()``: whether a model allows it.
 
-``invoke_batch(model, size)`` returns an ``InvokeBatch`` (a second interpreter of the model
-whose input's first dimension is resized to ``size``) or raises ``BatchUnsupported`` with the
-reason. A model allows batching when all of these hold:
+Decided in two steps, each logged once at INFO with its typed reason when the answer is no:
 
-- ``size`` > 1 (``model.max_invoke_batch``; 1 turns batching off);
-- it keeps no state between invokes (``Model.stateful``): a stateful model never batches,
-  its windows must run in order on their stream's own interpreter;
-- it has one input whose first dimension is 1 or -1 in ``shape_signature`` (and 1 as
-  allocated), and the runtime resizes and allocates it (``Model.batched``);
-- every output carries one row per window after the resize (``[1, ...]`` -> ``[size, ...]``);
-- a smoke run of ``size`` windows (seeded pseudo-random values over the input type's whole
-  range) in one invoke gives outputs *equal* to ``size`` single invokes, row by row. No
-  tolerance: the int8 bench models (and the demo model) are bit-exact under XNNPACK; a model
-  whose batched kernels round differently falls back to one invoke per window rather than
-  publish anything the single path would not.
+1. At load, ``invoke_batch(model, size)`` checks what the model declares and returns an
+   ``InvokeBatch`` (or raises ``BatchUnsupported``): ``size`` > 1 (``model.max_invoke_batch``;
+   1 turns batching off); the model keeps no state between invokes (``Model.stateful``: a
+   stateful model never batches, its windows run in order on their stream's interpreter); it
+   has one input whose first dimension is 1 or -1 in ``shape_signature`` and 1 as allocated.
+2. The first time ``size`` windows are queued together (a fast source or a backlog: never at
+   a sensor's pace), ``InvokeBatch.enable(windows)`` builds the batched interpreter (the input's
+   first dimension resized to ``size``: ``Model.batched``) and runs those real windows once in
+   one invoke and once one by one. Batching stays on only when every output carries one row
+   per window and each row *equals* its single invoke. No tolerance: the int8 bench models,
+   the demo model and the float test models are bit-exact under XNNPACK; a model whose batched
+   kernels round differently keeps one invoke per window rather than publish anything the
+   single path would not. The second interpreter is built then, not at load, because it costs
+   memory a device that never backlogs should not pay (MobileNetV2 0.35/96: +8 MB at 8
+   windows, +14 MB at 32: XNNPACK's packed weights again plus the batch's activations).
 
-``pad_from``: a partial group of at least this many windows is padded to ``size`` (the
-padding rows' outputs are dropped, never published); fewer run one invoke each. It is
-measured in the smoke run (the quickest of three timings of each): padding costs one batched
-invoke, the alternative one single invoke per window.
+``pad_from``: a partial group of at least this many windows is padded to ``size`` (the padding
+rows' outputs are dropped, never published); fewer run one invoke each. Measured in the check
+(the quicker of two batched invokes against the quickest single one): padding costs one
+batched invoke, the alternative one single invoke per window.
 """
 
 from __future__ import annotations
@@ -27,51 +29,63 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from agent.errors import BatchUnsupported, InferenceError, ShapeMismatch
-from agent.model.runtime import Array, Model, TensorInfo
+from agent.model.runtime import Array, Model
 
 log = logging.getLogger(__name__)
 
-_SEED = 20261202
 
-
-@dataclass(frozen=True)
 class InvokeBatch:
-    """A batched interpreter of a stateless model, checked against single invokes."""
+    """Batching for a stateless single-input model: checked at first use (``enable``)."""
 
-    model: Model
-    """The interpreter whose ``run_native`` takes ``[size, ...]`` windows."""
-    size: int
-    pad_from: int
-    """A partial group of at least this many windows is padded to ``size``; fewer run singly."""
-    pad: Array
-    """``[size, ...]`` zeros of the input type: the rows a partial group is padded with."""
+    def __init__(self, model: Model, size: int) -> None:
+        self.single = model
+        self.size = size
+        self.pad_from = size
+        """A partial group of at least this many windows is padded to ``size``; fewer run
+        one invoke each (``size`` until ``enable`` has measured it)."""
+        self.model: Model | None = None
+        """The interpreter whose ``run_native`` takes ``[size, ...]`` windows, once enabled."""
+        self.unsupported: BatchUnsupported | None = None
+        """Why the first-use check turned batching off for good (None: on, or not checked)."""
+        self.pad: Array | None = None
 
     @property
-    def run(self) -> Callable[[Array], list[Array]]:
-        return self.model.run_native
+    def usable(self) -> bool:
+        """Not (yet) found unusable: windows may still be grouped for it."""
+        return self.unsupported is None
 
+    def run(self, x: Array) -> list[Array]:
+        """``size`` windows in one invoke (after ``enable`` returned True)."""
+        assert self.model is not None
+        return self.model.run_native(x)
 
-def smoke_windows(feed: TensorInfo, size: int, seed: int = _SEED) -> Array:
-    """``size`` windows for ``feed`` (its shape with the first dimension ``size``): integers
-    over the whole range of an integer input, standard normal values for a float one."""
-    shape = (size, *feed.shape[1:])
-    rng = np.random.default_rng(seed)
-    dtype = np.dtype(feed.dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
-    return rng.standard_normal(shape).astype(dtype)
+    def enable(self, x: Array) -> bool:
+        """Build the batched interpreter and check it on ``x`` (``size`` real windows):
+        True when batching is on from now on; False (logged once, ``unsupported`` set) when
+        this model keeps one invoke per window."""
+        if self.model is not None:
+            return True
+        if self.unsupported is not None:
+            return False
+        try:
+            self.model, self.pad_from = _checked(self.single, self.size, x)
+        except BatchUnsupported as exc:
+            self.unsupported = exc
+            log.info(
+                "%s: one invoke per window (%s: %s)", self.single.label, exc.reason, exc.detail
+            )
+            return False
+        self.pad = np.zeros_like(x)
+        return True
 
 
 def invoke_batch(model: Model, size: int) -> InvokeBatch:
-    """The checked batched interpreter of ``model`` for ``size`` windows per invoke, or
-    ``BatchUnsupported`` naming why not (module docstring)."""
+    """What ``model`` declares allows ``size`` windows per invoke: an ``InvokeBatch`` to
+    ``enable`` at first use, or ``BatchUnsupported`` naming why not (module docstring)."""
     if size <= 1:
         raise BatchUnsupported(BatchUnsupported.OFF, "model.max_invoke_batch = 1")
     if model.stateful:
@@ -83,22 +97,53 @@ def invoke_batch(model: Model, size: int) -> InvokeBatch:
         feed = model.feed
     except ShapeMismatch as exc:
         raise BatchUnsupported(BatchUnsupported.MULTI_INPUT, str(exc)) from exc
+    first = feed.shape_signature[0] if feed.shape_signature else feed.shape[0]
+    if not feed.shape or feed.shape[0] != 1 or first not in (1, -1):
+        raise BatchUnsupported(
+            BatchUnsupported.BATCH_DIM,
+            f"{model.label}: input {feed.name!r} {list(feed.shape_signature or feed.shape)} "
+            "has no batch dimension of 1 or -1",
+        )
+    return InvokeBatch(model, size)
+
+
+def smoke_windows(feed_dtype: str, shape: tuple[int, ...], seed: int) -> Array:
+    """Windows of ``shape`` for tests: integers over an integer type's whole range, standard
+    normal values for a float one."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(feed_dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _checked(model: Model, size: int, x: Array) -> tuple[Model, int]:
+    """The batched interpreter, checked on ``x`` against single invokes, and ``pad_from``."""
     batched = model.batched(size)
-    singles_out = model.outputs
-    for t1, tb in zip(singles_out, batched.outputs, strict=True):
-        if t1.shape[:1] != (1,) or tb.shape != (size, *t1.shape[1:]):
+    try:
+        t0 = time.perf_counter()
+        outs = batched.run_native(x)
+        t_batch = time.perf_counter() - t0
+        singles, t_one = [], math.inf
+        for i in range(size):
+            t0 = time.perf_counter()
+            singles.append(model.run_native(x[i : i + 1]))
+            t_one = min(t_one, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        batched.run_native(x)  # the first invoke of an interpreter pays for its warm-up
+        t_batch = min(t_batch, time.perf_counter() - t0)
+    except (InferenceError, ShapeMismatch) as exc:
+        raise BatchUnsupported(BatchUnsupported.SMOKE_FAILED, str(exc)) from exc
+    # the shapes that came out (a Reshape in the graph may size an output only in invoke())
+    for t1, got in zip(model.outputs, outs, strict=True):
+        if t1.shape[:1] != (1,) or got.shape != (size, *t1.shape[1:]):
             raise BatchUnsupported(
                 BatchUnsupported.OUTPUT_SHAPE,
                 f"{model.label}: output {t1.name!r} is {list(t1.shape)} for one window and "
-                f"{list(tb.shape)} for {size} (want {[size, *t1.shape[1:]]})",
+                f"{list(got.shape)} for {size} (want {[size, *t1.shape[1:]]})",
             )
-    x = smoke_windows(feed, size)
-    try:
-        outs = batched.run_native(x)
-        singles = [model.run_native(x[i : i + 1]) for i in range(size)]
-    except (InferenceError, ShapeMismatch) as exc:
-        raise BatchUnsupported(BatchUnsupported.SMOKE_FAILED, str(exc)) from exc
-    for k, info in enumerate(singles_out):
+    for k, info in enumerate(model.outputs):
         for i in range(size):
             got, want = outs[k][i : i + 1], singles[i][k]
             if not np.array_equal(got, want):
@@ -106,30 +151,20 @@ def invoke_batch(model: Model, size: int) -> InvokeBatch:
                 j = int(diff[0]) if diff.size else 0
                 raise BatchUnsupported(
                     BatchUnsupported.MISMATCH,
-                    f"{model.label}: output {info.name!r} of smoke window {i}: batched invoke "
+                    f"{model.label}: output {info.name!r} of window {i}: the batched invoke "
                     f"gave {got.ravel()[j]!r} at element {j}, a single invoke "
                     f"{want.ravel()[j]!r} ({diff.size} element(s) differ)",
                 )
-    t_batch = _quickest(lambda: batched.run_native(x))
-    first = x[:1]
-    t_one = _quickest(lambda: model.run_native(first))
     pad_from = min(size, max(2, math.ceil(t_batch / max(t_one, 1e-9))))
     log.info(
-        "%s: up to %d windows per invoke (smoke run equal to single invokes; %.1f us per "
-        "window batched, %.1f us single; a partial group of >= %d windows is padded)",
+        "%s: up to %d windows per invoke (checked on %d queued windows: equal to single "
+        "invokes; %.1f us per window batched, %.1f us single; a partial group of >= %d "
+        "windows is padded)",
         model.label,
+        size,
         size,
         t_batch / size * 1e6,
         t_one * 1e6,
         pad_from,
     )
-    return InvokeBatch(batched, size, pad_from, np.zeros_like(x))
-
-
-def _quickest(call: Callable[[], object], runs: int = 3) -> float:
-    best = math.inf
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return batched, pad_from

@@ -422,7 +422,7 @@ class Pipeline:
                 break
             group = [item]
             st = item[0]
-            if st.batch is not None and st.models is None:
+            if st.batch is not None and st.batch.usable and st.models is None:
                 # Take what else is queued for the same stages (the same model), up to one
                 # batched invoke's worth: several streams may share it, a swap ends it.
                 n, size, get = len(item[1]), st.batch.size, self._ingest.get_nowait
@@ -450,7 +450,7 @@ class Pipeline:
         self._busy_since = time.monotonic()
         try:
             batch = st.batch
-            if batch is not None and st.models is None:
+            if batch is not None and batch.usable and st.models is None:
                 n = sum(len(w) for _, w, _ in group)
                 if n >= batch.pad_from:
                     self._process_batched(st, batch, group, inline)
@@ -546,7 +546,7 @@ class Pipeline:
         windows), comparable with one-window invokes.
         """
         t_start = time.perf_counter()
-        size, pad_from, brun, pad = batch.size, batch.pad_from, batch.run, batch.pad
+        size, brun = batch.size, batch.run
         hop, shape = st.hop, st.input_shape
         bshape = (size, *shape[1:])
         post, window = st.postprocessor, st.window
@@ -584,9 +584,12 @@ class Pipeline:
                 outs: list[Array] | None = None
                 try:
                     if m == size:
-                        outs = brun(xs.reshape(bshape))
-                    elif m >= pad_from:
-                        padded = pad.copy()
+                        full = xs.reshape(bshape)
+                        # the first full group checks the model (agent/model/batching.py)
+                        if batch.model is not None or batch.enable(full):
+                            outs = brun(full)
+                    elif batch.pad is not None and m >= batch.pad_from:
+                        padded = batch.pad.copy()
                         padded[:m] = xs
                         outs = [o[:m] for o in brun(padded)]
                 except InferenceError:

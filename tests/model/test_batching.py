@@ -16,7 +16,7 @@ from agent.config import ClassificationPost, RawPost, RegressionPost
 from agent.errors import BatchUnsupported, InferenceError
 from agent.model.batching import invoke_batch, smoke_windows
 from agent.model.postprocess import Postprocessor, build_postprocessor, postprocess_rows
-from agent.model.runtime import load_model
+from agent.model.runtime import Model, load_model
 from tests import modelzoo as zoo
 
 
@@ -28,13 +28,20 @@ class Tensor:
     shape: tuple[int, ...]
 
 
+def _windows(model: Model, n: int, seed: int) -> np.ndarray:
+    return smoke_windows(model.feed.dtype, (n, *model.feed.shape[1:]), seed)
+
+
 @pytest.mark.parametrize("mode", ["int8", "float32"])
 def test_a_model_with_a_free_batch_dimension_runs_windows_in_one_invoke(mode: str) -> None:
     model = load_model(zoo.batchable_classifier(mode).content)
     batch = invoke_batch(model, 8)
+    assert batch.model is None  # built at first use, not at load
+    assert batch.enable(_windows(model, 8, 1))
+    assert batch.model is not None and batch.unsupported is None
     assert batch.size == 8 and 2 <= batch.pad_from <= 8
     assert batch.model.feed.shape == (8, *model.feed.shape[1:])
-    x = smoke_windows(model.feed, 8, seed=3)  # other windows than the load-time smoke run
+    x = _windows(model, 8, 3)  # other windows than the check's
     got = batch.run(x)
     for i in range(8):
         want = model.run_native(x[i : i + 1])
@@ -47,29 +54,32 @@ def test_the_reasons_a_model_runs_one_window_per_invoke() -> None:
     with pytest.raises(BatchUnsupported) as off:
         invoke_batch(ok, 1)
     assert off.value.reason == "off"
-    # batch dimension baked into the graph (Keras batch_size=1): the runtime cannot resize it
-    fixed = load_model(zoo.tiny_classifier("int8").content)
-    with pytest.raises(BatchUnsupported) as resize:
-        invoke_batch(fixed, 8)
-    assert resize.value.reason == "resize_failed"
     with pytest.raises(BatchUnsupported) as stateful:
         invoke_batch(load_model(zoo.streaming_model().content), 8)
     assert stateful.value.reason == "stateful"
     with pytest.raises(BatchUnsupported) as multi:
         invoke_batch(load_model(zoo.multi_io_model("int8").content), 8)
     assert multi.value.reason == "multi_input"
+    # batch dimension 1 declared, but baked into the graph (Keras batch_size=1): the runtime
+    # cannot resize it, found at first use; from then on one invoke per window
+    fixed = load_model(zoo.tiny_classifier("int8").content)
+    batch = invoke_batch(fixed, 8)
+    assert not batch.enable(_windows(fixed, 8, 1))
+    assert batch.unsupported is not None and batch.unsupported.reason == "resize_failed"
+    assert not batch.usable and not batch.enable(_windows(fixed, 8, 2))
 
 
 def test_a_batched_interpreter_that_differs_from_single_invokes_is_refused() -> None:
-    """The smoke run compares row by row and names both values: a batched interpreter of
+    """The check compares row by row and names both values: a batched interpreter of
     another model (same shapes, other weights) must not pass for this one's."""
     model = load_model(zoo.batchable_classifier("int8").content)
     other = load_model(zoo.batchable_classifier("int8", seed=8).content)
     model.batched = other.batched  # type: ignore[method-assign]
-    with pytest.raises(BatchUnsupported) as exc:
-        invoke_batch(model, 4)
-    assert exc.value.reason == "mismatch"
-    assert "batched invoke gave" in exc.value.detail and "a single invoke" in exc.value.detail
+    batch = invoke_batch(model, 4)
+    assert not batch.enable(_windows(model, 4, 1))
+    exc = batch.unsupported
+    assert exc is not None and exc.reason == "mismatch"
+    assert "batched invoke gave" in exc.detail and "a single invoke" in exc.detail
 
 
 # --------------------------------------------------------------------------- postprocessing

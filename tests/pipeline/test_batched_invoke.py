@@ -76,8 +76,10 @@ class Counting:
 
 
 def _run(
-    cfg: Config, model: Model, swap_to: Model | None = None
+    cfg: Config, model: Model, swap_to: Model | None = None, count: bool = True
 ) -> tuple[Recorder, Pipeline, Counting | None]:
+    """Run the pipeline to the end of its sources; with ``count``, the batched interpreter is
+    enabled first (on zeros) and its invokes counted."""
     rec = Recorder()
     pipe = Pipeline(
         cfg,
@@ -88,7 +90,11 @@ def _run(
         SourceContext(Metrics()),
     )
     batch = pipe._stages.batch
-    counting = Counting(batch.model) if batch is not None else None
+    counting = None
+    if count and batch is not None:
+        assert batch.enable(np.zeros((batch.size, LENGTH, 3), model.feed.dtype))
+        assert batch.model is not None
+        counting = Counting(batch.model)
     pipe.start()
     if swap_to is not None:
         while len(rec.records) < 50:
@@ -160,12 +166,18 @@ def test_a_swap_never_mixes_models_in_one_invoke(tmp_path: Path) -> None:
 
 
 def test_models_that_must_not_batch_run_one_window_per_invoke(tmp_path: Path) -> None:
-    values = {"a": np.zeros((HOP * 4 + LENGTH, 3), np.float32)}
+    rng = np.random.default_rng(13)
+    values = {"a": rng.normal(0, 1.5, (HOP * 300 + LENGTH, 3)).astype(np.float32)}
     topics = Topics("edge", "dev")
-    fixed = load_model(zoo.tiny_classifier("int8").content)  # batch 1 baked in
-    cfg = _config(tmp_path, values, 8, HOP, top_k=1)
-    assert build_stages(cfg, ActiveModel(fixed, "m", "1"), topics).batch is None
     ok = load_model(zoo.batchable_classifier("int8").content)
-    assert build_stages(cfg, ActiveModel(ok, "m", "1"), topics).batch is not None
     off = _config(tmp_path, values, 1, HOP)
     assert build_stages(off, ActiveModel(ok, "m", "1"), topics).batch is None
+    # batch dimension 1 declared but baked into the graph: found out at the first full
+    # group, and every window still runs (one invoke each), once and in order
+    fixed = load_model(zoo.tiny_classifier("int8").content)
+    cfg = _config(tmp_path, values, 8, HOP * 300, top_k=1)
+    rec, pipe, _ = _run(cfg, fixed, count=False)
+    batch = pipe._stages.batch
+    assert batch is not None and batch.unsupported is not None
+    assert batch.unsupported.reason == "resize_failed"
+    assert [r.sample for r in rec.records] == [i * HOP for i in range(301)]
