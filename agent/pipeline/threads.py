@@ -12,6 +12,12 @@ Threads:
   encoding, serialising and publishing overlap with it), read the outputs, postprocess;
 - the publisher thread (``agent.delivery.publisher``).
 
+Several windows per invoke (``model.max_invoke_batch``, agent/model/batching.py): when items
+queue up, the inference thread takes what else is queued for the same stages (never across a
+swap; several streams only of a stateless model) and runs up to that many windows in one
+invoke, postprocessed together (``postprocess_rows``); each prediction keeps its own stream,
+sample and timestamp.
+
 Inline runs: a source that spends more time idle than its windows take to run (a sensor at
 100 windows/s, not a fast replay) runs its windows itself when nothing is queued or running,
 under the same lock as the inference thread: in order, one hand-over and one thread wake-up
