@@ -98,8 +98,9 @@ class BatchUnsupported(ModelError):
     - ``signature``: the signature runs in another subgraph than the resized input;
     - ``resize_failed``: the runtime could not resize or allocate the batched input;
     - ``output_shape``: an output does not carry one row per window after the resize;
-    - ``smoke_failed``: an invoke of the smoke run failed;
-    - ``mismatch``: the smoke run's batched outputs differ from single invokes.
+    - ``long_invoke``: one window's invoke takes so long that a batch would only add latency;
+    - ``smoke_failed``: an invoke of the check failed;
+    - ``mismatch``: the check's batched outputs differ from single invokes.
     """
 
     OFF = "off"
@@ -109,6 +110,7 @@ class BatchUnsupported(ModelError):
     SIGNATURE = "signature"
     RESIZE_FAILED = "resize_failed"
     OUTPUT_SHAPE = "output_shape"
+    LONG_INVOKE = "long_invoke"
     SMOKE_FAILED = "smoke_failed"
     MISMATCH = "mismatch"
 

@@ -18,6 +18,12 @@ Decided in two steps, each logged once at INFO with its typed reason when the an
    memory a device that never backlogs should not pay (MobileNetV2 0.35/96: +8 MB at 8
    windows, +14 MB at 32: XNNPACK's packed weights again plus the batch's activations).
 
+How many windows per invoke: up to ``model.max_invoke_batch``, and no more than fit in
+``MAX_INVOKE_S`` (4 ms) of invoke by the check's single-invoke time, so a batch never holds
+predictions back for long: tiny and keyword models 32, MobileNetV2 0.35/96 (0.13 ms per
+invoke on the development machine) ~30, MobileNetV2 1.0/224 (~2 ms) 2; a model whose single
+invoke takes 2 ms or more keeps one invoke per window (``long_invoke``).
+
 ``pad_from``: a partial group of at least this many windows is padded to ``size`` (the padding
 rows' outputs are dropped, never published); fewer run one invoke each. Measured in the check
 (the quicker of two batched invokes against the quickest single one): padding costs one
@@ -37,6 +43,11 @@ from agent.model.runtime import Array, Model
 
 log = logging.getLogger(__name__)
 
+MAX_INVOKE_S = 0.004
+"""Longest a batched invoke should take (measured at the check from single invokes): it bounds
+the wait it adds to its windows' predictions. A model whose invoke takes milliseconds gains
+nothing from batching (the per-invoke Python work it saves is tens of microseconds)."""
+
 
 class InvokeBatch:
     """Batching for a stateless single-input model: checked at first use (``enable``)."""
@@ -44,6 +55,8 @@ class InvokeBatch:
     def __init__(self, model: Model, size: int) -> None:
         self.single = model
         self.size = size
+        """Windows per invoke: ``model.max_invoke_batch`` until ``enable`` has chosen (fewer
+        when a batch of them would take longer than ``MAX_INVOKE_S``)."""
         self.pad_from = size
         """A partial group of at least this many windows is padded to ``size``; fewer run
         one invoke each (``size`` until ``enable`` has measured it)."""
@@ -72,14 +85,15 @@ class InvokeBatch:
         if self.unsupported is not None:
             return False
         try:
-            self.model, self.pad_from = _checked(self.single, self.size, x)
+            self.model, size, self.pad_from = _checked(self.single, self.size, x)
         except BatchUnsupported as exc:
             self.unsupported = exc
             log.info(
                 "%s: one invoke per window (%s: %s)", self.single.label, exc.reason, exc.detail
             )
             return False
-        self.pad = np.zeros_like(x)
+        self.size = size
+        self.pad = np.zeros_like(x[:size])
         return True
 
 
@@ -118,20 +132,38 @@ def smoke_windows(feed_dtype: str, shape: tuple[int, ...], seed: int) -> Array:
     return rng.standard_normal(shape).astype(dtype)
 
 
-def _checked(model: Model, size: int, x: Array) -> tuple[Model, int]:
-    """The batched interpreter, checked on ``x`` against single invokes, and ``pad_from``."""
-    batched = model.batched(size)
+def _checked(model: Model, most: int, x: Array) -> tuple[Model, int, int]:
+    """The batched interpreter, its size and ``pad_from``, checked on ``x`` (``most`` real
+    windows) against single invokes."""
+    singles: list[list[Array]] = []
+    t_one = math.inf
+
+    def single(i: int) -> None:
+        nonlocal t_one
+        t0 = time.perf_counter()
+        singles.append(model.run_native(x[i : i + 1]))
+        t_one = min(t_one, time.perf_counter() - t0)
+
     try:
+        single(0)
+        single(1)
+        size = min(most, int(MAX_INVOKE_S / max(t_one, 1e-9)))
+        if size < 2:
+            raise BatchUnsupported(
+                BatchUnsupported.LONG_INVOKE,
+                f"{model.label}: one window's invoke takes {t_one * 1e3:.2f} ms; batching "
+                f"{most} would hold each window's prediction for up to "
+                f"{most * t_one * 1e3:.0f} ms and save no measurable time",
+            )
+        batched = model.batched(size)
+        xb = x[:size]
         t0 = time.perf_counter()
-        outs = batched.run_native(x)
+        outs = batched.run_native(xb)
         t_batch = time.perf_counter() - t0
-        singles, t_one = [], math.inf
-        for i in range(size):
-            t0 = time.perf_counter()
-            singles.append(model.run_native(x[i : i + 1]))
-            t_one = min(t_one, time.perf_counter() - t0)
+        for i in range(2, size):
+            single(i)
         t0 = time.perf_counter()
-        batched.run_native(x)  # the first invoke of an interpreter pays for its warm-up
+        batched.run_native(xb)  # the first invoke of an interpreter pays for its warm-up
         t_batch = min(t_batch, time.perf_counter() - t0)
     except (InferenceError, ShapeMismatch) as exc:
         raise BatchUnsupported(BatchUnsupported.SMOKE_FAILED, str(exc)) from exc
@@ -167,4 +199,4 @@ def _checked(model: Model, size: int, x: Array) -> tuple[Model, int]:
         t_one * 1e6,
         pad_from,
     )
-    return batched, pad_from
+    return batched, size, pad_from

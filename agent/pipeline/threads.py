@@ -458,7 +458,7 @@ class Pipeline:
             batch = st.batch
             if batch is not None and batch.usable and st.models is None:
                 n = sum(len(w) for _, w, _ in group)
-                if n >= batch.pad_from:
+                if n >= batch.pad_from and (batch.model is not None or _enable(st, batch, group)):
                     self._process_batched(st, batch, group, inline)
                     return
             for _, windows, stream in group:
@@ -590,10 +590,7 @@ class Pipeline:
                 outs: list[Array] | None = None
                 try:
                     if m == size:
-                        full = xs.reshape(bshape)
-                        # the first full group checks the model (agent/model/batching.py)
-                        if batch.model is not None or batch.enable(full):
-                            outs = brun(full)
+                        outs = brun(xs.reshape(bshape))
                     elif batch.pad is not None and m >= batch.pad_from:
                         padded = batch.pad.copy()
                         padded[:m] = xs
@@ -636,6 +633,8 @@ class Pipeline:
                             )
                         except InferenceError as exc:
                             results.append(exc)
+                if kept:  # drift and shadow see every window that has outputs
+                    kept[a : a + m] = rows
                 for j, result in enumerate(results):
                     if result is None:
                         continue
@@ -646,8 +645,6 @@ class Pipeline:
                             "infer", "inference failed on %s: %s", streams[i], result
                         )
                         continue
-                    if kept:
-                        kept[i] = rows[j]
                     out.append(
                         record(
                             topic,
@@ -678,6 +675,14 @@ class Pipeline:
                     st.drift.observe(windows.data, part)
                 if shadow is not None:
                     shadow.offer(st.encoder, windows, stream, part)
+
+
+def _enable(st: _Stages, batch: InvokeBatch, group: list[_Item]) -> bool:
+    """The first full group: check the model on its windows (agent/model/batching.py)."""
+    shape, size = st.input_shape, batch.size
+    data = [w.data for _, w, _ in group]
+    x = data[0] if len(data) == 1 else np.concatenate(data)
+    return batch.enable(np.ascontiguousarray(x[:size]).reshape((size, *shape[1:])))
 
 
 def _row_input(
