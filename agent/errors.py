@@ -98,7 +98,7 @@ class BatchUnsupported(ModelError):
     - ``signature``: the signature runs in another subgraph than the resized input;
     - ``resize_failed``: the runtime could not resize or allocate the batched input;
     - ``output_shape``: an output does not carry one row per window after the resize;
-    - ``long_invoke``: one window's invoke takes so long that a batch would only add latency;
+    - ``long_invoke``: one window's invoke takes a millisecond or more (batching saves nothing);
     - ``smoke_failed``: an invoke of the check failed;
     - ``mismatch``: the check's batched outputs differ from single invokes.
     """

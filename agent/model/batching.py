@@ -21,8 +21,10 @@ Decided in two steps, each logged once at INFO with its typed reason when the an
 How many windows per invoke: up to ``model.max_invoke_batch``, and no more than fit in
 ``MAX_INVOKE_S`` (8 ms) of invoke by the check's single-invoke time, so a batch never holds
 predictions back for long: on the development machine tiny, keyword and MobileNetV2 0.35/96
-(0.13-0.25 ms per invoke) models 32, MobileNetV2 1.0/224 (~2 ms) 4; a model whose single
-invoke takes 4 ms or more keeps one invoke per window (``long_invoke``).
+(0.13-0.25 ms per invoke) models 32. A model of which fewer than ``MIN_BATCH`` (8) windows
+fit (a single invoke of 1 ms or more: MobileNetV2 1.0/224, ~2 ms) keeps one invoke per window
+(``long_invoke``): the tens of microseconds of Python per invoke that batching saves do not
+matter next to its invoke, and its second interpreter would cost a build stall and memory.
 
 ``pad_from``: a partial group of at least this many windows is padded to ``size`` (the padding
 rows' outputs are dropped, never published); fewer run one invoke each. Measured in the check
@@ -43,6 +45,8 @@ from agent.model.runtime import Array, Model
 
 log = logging.getLogger(__name__)
 
+MIN_BATCH = 8
+"""Fewest windows per invoke worth a second interpreter (fewer fit: ``long_invoke``)."""
 MAX_INVOKE_S = 0.008
 """Longest a batched invoke should take (measured at the check from single invokes): it bounds
 the wait it adds to its windows' predictions. A model whose invoke takes milliseconds gains
@@ -145,22 +149,22 @@ def _checked(model: Model, most: int, x: Array) -> tuple[Model, int, int]:
         t_one = min(t_one, time.perf_counter() - t0)
 
     try:
-        single(0)
-        single(1)
+        for i in range(3):  # the quickest of three: a preempted one does not decide
+            single(i)
         size = min(most, int(MAX_INVOKE_S / max(t_one, 1e-9)))
-        if size < 2:
+        if size < min(most, MIN_BATCH):
             raise BatchUnsupported(
                 BatchUnsupported.LONG_INVOKE,
-                f"{model.label}: one window's invoke takes {t_one * 1e3:.2f} ms; batching "
-                f"{most} would hold each window's prediction for up to "
-                f"{most * t_one * 1e3:.0f} ms and save no measurable time",
+                f"{model.label}: one window's invoke takes {t_one * 1e3:.2f} ms: only {size} "
+                f"fit in {MAX_INVOKE_S * 1e3:g} ms, and the Python work batching saves (tens of "
+                "microseconds per invoke) does not matter next to it",
             )
         batched = model.batched(size)
         xb = x[:size]
         t0 = time.perf_counter()
         outs = batched.run_native(xb)
         t_batch = time.perf_counter() - t0
-        for i in range(2, size):
+        for i in range(3, size):
             single(i)
         t0 = time.perf_counter()
         batched.run_native(xb)  # the first invoke of an interpreter pays for its warm-up

@@ -165,3 +165,18 @@ def test_other_postprocessors_give_the_per_window_payloads(cfg: Any) -> None:
     want = _per_window(build_postprocessor(cfg, info), outs, streams)
     assert [_outcome(r) for r in got] == [_outcome(r) for r in want]
     assert isinstance(got[3], InferenceError) and got[3].reason == "non_finite"
+
+
+def test_a_model_whose_invoke_is_long_keeps_one_invoke_per_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """How many windows fit in ``MAX_INVOKE_S`` of invoke is measured; fewer than
+    ``MIN_BATCH``: batching saves nothing next to the invoke, no second interpreter."""
+    import agent.model.batching as batching
+
+    model = load_model(zoo.batchable_classifier("int8").content)
+    monkeypatch.setattr(batching, "MAX_INVOKE_S", 1e-9)
+    batch = invoke_batch(model, 8)
+    assert not batch.enable(_windows(model, 8, 1))
+    assert batch.unsupported is not None and batch.unsupported.reason == "long_invoke"
+    assert batch.model is None
