@@ -56,6 +56,7 @@ from agent.errors import BatchUnsupported, InferenceError, SampleError, ShapeMis
 from agent.ingest.preprocess import Encoder, Preprocessor, check_model_input
 from agent.ingest.samples import RateLimitedLog, SampleBlock
 from agent.ingest.sources import PushSource, Source, SourceContext, build_source
+from agent.ingest.sources.pacing import StopSignal
 from agent.ingest.window import StreamWindowers, Windows
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
@@ -214,7 +215,7 @@ class Pipeline:
         self._ingest: queue.Queue[_Item | _Eof] = queue.Queue(
             maxsize=max(s.max_queue for s in cfg.sources)
         )
-        self._stop_sources = threading.Event()
+        self._stop_sources = StopSignal()  # a paced source waits on it once per block
         self._sources: list[tuple[Source, threading.Thread]] = []
         self._emits: list[Callable[[SampleBlock], None]] = []
         self._ctx = ctx
@@ -357,6 +358,11 @@ class Pipeline:
                 return
             self._enqueue(item, len(block), blocking)
             idle_from = clock()
+            # The cost is measured on inline runs only: one slow run (a preemption, the
+            # first invoke) must not keep a slow source queueing for good. Halve it on every
+            # queued item, so an idle source tries inline again within a few windows (and a
+            # busy one, whose idle time is ~0, still queues).
+            inline_cost *= 0.5
 
         return emit
 
