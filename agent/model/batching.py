@@ -125,17 +125,6 @@ def invoke_batch(model: Model, size: int) -> InvokeBatch:
     return InvokeBatch(model, size)
 
 
-def smoke_windows(feed_dtype: str, shape: tuple[int, ...], seed: int) -> Array:
-    """Windows of ``shape`` for tests: integers over an integer type's whole range, standard
-    normal values for a float one."""
-    rng = np.random.default_rng(seed)
-    dtype = np.dtype(feed_dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
-    return rng.standard_normal(shape).astype(dtype)
-
-
 def _checked(model: Model, most: int, x: Array) -> tuple[Model, int, int]:
     """The batched interpreter, its size and ``pad_from``, checked on ``x`` (``most`` real
     windows) against single invokes."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from agent.config import ClassificationPost, RawPost, RegressionPost
 from agent.errors import BatchUnsupported, InferenceError
-from agent.model.batching import invoke_batch, smoke_windows
+from agent.model.batching import invoke_batch
 from agent.model.postprocess import Postprocessor, build_postprocessor, postprocess_rows
 from agent.model.runtime import Model, load_model
 from tests import modelzoo as zoo
@@ -29,7 +29,14 @@ class Tensor:
 
 
 def _windows(model: Model, n: int, seed: int) -> np.ndarray:
-    return smoke_windows(model.feed.dtype, (n, *model.feed.shape[1:]), seed)
+    """``n`` windows for ``model``'s input: integers over an integer type's whole range,
+    standard normal values for a float one."""
+    rng = np.random.default_rng(seed)
+    shape, dtype = (n, *model.feed.shape[1:]), np.dtype(model.feed.dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 @pytest.mark.parametrize("mode", ["int8", "float32"])
