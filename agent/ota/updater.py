@@ -28,6 +28,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import ClockStatus
@@ -105,7 +106,9 @@ class SwappablePipeline(Protocol):
 
     def swap_model(self, active: ActiveModel) -> None: ...
 
-    def set_shadow(self, candidate: ActiveModel | None) -> None: ...
+    def set_shadow(
+        self, candidate: ActiveModel | None, counts_file: Path | None = None
+    ) -> None: ...
 
     @property
     def shadow(self) -> ShadowRunner | None: ...
@@ -624,7 +627,7 @@ class Updater:
             reference=m.reference,
         )
         try:
-            self.pipeline.set_shadow(candidate)
+            self.pipeline.set_shadow(candidate, self._paths.shadow_counts)
         except EdgeAgentError as exc:
             raise UpdateError("incompatible_pipeline", f"{m.version}: {exc}") from exc
         self._transition(State.SHADOW, detail=f"shadowing {self.pipeline.active.version}")
