@@ -151,6 +151,9 @@ def test_shadow_reports_exact_agreement_and_promote_follows_it(
             ]
         )
         assert promoted == 0
+        said = capsys.readouterr().out
+        assert "promoted m 2.0.0: shadow -> stable by device id: dev-1 (1)" in said, said
+        assert "devices that join later, are not promoted" in said
         wait_state(col, mark, is_committed("2.0.0"))
         code, _ = agent.terminate()
         assert code == 0, agent.output()
