@@ -4,8 +4,8 @@ switches) and SQLite statements per prediction that arrived at the subscriber.
 
     .venv/bin/python -m bench.accounting [--models tiny,kws] [--span 6] [--modes steady,fast]
 
-``steady`` runs both programs at 100 windows/s (the "4 CPU/prediction" family); ``fast``
-runs them flat out (family 2, no batching). Each program runs three times per mode: plain
+``steady`` runs both programs at 100 windows/s (the "2 CPU/prediction" family); ``fast``
+runs them flat out (family 1, no batching). Each program runs three times per mode: plain
 (context switches: the sum over its threads of ``voluntary_ctxt_switches`` and
 ``nonvoluntary_ctxt_switches`` in ``/proc/PID/task/*/status``), under ``strace -f -c -p``
 (syscalls, attached for the span only) and with ``bench/countcalls/sitecustomize.py``

@@ -82,7 +82,7 @@ def run(ctx: Context) -> list[Row]:
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     return [
         Row(
-            "9 convert+verify MNv2 0.35/96",
+            "8 convert+verify MNv2 0.35/96",
             "s",
             wall,
             {},

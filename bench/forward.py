@@ -133,7 +133,7 @@ def run(ctx: Context) -> list[Row]:
     )
     return [
         Row(
-            "7 enqueue, broker down",
+            "8 enqueue, broker down",
             "µs/pred",
             enqueue_us,
             {},
@@ -143,7 +143,7 @@ def run(ctx: Context) -> list[Row]:
             note_q,
         ),
         Row(
-            "7 drain after reconnect",
+            "8 drain after reconnect",
             "pred/s",
             drain,
             {},

@@ -60,7 +60,7 @@ def run(ctx: Context) -> list[Row]:
     a, b = statistics.median(agent), statistics.median(bare)
     return [
         Row(
-            "6 start-up tiny",
+            "7 start-up tiny",
             "s",
             a,
             {"bare": b},

@@ -31,12 +31,15 @@ class Recorder:
     def __init__(self) -> None:
         self.records: list[PredictionRecord] = []
         self.threads: set[str] = set()
+        self.by_thread: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def submit_many(self, records: list[PredictionRecord], *, inline: bool = False) -> None:
         with self.lock:
             self.records += records
-            self.threads.add(threading.current_thread().name)
+            name = threading.current_thread().name
+            self.threads.add(name)
+            self.by_thread[name] = self.by_thread.get(name, 0) + len(records)
 
 
 def _config(tmp_path: Path, values: dict[str, np.ndarray], rates: dict[str, str]) -> Config:
@@ -113,6 +116,29 @@ def test_every_window_once_in_order_with_direct_call_values(tmp_path: Path, rate
         assert {"source-a", "source-b"} & rec.threads
     else:
         assert "inference" in rec.threads
+
+
+def test_one_slow_window_does_not_keep_an_idle_source_queueing(tmp_path: Path) -> None:
+    """An idle source runs its windows inline only while its last inline run took less than
+    it idles. A single slow run (here 50 ms, five windows' time: a preemption, the first
+    invoke) once sent every later window through the inference thread for good, with a
+    thread wake-up per window; now the source is back to inline runs within a few windows."""
+    model = load_model(zoo.tiny_classifier("int8").content)
+    run = model.run_native
+    slowed = threading.Event()
+
+    def slow_once(x: Any) -> Any:
+        if not slowed.is_set():
+            slowed.set()
+            threading.Event().wait(0.05)
+        return run(x)
+
+    model.run_native = slow_once  # type: ignore[method-assign]
+    v = np.random.default_rng(7).normal(0, 1, (HOP * 60 + LENGTH, 3)).astype(np.float32)
+    cfg = _config(tmp_path, {"a": v}, {"a": "fixed"})
+    rec, _ = _run(cfg, model)
+    assert len(rec.records) == 61 and slowed.is_set()
+    assert rec.by_thread.get("source-a", 0) > 61 // 2, rec.by_thread
 
 
 def test_a_swap_mid_stream_drops_and_repeats_nothing(tmp_path: Path) -> None:

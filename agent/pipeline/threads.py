@@ -327,6 +327,11 @@ class Pipeline:
                 return
             self._enqueue(item, len(block), blocking)
             idle_from = clock()
+            # The cost is measured on inline runs only: one slow run (a preemption, the
+            # first invoke) must not keep a slow source queueing for good. Halve it on every
+            # queued item, so an idle source tries inline again within a few windows (and a
+            # busy one, whose idle time is ~0, still queues).
+            inline_cost *= 0.5
 
         return emit
 
