@@ -263,23 +263,23 @@ class ShadowRunner:
     def _tally(self, rows: Sequence[_Row]) -> None:
         n = len(rows)
         sums, counts, maxes = [], [], []
+        c0 = a0 = np.zeros((0, 0))
         for k in range(len(self._abs_sum)):
             c = np.stack([np.asarray(r[0][k], np.float64).reshape(-1) for r in rows])
             a = np.stack([np.asarray(r[1][k], np.float64).reshape(-1) for r in rows])
+            if k == 0:
+                c0, a0 = c, a  # the first output: top-1 below
             d = np.abs(c - a) if c.shape == a.shape else np.full(1, np.inf)
             sums.append(float(d.sum()))
             counts.append(d.size)
             maxes.append(float(d.max()) if d.size else 0.0)
         agree = 0
         diff_rows: list[int] = []
-        if self._classify:
-            c0 = np.stack([np.asarray(r[0][0]).reshape(-1) for r in rows])
-            a0 = np.stack([np.asarray(r[1][0]).reshape(-1) for r in rows])
-            if c0.shape == a0.shape and c0.shape[1] > 1:
-                ct, at = np.argmax(c0, axis=1), np.argmax(a0, axis=1)
-                same = ct == at
-                agree = int(same.sum())
-                diff_rows = [int(j) for j in np.flatnonzero(~same)[: self._samples.maxlen or 0]]
+        if self._classify and c0.shape == a0.shape and c0.shape[1] > 1:
+            ct, at = np.argmax(c0, axis=1), np.argmax(a0, axis=1)
+            same = ct == at
+            agree = int(same.sum())
+            diff_rows = [int(j) for j in np.flatnonzero(~same)[: self._samples.maxlen or 0]]
         with self._lock:
             self.compared += n
             self.agreements += agree

@@ -338,7 +338,8 @@ def test_the_agent_installs_what_tuf_vouches_for_and_refuses_the_rest(
         stored.write_bytes(os.urandom(stored.stat().st_size))
         mark = len(col.messages)
         hint(broker)
-        wait_state(col, mark, is_refusal(None, "hash_mismatch"), timeout=60)  # type: ignore[arg-type]
+        # the refusal names the version TUF vouched for (its bytes are not what TUF signed)
+        wait_state(col, mark, is_refusal("3.0.0", "hash_mismatch"), timeout=60)
         still_serving(col, "2.0.0")
         # 3. freeze: the timestamp expires; the device says so and takes nothing
         tuf_repo.repo.refresh_timestamp(expires_in=timedelta(seconds=-60))
@@ -490,5 +491,29 @@ def test_an_offline_bundle_is_verified_against_the_trusted_root(
         s = wait_state(col, mark, is_committed("2.0.0"), timeout=60)
         assert s.source == "incoming:m-2.0.0.eatuf"
         still_serving(col, "2.0.0")
+        code, _ = agent.terminate()
+        assert code == 0, agent.output()
+
+
+@pytest.mark.slow
+def test_an_offline_bundle_of_a_signed_shadow_target_runs_as_a_shadow(
+    tmp_path: Path, broker: Broker, keys: Keys, tuf_repo: Repo
+) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    conf = tuf_agent_config(tmp_path, broker, keys, tuf_repo, incoming_dir=str(incoming))
+    tuf_repo.publish(small_pkg("2.0.0", keys), channels=["canary"], shadow=True)  # not followed
+    bundle = tuf_repo.repo.bundle("m", "2.0.0")
+    with (
+        Collector(broker.host, broker.port, ["edge/dev-1/#"]) as col,
+        AgentProcess(conf, tmp_path / "agent.log") as agent,
+    ):
+        col.wait_for(lambda m: len(predictions(m)) >= 3 and bool(states(m)), 30)
+        mark = len(col.messages)
+        (tmp_path / "b.eatuf").write_bytes(bundle)
+        os.rename(tmp_path / "b.eatuf", incoming / "m-2.0.0.eatuf")
+        s = wait_state(col, mark, lambda s: (s.state, s.version) == ("shadow", "2.0.0"), 60)
+        assert s.source == "incoming:m-2.0.0.eatuf"
+        still_serving(col, "1.0.0")
         code, _ = agent.terminate()
         assert code == 0, agent.output()
