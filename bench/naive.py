@@ -58,12 +58,18 @@ def main() -> None:
 
     info = None
     t0 = time.monotonic()
+    wall0 = time.time() - (time.monotonic() - t0)  # the wall time at t0
     for i in range(args.windows):
         if args.rate:
             delay = t0 + i / args.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        t_in = time.time()  # the window's last sample is "read" now
+            # the window's last sample is due now: latency counts from here, as the agent's
+            # does (its replay stamps a window with its last sample's due time), so both pay
+            # for waking up late
+            t_in = wall0 + i / args.rate
+        else:
+            t_in = time.time()  # the window's last sample is "read" now
         k = (i % available) * args.hop
         window = data[k : k + args.length]
         x = np.clip(np.round(window / in_scale + in_zero), -128, 127).astype(np.int8)

@@ -4,8 +4,9 @@ The agent replays a recording at the rate that makes 100 windows/s, one window p
 block is emitted when its last sample is due), with queue, metrics and health checks on; the
 bench subscriber stamps each prediction on arrival. After a warm-up:
 
-- latency: arrival time minus the prediction's ``ts`` (when its window's last sample entered
-  the agent), p50 and p99, against the bare loop's median invoke time;
+- latency: arrival time minus the prediction's ``ts`` (when its window's last sample was
+  due), p50 and p99, against the naive loop's own (measured the same way: from the due time
+  of its window, so both pay for waking up late);
 - CPU: the process's user + system seconds over the measured span, per prediction that
   arrived in it, against the naive baseline paced at the same 100 windows/s;
 - RSS: the agent's VmRSS at the end, against the bare interpreter process on the same model.
@@ -84,7 +85,7 @@ class Naive:
 
 def naive_steady(ctx: Context, name: str, warm: float, span: float) -> Naive:
     """The naive baseline at the same rate: CPU µs per prediction, and its latency (from the
-    moment it takes a window to the prediction's arrival) for context."""
+    due time of its window to the prediction's arrival: target 3's reference)."""
     samples = models.samples(ctx.spec(name), 16)
     run = ctx.run_id("naive-steady")
     windows = int((warm + span + 5) * RATE)

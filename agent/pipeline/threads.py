@@ -48,6 +48,7 @@ from agent.errors import InferenceError, SampleError, ShapeMismatch
 from agent.ingest.preprocess import Encoder, Preprocessor, check_model_input
 from agent.ingest.samples import RateLimitedLog, SampleBlock
 from agent.ingest.sources import PushSource, Source, SourceContext, build_source
+from agent.ingest.sources.pacing import StopSignal
 from agent.ingest.window import StreamWindowers, Windows
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
@@ -178,7 +179,7 @@ class Pipeline:
         self._ingest: queue.Queue[_Item | _Eof] = queue.Queue(
             maxsize=max(s.max_queue for s in cfg.sources)
         )
-        self._stop_sources = threading.Event()
+        self._stop_sources = StopSignal()  # a paced source waits on it once per block
         self._sources: list[tuple[Source, threading.Thread]] = []
         self._emits: list[Callable[[SampleBlock], None]] = []
         self._ctx = ctx

@@ -131,10 +131,12 @@ def test_a_socket_stalled_past_the_write_timeout_is_closed_and_redelivered(
 def test_an_ack_before_its_callback_is_registered_still_counts(
     broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``publish_many`` registers callbacks after the burst is written: a PUBACK handled in
-    between is kept (``_early``) and fires the callback at registration, exactly once."""
+    """On paho's path (TLS sockets: not a ``_TcpBuffer``), ``publish_many`` registers
+    callbacks after the burst is written: a PUBACK handled in between is kept (``_early``)
+    and fires the callback at registration, exactly once."""
     link = MqttLink(_settings(broker), "early")
     original = mqtt_client._burst
+    monkeypatch.setattr("agent.delivery.mqtt.link._TcpBuffer", _NotTheSocket)
 
     @contextlib.contextmanager
     def slow_burst(client: object) -> Iterator[None]:
@@ -155,6 +157,60 @@ def test_an_ack_before_its_callback_is_registered_still_counts(
         assert sent == 3
         assert sorted(acked) == [0, 1, 2]
         assert not link._early
+
+
+class _NotTheSocket:
+    """Stands for ``_TcpBuffer`` in the link's type check: nothing is one, so paho's path."""
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_our_own_packets_are_acked_once_each_and_paho_still_gets_its_own(
+    broker: Broker, protocol: str
+) -> None:
+    """Plain TCP: the link encodes the PUBLISH packets itself and takes their PUBACKs off the
+    stream by packet id (each callback exactly once, none left registered); what paho
+    published itself (a QoS 1 message through ``publish``) and an incoming subscription
+    message still reach paho, in between, on both protocol versions."""
+    settings = MqttSection(
+        host=broker.host,
+        port=broker.port,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+        protocol=protocol,  # type: ignore[arg-type]
+    )
+    link = MqttLink(settings, f"own-{protocol}")
+    got: list[bytes] = []
+    heard = threading.Event()
+
+    def handler(topic: str, payload: bytes) -> None:
+        got.append(payload)
+        heard.set()
+
+    link.subscribe("own/in", 1, handler)
+    acked: list[int] = []
+    paho_acked = threading.Event()
+    with (
+        Collector(broker.host, broker.port, ["own/out/#"]) as col,
+        running(link),
+    ):
+        big = b"y" * 70_000  # a 3-byte remaining length, split over several reads
+        msgs = [OutgoingMessage(f"own/out/{i}", big if i == 7 else b"x%d" % i) for i in range(50)]
+        callbacks: list[Callable[[], None]] = [
+            lambda i=i: acked.append(i)  # type: ignore[misc]
+            for i in range(50)
+        ]
+        assert link.publish(OutgoingMessage("own/out/paho", b"p"), paho_acked.set)
+        assert link.publish_many(list(zip(msgs, callbacks, strict=True))) == 50
+        publish_once(settings, "own-feeder", [OutgoingMessage("own/in", b"hello")])
+        _wait(lambda: len(acked) == 50, f"acks: {sorted(acked)}")
+        assert paho_acked.wait(30)
+        assert heard.wait(30)
+        col.wait_for(lambda m: len(m) >= 51)
+        sock = link._client.socket() if link._client else None
+        assert isinstance(sock, mqtt_client._TcpBuffer)
+        assert sock.acks == {}
+    assert sorted(acked) == list(range(50))
+    assert got == [b"hello"]
 
 
 def test_acks_never_cross_connections(broker: Broker) -> None:

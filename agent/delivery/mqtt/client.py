@@ -14,13 +14,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import MqttSection
+from agent.delivery.mqtt.messages import AckCallback, Message
 from agent.errors import PublishError
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,31 @@ def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
 
 
 _CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
+
+_MAX_REMAINING = 268_435_455  # MQTT's largest remaining length (4 length bytes)
+
+
+def _topic_field(topic: str) -> bytes:
+    """A PUBLISH packet's topic name field; ValueError for a topic paho would refuse."""
+    raw = topic.encode("utf-8")
+    if not raw or len(raw) > 65535 or b"+" in raw or b"#" in raw:
+        raise ValueError(f"invalid topic to publish to: {topic!r}")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _fixed_header(first: int, size: int) -> bytes:
+    """The fixed header: the first byte, then the remaining length (1 to 4 bytes)."""
+    if size < 128:
+        return bytes((first, size))
+    out = bytearray((first,))
+    while True:
+        b = size & 127
+        size >>= 7
+        if size:
+            out.append(b | 128)
+        else:
+            out.append(b)
+            return bytes(out)
 
 
 class _TcpBuffer:
@@ -48,6 +74,16 @@ class _TcpBuffer:
       Outside a burst a ``send`` goes out at once. Everything is written in the order it was
       sent, by one thread at a time; a send never returns short, so paho's own queue stays
       empty.
+    - our own PUBLISH packets (``publish``, the predictions' path) are encoded here from a
+      cached per-topic header and their PUBACKs are taken off the incoming stream here, by
+      packet id, before paho parses anything: per message, paho's ``publish`` (~20 Python
+      calls and three objects, a ``Condition`` among them) and its PUBACK handling (~45
+      calls: packet decoding, properties and reason-code objects, callbacks) become a few
+      bytes operations. Everything else (CONNACK, SUBACK, PINGRESP, incoming PUBLISHes, the
+      PUBACKs of what paho itself published) reaches paho unchanged and in order: the
+      incoming stream is cut at packet boundaries, and an incomplete packet waits here
+      until its last byte arrives. Packet ids come from paho's own counter, so the two
+      never collide.
     - no thread but the network thread ever waits for the socket: a write takes what the
       socket accepts now and leaves the rest in the buffer, and the network thread (paho's
       loop: ``_Client.want_write``/``loop_write``) writes it when the socket is writable. So a
@@ -68,6 +104,13 @@ class _TcpBuffer:
         self._out = bytearray()
         self._hold = 0
         self._stalled_since: float | None = None  # monotonic time the buffer last moved
+        self._partial = b""  # the start of an incoming packet whose end has not arrived
+        self._framing = True  # False after a malformed length: paho gets the bytes as they are
+        self.acks: dict[int, AckCallback] = {}
+        """Packet id -> callback for the QoS 1 messages ``publish`` sent and not yet acked."""
+        self.refused = 0
+        """PUBACKs with a failure reason code (MQTT 5): the message stays unacknowledged."""
+        self._topics: dict[str, bytes] = {}
 
     # ---------------------------------------------------------------- reading (network thread)
 
@@ -78,6 +121,10 @@ class _TcpBuffer:
             self._rpos = end
             return buf[pos:end]
         data = self.tcp.recv(max(n, 65536))
+        if data and self._framing:
+            data = self._split(self._partial + data if self._partial else data)
+            if not data:  # only our PUBACKs, or a packet's first part: nothing for paho yet
+                raise BlockingIOError
         if len(data) <= n:
             self._rbuf, self._rpos = b"", 0
             return data
@@ -86,6 +133,114 @@ class _TcpBuffer:
 
     def pending(self) -> int:
         return len(self._rbuf) - self._rpos
+
+    def _split(self, buf: bytes) -> bytes:
+        """``buf`` less our PUBACKs (their callbacks run here) and less a trailing incomplete
+        packet (kept for the next read): what paho gets, whole packets in their order."""
+        acks = self.acks
+        n = len(buf)
+        i = start = 0
+        kept: list[bytes] = []
+        fired: list[AckCallback] = []
+        while i + 2 <= n:
+            j = i + 2
+            b = buf[i + 1]
+            size = b & 127
+            if b & 128:  # a multi-byte remaining length (not a PUBACK)
+                mult = 128
+                while True:
+                    if j >= n:
+                        break
+                    b = buf[j]
+                    j += 1
+                    size += (b & 127) * mult
+                    if not b & 128:
+                        break
+                    mult *= 128
+                    if mult > 128**3:  # more than 4 length bytes: paho reports the error
+                        self._framing = False
+                        self._partial = b""
+                        return self._joined(kept, buf[start:])
+                if b & 128:
+                    break  # the length itself is incomplete
+            end = j + size
+            if end > n:
+                break
+            if buf[i] == 0x40 and size >= 2:  # PUBACK
+                cb = acks.pop(buf[j] << 8 | buf[j + 1], None)
+                if cb is not None:
+                    if i > start:
+                        kept.append(buf[start:i])
+                    start = end
+                    if size == 2 or buf[j + 2] < 0x80:
+                        fired.append(cb)
+                    else:
+                        self.refused += 1
+            i = end
+        self._partial = buf[i:]
+        out = self._joined(kept, buf[start:i])
+        for cb in fired:
+            cb()
+        return out
+
+    @staticmethod
+    def _joined(kept: list[bytes], tail: bytes) -> bytes:
+        if not kept:
+            return tail
+        kept.append(tail)
+        return b"".join(kept)
+
+    # ---------------------------------------------------------------- our PUBLISH packets
+
+    def publish(
+        self,
+        items: Sequence[tuple[Message, AckCallback | None]],
+        next_mid: Callable[[], int],
+        v5: bool,
+    ) -> int:
+        """Encode and write ``items`` (QoS 0 or 1) in order as one burst; returns how many.
+
+        The callback of a QoS 1 message is registered under its packet id before the packet
+        can leave (its PUBACK may be read on another thread at once); a QoS 0 message's runs
+        once it is handed to the socket, as paho does. ``ValueError`` for a topic paho would
+        refuse (wildcards, too long) or a payload over MQTT's limit, before anything is sent.
+        """
+        topics, acks = self._topics, self.acks
+        props = b"\0" if v5 else b""
+        parts: list[bytes] = []
+        written: list[AckCallback] = []
+        for msg, on_ack in items:
+            head = topics.get(msg.topic)
+            if head is None:
+                head = topics[msg.topic] = _topic_field(msg.topic)
+            qos = msg.qos
+            if qos == 1:
+                mid = next_mid()
+                var = head + mid.to_bytes(2, "big") + props
+                if on_ack is not None:
+                    acks[mid] = on_ack
+            elif qos == 0:
+                var = head + props
+                if on_ack is not None:
+                    written.append(on_ack)
+            else:
+                raise ValueError(f"QoS {qos}: the agent publishes at QoS 0 or 1")
+            payload = msg.payload
+            size = len(var) + len(payload)
+            if size > _MAX_REMAINING:
+                raise ValueError(f"payload too large for MQTT: {len(payload)} bytes")
+            parts += (_fixed_header(0x30 | qos << 1 | (1 if msg.retain else 0), size), var, payload)
+        with self._lock:
+            self._out += b"".join(parts)
+            held = self._hold
+        if not held:
+            try:  # noqa: SIM105 (contextlib.suppress: 3 Python calls more per burst)
+                self.flush()
+            except OSError:  # the connection is closed: paho will notice
+                pass
+        for cb in written:
+            cb()
+        return len(items)
 
     # ---------------------------------------------------------------- writing (any thread)
 

@@ -12,7 +12,9 @@ paho callbacks never block and never do work: they convert to our types and hand
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -25,7 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
 from agent.config import MqttSection
-from agent.delivery.mqtt.client import _burst, _connect, _make_client
+from agent.delivery.mqtt.client import _burst, _connect, _make_client, _TcpBuffer
 from agent.delivery.mqtt.messages import (
     AckCallback,
     Listener,
@@ -36,6 +38,14 @@ from agent.delivery.mqtt.messages import (
 from agent.errors import PublishError
 
 log = logging.getLogger(__name__)
+
+
+def _wake_loop(client: paho.Client) -> None:
+    """Have paho's network loop look at the socket again (it sleeps in ``select``)."""
+    wake: socket.socket | None = getattr(client, "_sockpairW", None)
+    if wake is not None:
+        with contextlib.suppress(OSError):
+            wake.send(b"\0")
 
 
 class MqttLink:
@@ -57,6 +67,7 @@ class MqttLink:
     ) -> None:
         self.settings = settings
         self.client_id = client_id
+        self._v5 = settings.protocol == "5"
         self._will = will
         self._password = password
         self._birth = list(birth)
@@ -149,6 +160,12 @@ class MqttLink:
             gen = self._generation
         if client is None or not items:
             return 0
+        sock = client.socket()
+        if type(sock) is _TcpBuffer:  # plain TCP: our own packets, our own PUBACKs
+            n = sock.publish(items, client._mid_generate, self._v5)
+            if sock.pending_out():  # the socket did not take it all: the loop writes the rest
+                _wake_loop(client)
+            return n
         sent: list[tuple[int, AckCallback]] = []
         n = 0
         publish, ok = client.publish, paho.MQTT_ERR_SUCCESS

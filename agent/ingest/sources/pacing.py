@@ -7,6 +7,7 @@ that is due in one (bigger) block instead of falling further behind.
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 
@@ -21,6 +22,43 @@ MAX_CATCHUP_SAMPLES = 4096
 
 STEP_S = 1.0
 """A wall clock that moved this much against the monotonic one was stepped (NTP)."""
+
+
+class StopSignal(threading.Event):
+    """The sources' stop flag: a ``threading.Event`` whose timed ``wait`` costs one C call.
+
+    A paced source waits once per block (100 times a second for a sensor at 100 windows/s).
+    ``Event.wait`` builds a ``Condition`` round per call (a lock allocated, ~12 Python calls);
+    here a gate lock, held until ``set``, is acquired with the timeout: the same wake-up,
+    ~8 µs of CPU less per wait on the development VM. Set once and never cleared (``clear``
+    raises): a stopped pipeline is not restarted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate = _thread.allocate_lock()
+        self._gate.acquire()
+        self._once = threading.Lock()
+        self._up = False
+
+    def set(self) -> None:
+        with self._once:
+            if self._up:
+                return
+            self._up = True
+            super().set()
+            self._gate.release()
+
+    def clear(self) -> None:
+        raise TypeError("a StopSignal is set once; make a new one")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._up:
+            return True
+        if self._gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._gate.release()  # the next waiter passes too
+            return True
+        return self._up
 
 
 class Schedule:
