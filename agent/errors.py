@@ -11,7 +11,8 @@ are translated at the boundary with ``raise ... from exc`` and carry context
     ├── ModelError             a model cannot be loaded or does not fit the pipeline
     │   ├── RuntimeUnavailable no usable TFLite runtime (names the package to install)
     │   ├── ShapeMismatch      window/preprocess/postprocess disagree with the model's tensors
-    │   └── IncompatibleModel  a package's manifest does not fit the pipeline (``reason``)
+    │   ├── IncompatibleModel  a package's manifest does not fit the pipeline (``reason``)
+    │   └── BatchUnsupported   a model cannot run several windows in one invoke (``reason``)
     ├── InferenceError         invoke() or quantisation failed for one window (``reason``)
     ├── SampleError            one malformed sensor message (counted per ``reason`` and skipped)
     ├── SourceError            a sample source cannot start (file missing, program not found)
@@ -79,6 +80,39 @@ class IncompatibleModel(ModelError):
     """A package's manifest does not fit the configured pipeline. ``reason`` is a stable label
     (``agent_too_old``, ``incompatible_input``, ``incompatible_output``,
     ``incompatible_postprocess``, ``incompatible_preprocess``) that OTA reports as it is."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class BatchUnsupported(ModelError):
+    """A model cannot run several windows in one invoke (``model.max_invoke_batch``); the
+    pipeline then invokes once per window. ``reason`` is a stable label, set where it is raised:
+
+    - ``off``: ``model.max_invoke_batch`` is 1;
+    - ``stateful``: the model keeps state between invokes (never batched);
+    - ``multi_input``: the model has more than one input;
+    - ``batch_dim``: the input's first dimension is neither 1 nor -1;
+    - ``signature``: the signature runs in another subgraph than the resized input;
+    - ``resize_failed``: the runtime could not resize or allocate the batched input;
+    - ``output_shape``: an output does not carry one row per window after the resize;
+    - ``long_invoke``: one window's invoke takes a millisecond or more (batching saves nothing);
+    - ``smoke_failed``: an invoke of the check failed;
+    - ``mismatch``: the check's batched outputs differ from single invokes.
+    """
+
+    OFF = "off"
+    STATEFUL = "stateful"
+    MULTI_INPUT = "multi_input"
+    BATCH_DIM = "batch_dim"
+    SIGNATURE = "signature"
+    RESIZE_FAILED = "resize_failed"
+    OUTPUT_SHAPE = "output_shape"
+    LONG_INVOKE = "long_invoke"
+    SMOKE_FAILED = "smoke_failed"
+    MISMATCH = "mismatch"
 
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason

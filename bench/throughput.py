@@ -9,6 +9,11 @@ every model must reach the naive loop (target 1). Rates are counted by the bench
 on arrival, over the last 90% of the predictions (start-up excluded), and every run checks
 that the sequence numbers that arrived are exactly 0..N-1, in order (nothing lost, nothing
 duplicated).
+
+"Batching" in the row names is ``mqtt.batch`` (predictions per MQTT message). Every agent run
+has ``model.max_invoke_batch`` at its default (32): queued windows run several per invoke
+where the model allows it (tiny, kws, mnv2-96; not mnv2-224, whose ~2 ms invoke makes it
+``long_invoke``), in the unbatched rows too; bench/NOTES.md, "Batched invoke", has the A/B.
 """
 
 from __future__ import annotations

@@ -135,6 +135,27 @@ def tiny_classifier(mode: str = "int8") -> ZooModel:
 
 
 @functools.cache
+def batchable_classifier(mode: str = "int8", classes: int = 6, seed: int = 7) -> ZooModel:
+    """Conv1D -> mean -> Dense(classes, softmax) on (-1, 32, 3) windows: a free batch
+    dimension, so several windows may run in one invoke (agent/model/batching.py)."""
+    tf = _tf()
+    _seed(seed)
+    keras = tf.keras
+    inp = keras.Input((WINDOW, CHANNELS), name="window")  # batch dimension -1
+    h = keras.layers.Conv1D(8, 5, activation="relu")(inp)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    out = keras.layers.Dense(classes, activation="softmax", name="scores")(h)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    rep = [[rng.normal(0, 1, (1, WINDOW, CHANNELS)).astype(np.float32)] for _ in range(32)]
+    content = _keras_convert(model, mode, rep)
+    example = [rng.normal(0, 1, (1, WINDOW, CHANNELS)).astype(np.float32)]
+    return ZooModel(
+        f"batchable_{mode}_{classes}_{seed}", content, example, rep if "int" in mode else []
+    )
+
+
+@functools.cache
 def multi_io_model(mode: str = "int8") -> ZooModel:
     """Two inputs on very different scales (a ~ N(0, 1), b ~ N(0, 20)), two outputs.
 

@@ -157,6 +157,15 @@ class ModelSection(_Table):
         description="Name of the input tensor the window feeds, checked against the model "
         "(default: the model's only input; the streaming pipeline runs single-input models).",
     )
+    max_invoke_batch: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Most queued windows run in one invoke() (the input's batch dimension "
+        "resized), when the model allows it: stateless, one input with a batch dimension of 1 "
+        "or -1, and a smoke run at load equal to single invokes (else one invoke per window, "
+        "logged with the reason). 1 = one invoke per window.",
+    )
     stream_state_limit_mb: float = Field(
         64.0,
         gt=0,

@@ -58,8 +58,9 @@ class Link(Protocol):
     """The part of ``agent.delivery.mqtt.MqttLink`` the publisher uses.
 
     ``publish_many`` sends a burst in order and returns how many went out (a prefix; 0 when
-    there is no connection). ``on_ack`` callbacks run on the link's network thread, once per
-    acknowledged message of the connection (``generation``) it was sent on.
+    there is no connection). ``on_ack`` callbacks run on the link's network thread (or, after
+    ``prompt_acks(False)``, on a thread calling ``publish_many``), once per acknowledged
+    message of the connection (``generation``) it was sent on.
     """
 
     @property
@@ -71,6 +72,10 @@ class Link(Protocol):
     def publish_many(self, items: Sequence[tuple[Message, AckCallback | None]]) -> int: ...
 
     def add_connect_listener(self, fn: Callable[[], None]) -> None: ...
+
+    def prompt_acks(self, on: bool) -> None:
+        """Whether acks are waited on now (on at start). Off: they may arrive late, with a
+        later ``publish_many`` (the link then does not wake its network thread for each)."""
 
 
 class SyncState(Protocol):
@@ -301,9 +306,10 @@ class Publisher:
         # window room, a half-full window, a shutdown waiting for them. Otherwise (a steady
         # trickle: one message in flight at a time) they are taken with the next prediction
         # or at the idle timeout: one thread wake-up per message less.
-        self._want_acks = (
-            stopping or self._inflight * 2 >= self._window or self._cursor < self._spool.last_id
-        )
+        want = stopping or self._inflight * 2 >= self._window or self._cursor < self._spool.last_id
+        if want != self._want_acks:
+            self._link.prompt_acks(want)  # off: the link need not wake for each ack either
+        self._want_acks = want
 
     def _idle(self) -> None:
         """Nothing to do for a while: remove acknowledged rows from the spool file now."""
@@ -426,9 +432,10 @@ class Publisher:
                 return
 
     def _ack_callback(self, msg_id: int) -> AckCallback:
-        """Runs on the network thread: queue the id, and wake the publisher once for all the
-        acks that arrive before it gets round to them (not once per ack), and only when it
-        wants them now (``_want_acks``)."""
+        """Runs on the network thread (or inside a later ``publish_many``: quiet acks, then
+        possibly with ``_state`` held; it takes no lock): queue the id, and wake the
+        publisher once for all the acks that arrive before it gets round to them (not once
+        per ack), and only when it wants them now (``_want_acks``)."""
         acks, put = self._acks, self._events.put
 
         def acked() -> None:

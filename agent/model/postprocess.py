@@ -238,7 +238,7 @@ class ClassificationPostprocessor:
     def _many(self, flat: Array, stream: str) -> Payload | None:
         """``__call__`` for outputs with many classes (ImageNet's 1,000): the same result, with
         NumPy scanning the scores instead of a Python list of them (~10x less time)."""
-        if not math.isfinite(float(flat.sum(dtype=np.float64))):
+        if not np.isfinite(flat).all():  # (a sum of inf and -inf warns)
             raise _nonfinite(self.name, stream)
         if flat.size != len(self.labels):
             raise InferenceError(
@@ -260,6 +260,52 @@ class ClassificationPostprocessor:
         label = labels[order[0]] if best >= self.threshold else None
         return self._publish(stream, label, score, top)
 
+    def rows(self, outputs: Sequence[Array], streams: Sequence[str]) -> list[Result]:
+        """``__call__`` for ``len(streams)`` windows whose outputs are stacked on the first
+        axis (one batched invoke): the same payloads, in order, with the scan (finiteness,
+        argmax / top-k) done over the whole batch by NumPy. A failing window's entry is its
+        ``InferenceError``. Smoothing keeps per-window state: it runs window by window."""
+        m = len(streams)
+        if self.smoothing > 1:
+            return [_one(self, outputs, j, streams[j]) for j in range(m)]
+        scores = outputs[self.index].reshape(m, -1)
+        labels, r, k, thr = self.labels, self._r, self.top_k, self.threshold
+        if scores.shape[1] != len(labels):
+            return [
+                InferenceError(
+                    InferenceError.OUTPUT_SIZE,
+                    f"output {self.name!r} has {scores.shape[1]} values, expected {len(labels)}",
+                )
+                for _ in range(m)
+            ]
+        finite: list[bool] = np.isfinite(scores).all(axis=1).tolist()  # type: ignore[assignment]
+        out: list[Result] = []
+        if k == 1:
+            best_i = scores.argmax(axis=1)  # the first of equal scores, as max() does
+            best = scores[np.arange(m), best_i].tolist()
+            for j, i in enumerate(best_i.tolist()):
+                if not finite[j]:
+                    out.append(_nonfinite(self.name, streams[j]))
+                    continue
+                b = best[j]
+                score = r(b)
+                top = [{"label": labels[i], "score": score}]
+                out.append(self._publish(streams[j], labels[i] if b >= thr else None, score, top))
+            return out
+        # descending, ties in index order (as heapq.nlargest and the partition path)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(scores, order, axis=1).tolist()
+        for j, idx in enumerate(order.tolist()):
+            if not finite[j]:
+                out.append(_nonfinite(self.name, streams[j]))
+                continue
+            vals = values[j]
+            top = [{"label": labels[i], "score": r(v)} for i, v in zip(idx, vals, strict=True)]
+            b = vals[0]
+            label = labels[idx[0]] if b >= thr else None
+            out.append(self._publish(streams[j], label, top[0]["score"], top))
+        return out
+
     def _publish(
         self, stream: str, label: str | None, score: float, top: list[dict[str, Any]]
     ) -> Payload | None:
@@ -270,6 +316,45 @@ class ClassificationPostprocessor:
                 del self._last[next(iter(self._last))]
             self._last[stream] = label
         return {"label": label, "score": score, "top": top}
+
+
+# --------------------------------------------------------------------------- batches
+
+Result = Payload | None | InferenceError
+"""One window's outcome in a batch: its payload, None (do not publish), or why it failed."""
+
+
+def _one(
+    post: Postprocessor,
+    outputs: Sequence[Array],
+    j: int,
+    stream: str,
+    window: Any = None,
+    sample: int = 0,
+) -> Result:
+    try:
+        return post([o[j : j + 1] for o in outputs], window, stream, sample)
+    except InferenceError as exc:
+        return exc
+
+
+def postprocess_rows(
+    post: Postprocessor,
+    outputs: Sequence[Array],
+    streams: Sequence[str],
+    samples: Sequence[int],
+    windows: Callable[[int], Array] | None = None,
+) -> list[Result]:
+    """The outcomes of ``len(streams)`` windows whose outputs are stacked on the first axis
+    (one batched invoke), equal to one ``post`` call per window in order (each with its own
+    ``[1, ...]`` rows): vectorised for classification, window by window for the others.
+    ``windows(j)`` gives window ``j``'s input when the postprocessor reads it (anomaly MSE)."""
+    if isinstance(post, ClassificationPostprocessor):
+        return post.rows(outputs, streams)
+    return [
+        _one(post, outputs, j, streams[j], windows(j) if windows else None, samples[j])
+        for j in range(len(streams))
+    ]
 
 
 # --------------------------------------------------------------------------- regression

@@ -55,7 +55,13 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import InferenceError, ModelError, RuntimeUnavailable, ShapeMismatch
+from agent.errors import (
+    BatchUnsupported,
+    InferenceError,
+    ModelError,
+    RuntimeUnavailable,
+    ShapeMismatch,
+)
 from agent.model.native_stderr import native_stderr_to_logging
 from agent.model.tflite_graph import (
     SubgraphOps,
@@ -338,9 +344,12 @@ class Model:
         quantize_in_graph: bool,
         label: str,
         window: tuple[int, int] | None = None,
+        batch: int = 1,
     ) -> None:
         self.size = len(content)
         self._window = window
+        self.batch = batch
+        """Windows per invoke: the single input's first dimension resized to this (``batched``)."""
         self._resize_to: dict[int, tuple[int, ...]] = {}
         """Input tensor index -> shape, for inputs with dynamic dimensions (``window``)."""
         self.sha256 = hashlib.sha256(content).hexdigest()
@@ -421,10 +430,33 @@ class Model:
             log.info("%s: input %r %s resized to %s", self.label, name, list(sig), shape)
             self._resize_to[int(d["index"])] = shape
 
+    def _plan_batch(self, ins: list[tuple[str, Mapping[str, Any]]]) -> None:
+        """Resize the single input's first (batch) dimension to ``self.batch``: allowed when
+        the model declares it 1 or -1 (``BatchUnsupported`` otherwise)."""
+        if len(ins) != 1:
+            raise BatchUnsupported(
+                BatchUnsupported.MULTI_INPUT, f"{self.label}: {len(ins)} inputs (batching: one)"
+            )
+        name, d = ins[0]
+        index = int(d["index"])
+        shape = self._resize_to.get(index, tuple(int(v) for v in d["shape"]))
+        sig = d.get("shape_signature")
+        first = int(next(iter(sig))) if sig is not None and len(sig) else (shape[0] if shape else 0)
+        if not shape or first not in (1, -1) or shape[0] != 1:
+            raise BatchUnsupported(
+                BatchUnsupported.BATCH_DIM,
+                f"{self.label}: input {name!r} {list(sig) if sig is not None else list(shape)} "
+                "has no batch dimension of 1 or -1",
+            )
+        self._resize_to[index] = (self.batch, *shape[1:])
+
     def _build(self, wanted: str | None, wrapped: Mapping[int, WrappedTensor]) -> None:
         interp = self._new_interpreter(self._engine_content, self.reference_kernels)
-        if self._window is not None:
-            self._plan_resize([(d["name"], d) for d in interp.get_input_details()])
+        if self._window is not None or self.batch != 1:
+            details = [(d["name"], d) for d in interp.get_input_details()]
+            self._plan_resize(details)
+            if self.batch != 1:
+                self._plan_batch(details)
             if self._resize_to:
                 interp = self._new_interpreter(self._engine_content, self.reference_kernels)
         sigs: dict[str, Any] = interp._get_full_signature_list() or {}
@@ -459,6 +491,12 @@ class Model:
         self.inputs = [_public(t, wrapped) for t in self._engine_inputs]
         self.outputs = [_public(t, wrapped) for t in self._engine_outputs]
         self.quantize_in_graph = bool(wrapped)
+        if self.batch != 1 and self._subgraph(interp) != 0:
+            raise BatchUnsupported(
+                BatchUnsupported.SIGNATURE,
+                f"{self.label}: signature {wanted!r} runs in another subgraph than the input "
+                "that batching resizes",
+            )
         self._bind(interp)
 
     def _subgraph(self, interp: Any) -> int:
@@ -732,6 +770,29 @@ class Model:
     def content(self) -> bytes:
         """The model bytes as loaded (verified), e.g. for a second interpreter."""
         return self._content
+
+    def batched(self, size: int) -> Model:
+        """Another interpreter of this model whose input takes ``size`` windows in one invoke
+        (the first dimension resized; ``run_native`` then takes and returns ``[size, ...]``).
+        ``BatchUnsupported`` when the input has no batch dimension to resize, ``ModelError``
+        when the runtime cannot allocate it. Whether its outputs equal ``size`` single
+        invokes is the caller's check (``agent.model.batching``)."""
+        try:
+            return Model(
+                self._content,
+                self._backend,
+                num_threads=self.num_threads,
+                reference_kernels=self.reference_kernels,
+                signature=self.signature,
+                quantize_in_graph=self.quantize_in_graph,
+                label=f"{self.label} [batch {size}]",
+                window=self._window,
+                batch=size,
+            )
+        except BatchUnsupported:
+            raise
+        except (ModelError, ValueError, RuntimeError) as exc:
+            raise BatchUnsupported(BatchUnsupported.RESIZE_FAILED, str(exc)) from exc
 
     def clone(self, label: str | None = None) -> Model:
         """A second, independent interpreter of this model with the same settings."""

@@ -12,6 +12,12 @@ Threads:
   encoding, serialising and publishing overlap with it), read the outputs, postprocess;
 - the publisher thread (``agent.delivery.publisher``).
 
+Several windows per invoke (``model.max_invoke_batch``, agent/model/batching.py): when items
+queue up, the inference thread takes what else is queued for the same stages (never across a
+swap; several streams only of a stateless model) and runs up to that many windows in one
+invoke, postprocessed together (``postprocess_rows``); each prediction keeps its own stream,
+sample and timestamp.
+
 Inline runs: a source that spends more time idle than its windows take to run (a sensor at
 100 windows/s, not a fast replay) runs its windows itself when nothing is queued or running,
 under the same lock as the inference thread: in order, one hand-over and one thread wake-up
@@ -33,6 +39,7 @@ Every prediction carries its stream and the index of its window's first sample
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -42,9 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from agent.config import Config, MqttSource
 from agent.delivery.publisher import PredictionRecord, Publisher
-from agent.errors import InferenceError, SampleError, ShapeMismatch
+from agent.errors import BatchUnsupported, InferenceError, SampleError, ShapeMismatch
 from agent.ingest.preprocess import Encoder, Preprocessor, check_model_input
 from agent.ingest.samples import RateLimitedLog, SampleBlock
 from agent.ingest.sources import PushSource, Source, SourceContext, build_source
@@ -52,7 +61,13 @@ from agent.ingest.sources.pacing import StopSignal
 from agent.ingest.window import StreamWindowers, Windows
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
-from agent.model.postprocess import AnomalyPostprocessor, Postprocessor, build_postprocessor
+from agent.model.batching import InvokeBatch, invoke_batch
+from agent.model.postprocess import (
+    AnomalyPostprocessor,
+    Postprocessor,
+    build_postprocessor,
+    postprocess_rows,
+)
 from agent.model.runtime import Array, Model
 from agent.pipeline.ondemand import OnDemandRunner
 from agent.pipeline.streams import PerStream, stream_models
@@ -92,6 +107,8 @@ class _Stages:
     """Samples between window starts: window k of a stream starts at sample k * hop."""
     drift: DriftMonitor | None = None
     """The model's drift monitor (agent/pipeline/drift.py) when its package has a reference."""
+    batch: InvokeBatch | None = None
+    """Several queued windows per invoke (agent/model/batching.py); None: one per window."""
 
 
 _Item = tuple[_Stages, Windows, str]
@@ -128,6 +145,7 @@ def build_stages(
         window_length=cfg.window.length,
     )
     models = stream_models(model, cfg.window.max_streams, cfg.model.stream_state_limit_mb)
+    batch = _invoke_batch(cfg, active)  # None for a stateful model (reason logged)
     encoder = Encoder(Preprocessor(cfg.preprocess, cfg.channels), model.feed)
     reads_input = isinstance(post, AnomalyPostprocessor) and post.mse
     return _Stages(
@@ -140,7 +158,26 @@ def build_stages(
         models=models,
         hop=cfg.window.hop,
         drift=_drift_monitor(cfg, active, encoder, on_drift),
+        batch=batch,
     )
+
+
+def _invoke_batch(cfg: Config, active: ActiveModel) -> InvokeBatch | None:
+    """The model's batched interpreter, or None (logged once per load, with the reason)."""
+    size = cfg.model.max_invoke_batch
+    if size <= 1:
+        return None
+    try:
+        return invoke_batch(active.model, size)
+    except BatchUnsupported as exc:
+        log.info(
+            "model %s %s: one invoke per window (%s: %s)",
+            active.name,
+            active.version,
+            exc.reason,
+            exc.detail,
+        )
+        return None
 
 
 def _drift_monitor(
@@ -341,7 +378,7 @@ class Pipeline:
             if self._queued or not self._run_lock.acquire(blocking=False):
                 return False
         try:
-            self._run(item, inline=True)
+            self._run([item], inline=True)
         finally:
             self._run_lock.release()
         return True
@@ -391,26 +428,54 @@ class Pipeline:
     # ---------------------------------------------------------------- inference
 
     def _infer_loop(self) -> None:
+        held: _Item | _Eof | None = None  # taken off the queue, but not for the group it ended
         while True:
-            try:
-                item = self._ingest.get(timeout=1.0)
-            except queue.Empty:
-                continue
+            if held is not None:
+                item, held = held, None
+            else:
+                try:
+                    item = self._ingest.get(timeout=1.0)
+                except queue.Empty:
+                    continue
             if isinstance(item, _Eof):
                 break
+            group = [item]
+            st = item[0]
+            if st.batch is not None and st.batch.usable and st.models is None:
+                # Take what else is queued for the same stages (the same model), up to one
+                # batched invoke's worth: several streams may share it, a swap ends it.
+                n, size, get = len(item[1]), st.batch.size, self._ingest.get_nowait
+                while n < size:
+                    try:
+                        nxt = get()
+                    except queue.Empty:
+                        break
+                    if isinstance(nxt, _Eof) or nxt[0] is not st:
+                        held = nxt
+                        break
+                    group.append(nxt)
+                    n += len(nxt[1])
             with self._run_lock:
-                self._run(item)
-            self._done_queued()
+                self._run(group)
+            for _ in group:
+                self._done_queued()
         self.finished.set()
 
-    def _run(self, item: _Item, inline: bool = False) -> None:
-        """Run one item's windows (with ``_run_lock`` held: on the inference thread, or
-        ``inline`` in the source thread that read them, which then also hands the predictions
-        to the publisher inline when it is idle)."""
-        st, windows, stream = item
+    def _run(self, group: list[_Item], inline: bool = False) -> None:
+        """Run a group of items of the same stages (with ``_run_lock`` held: on the inference
+        thread, or ``inline`` in the source thread that read the one item, which then also
+        hands the predictions to the publisher inline when it is idle)."""
+        st = group[0][0]
         self._busy_since = time.monotonic()
         try:
-            self._process(st, windows, stream, inline)
+            batch = st.batch
+            if batch is not None and batch.usable and st.models is None:
+                n = sum(len(w) for _, w, _ in group)
+                if n >= batch.pad_from and (batch.model is not None or _enable(st, batch, group)):
+                    self._process_batched(st, batch, group, inline)
+                    return
+            for _, windows, stream in group:
+                self._process(st, windows, stream, inline)
         finally:
             self._busy_since = None
 
@@ -484,3 +549,161 @@ class Pipeline:
                 st.drift.observe(windows.data, kept)
             if shadow is not None:
                 shadow.offer(st.encoder, windows, stream, kept)
+
+    def _process_batched(
+        self, st: _Stages, batch: InvokeBatch, group: list[_Item], inline: bool
+    ) -> None:
+        """``_process`` for a group of a stateless model, ``batch.size`` windows per invoke.
+
+        The group's windows (one or more items, possibly of several streams) run in chunks of
+        ``batch.size``; a last chunk of at least ``batch.pad_from`` windows is padded (the
+        padding's outputs are dropped), a smaller one runs one invoke per window. Outputs are
+        postprocessed per chunk, vectorised (``postprocess_rows``: the same payloads as one
+        call per window). ``latency_ms`` of a window: from when this group started running to
+        when its chunk's outputs were read (its own wait in the group + the chunk's invoke);
+        the ``invoke`` metric gets each window's share of its invoke (the chunk's time / its
+        windows), comparable with one-window invokes.
+        """
+        t_start = time.perf_counter()
+        size, brun = batch.size, batch.run
+        hop, shape = st.hop, st.input_shape
+        bshape = (size, *shape[1:])
+        post, window = st.postprocessor, st.window
+        topic, name, version = st.topic, st.active.name, st.active.version
+        clock, submit, record = time.perf_counter, self._publisher.submit_many, PredictionRecord
+        single = st.active.model.run_native
+        # per window: its stream, first sample, timestamp, arrival; one array of all windows
+        streams: list[str] = []
+        samples: list[int] = []
+        ts: list[float] = []
+        t_ins: list[float] = []
+        for _, windows, stream in group:
+            k = len(windows)
+            s0 = windows.first * hop
+            streams += [stream] * k
+            samples += range(s0, s0 + k * hop, hop)
+            ts += windows.ts.tolist()
+            t_ins += [windows.t_in] * k
+        n = len(streams)
+        self.metrics.inc("windows_run", n)
+        if len(group) == 1:
+            x_all = group[0][1].data.reshape((n, *shape[1:]))
+        else:
+            x_all = np.concatenate([w.data for _, w, _ in group]).reshape((n, *shape[1:]))
+        shadow = self.shadow
+        kept: list[list[Array] | None] = [None] * n if st.drift or shadow else []
+        out: list[PredictionRecord] = []
+        shares: list[float] = []
+        out_due = t_start + _HANDOVER_S
+        try:
+            for a in range(0, n, size):
+                m = min(size, n - a)
+                xs = x_all[a : a + m]
+                t0 = clock()
+                outs: list[Array] | None = None
+                try:
+                    if m == size:
+                        outs = brun(xs.reshape(bshape))
+                    elif batch.pad is not None and m >= batch.pad_from:
+                        padded = batch.pad.copy()
+                        padded[:m] = xs
+                        outs = [o[:m] for o in brun(padded)]
+                except InferenceError:
+                    outs = None  # the batched invoke failed: each window gets its own outcome
+                if outs is not None:
+                    t1 = clock()
+                    shares += [(t1 - t0) / m] * m
+                    lat = [round((t1 - t_start) * 1000, 4)] * m
+                    results = postprocess_rows(
+                        post,
+                        outs,
+                        streams[a : a + m],
+                        samples[a : a + m],
+                        functools.partial(_row_input, xs, shape, window),
+                    )
+                    rows: list[list[Array] | None] = (
+                        [[o[j : j + 1] for o in outs] for j in range(m)] if kept else []
+                    )
+                else:
+                    results, rows, lat = [], [], []
+                    for j in range(m):
+                        x = xs[j].reshape(shape)
+                        tj = clock()
+                        try:
+                            one = single(x)
+                        except InferenceError as exc:
+                            results.append(exc)
+                            rows.append(None)
+                            lat.append(0.0)
+                            continue
+                        t1 = clock()
+                        shares.append(t1 - tj)
+                        lat.append(round((t1 - t_start) * 1000, 4))
+                        rows.append(one)
+                        try:
+                            results.append(
+                                post(one, _as_input(x, window), streams[a + j], samples[a + j])
+                            )
+                        except InferenceError as exc:
+                            results.append(exc)
+                if kept:  # drift and shadow see every window that has outputs
+                    kept[a : a + m] = rows
+                for j, result in enumerate(results):
+                    if result is None:
+                        continue
+                    i = a + j
+                    if isinstance(result, InferenceError):
+                        self.metrics.inc("inference_errors", reason=result.reason)
+                        self._warn.warning(
+                            "infer", "inference failed on %s: %s", streams[i], result
+                        )
+                        continue
+                    out.append(
+                        record(
+                            topic,
+                            name,
+                            version,
+                            streams[i],
+                            ts[i],
+                            result,
+                            lat[j],
+                            t_ins[i],
+                            samples[i],
+                        )
+                    )
+                if out and clock() >= out_due:
+                    submit(out, inline=inline)
+                    out = []
+                    out_due = clock() + _HANDOVER_S
+        finally:
+            self.metrics.observe_many("invoke", shares)
+        if out:
+            submit(out, inline=inline)
+        if kept:
+            base = 0
+            for _, windows, stream in group:
+                part = kept[base : base + len(windows)]
+                base += len(windows)
+                if st.drift is not None:
+                    st.drift.observe(windows.data, part)
+                if shadow is not None:
+                    shadow.offer(st.encoder, windows, stream, part)
+
+
+def _enable(st: _Stages, batch: InvokeBatch, group: list[_Item]) -> bool:
+    """The first full group: check the model on its windows (agent/model/batching.py)."""
+    shape, size = st.input_shape, batch.size
+    data = [w.data for _, w, _ in group]
+    x = data[0] if len(data) == 1 else np.concatenate(data)
+    return batch.enable(np.ascontiguousarray(x[:size]).reshape((size, *shape[1:])))
+
+
+def _row_input(
+    xs: Array, shape: tuple[int, ...], window: Callable[[Array], Array] | None, j: int
+) -> Array:
+    return _as_input(xs[j].reshape(shape), window)
+
+
+def _as_input(x: Array, window: Callable[[Array], Array] | None) -> Array:
+    """The window as the postprocessor reads it (decoded to float for ``score = 'mse'``)."""
+    return x if window is None else window(x)

@@ -33,6 +33,7 @@ class FakeLink:
     def __init__(self, auto_ack: bool = True) -> None:
         self.connected = False
         self.generation = 0
+        self.prompt = True
         self.auto_ack = auto_ack
         self.sent: list[OutgoingMessage] = []
         self.unacked: list[tuple[int, Callable[[], None]]] = []
@@ -55,6 +56,9 @@ class FakeLink:
 
     def add_connect_listener(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
+
+    def prompt_acks(self, on: bool) -> None:
+        self.prompt = on  # this fake acknowledges the same way either way
 
     def connect(self) -> None:
         with self.cond:

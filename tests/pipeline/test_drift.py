@@ -112,8 +112,12 @@ def _run(
     return alerts, pipe
 
 
-@pytest.fixture(scope="module")
-def model() -> Any:
+@pytest.fixture(scope="module", params=["one-per-invoke", "batched"])
+def model(request: pytest.FixtureRequest) -> Any:
+    """The fixed-batch tiny model runs one window per invoke; the batchable one runs the
+    replay's queued windows several per invoke (drift then sees each window's own rows)."""
+    if request.param == "batched":
+        return load_model(zoo.batchable_classifier("int8", classes=2).content)
     return load_model(zoo.tiny_classifier("int8").content)
 
 

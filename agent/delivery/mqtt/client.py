@@ -1,9 +1,10 @@
-"""The paho client as the agent uses it: a buffered socket, bursts, construction.
+"""The paho client as the agent uses it: a buffered socket, bursts, quiet acks, construction.
 
 ``_TcpBuffer`` is the plain TCP socket paho talks to; ``_Client`` lets paho's network loop
-write what the buffer holds; ``_burst`` writes many PUBLISH packets at once. TCP_NODELAY is
-set on every socket: paho leaves Nagle on, and Nagle plus delayed ACK adds ~40 ms per hop to
-small QoS 1 messages.
+write what the buffer holds, and lets a publishing thread take the acks of its earlier
+messages (quiet acks: ``_Client``'s docstring); ``_burst`` writes many PUBLISH packets at
+once. TCP_NODELAY is set on every socket: paho leaves Nagle on, and Nagle plus delayed ACK
+adds ~40 ms per hop to small QoS 1 messages.
 """
 
 from __future__ import annotations
@@ -133,6 +134,26 @@ class _TcpBuffer:
 
     def pending(self) -> int:
         return len(self._rbuf) - self._rpos
+
+    def take_acks(self) -> bool | None:
+        """On a publishing thread (quiet acks; the caller holds ``_Client._reading``): read
+        what the socket holds, without waiting, and fire the callbacks of our
+        PUBACKs in it. True when something is left for the network thread (bytes for paho,
+        part of a packet, the end of the stream, an error); None when nothing was there."""
+        if self._rpos < len(self._rbuf) or self._partial or not self._framing:
+            return True  # the network thread's to read
+        try:
+            data = self.tcp.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError:  # the network thread's select/recv sees it too
+            return True
+        if not data:  # the end of the stream
+            return True
+        rest = self._split(data)
+        if rest:
+            self._rbuf, self._rpos = rest, 0
+        return bool(rest or self._partial)
 
     def _split(self, buf: bytes) -> bytes:
         """``buf`` less our PUBACKs (their callbacks run here) and less a trailing incomplete
@@ -343,16 +364,84 @@ class _TcpBuffer:
         self.tcp.setsockopt(level, option, value)
 
 
+QUIET_LOWAT = {paho.MQTTv5: 6, paho.MQTTv311: 5}
+"""The socket's low-water mark while acks are quiet, by protocol: ``select`` returns only once
+this many bytes wait (or at the end of the stream, or on an error, whatever the mark).
+
+A PUBACK is 4 bytes (fixed header 2, message id 2), in MQTT 5 one more for a reason code
+other than success (Mosquitto sends 0x10, "no matching subscribers", whenever nobody
+subscribes to the topic); a PINGRESP is 2. Every other packet a broker sends to a connected
+client is longer: a PUBLISH has a fixed header of 2, a topic length of 2, a topic of at
+least one character and, in MQTT 5, a properties length (5 bytes in MQTT 3.1.1, 6 in MQTT
+5, at the least); a SUBACK in MQTT 5 is at least 6. So those still wake the network thread
+at once, and so do two acks nobody read."""
+
+
+class AckMode:
+    """How soon a link's acks must be read; shared by ``MqttLink`` and each connection's client.
+
+    ``prompt`` (the default): the network thread reads every ack as it arrives. Off (the
+    publisher has nothing waiting on acks: ``MqttLink.prompt_acks(False)``), acks may wait
+    for the next burst on the publishing thread, and for at most ``hold_s`` after the last
+    one (``_Client``: quiet acks).
+    """
+
+    __slots__ = ("hold_s", "prompt")
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.prompt = True
+
+
 class _Client(paho.Client):
     """paho's client, with ``_TcpBuffer`` on plain TCP connections (TLS buffers on its own).
 
     Its network loop also writes what the buffer holds when the socket becomes writable, and
     closes a connection whose socket has taken nothing for ``write_timeout_s``.
+
+    **Quiet acks** (plain TCP, ``allow_quiet_acks``; ``MqttLink`` does it): a PUBACK arrives
+    ~1 ms after its PUBLISH, and waking the network thread for it costs more CPU than
+    handling it (a wake-up on a cold cache, a GIL hand-off, a loop turn). So while a thread
+    publishes bursts (``after_burst``: one within the last ``AckMode.hold_s``) and nobody
+    waits on acks (``AckMode.prompt`` off):
+
+    - the network thread raises the socket's low-water mark to ``QUIET_LOWAT``: a lone PUBACK
+      (or PINGRESP) no longer wakes it; anything else still does at once (a PUBLISH for a
+      subscription: the MQTT source's samples, commands; a SUBACK; two PUBACKs nobody read;
+      the end of the connection or an error). It still wakes every ``hold_s`` for paho's
+      keepalive (``loop_misc``) and to see whether the bursts stopped;
+    - the publishing thread, right before each burst, reads what the socket already holds
+      without waiting (the acks of its earlier messages: at a steady rate they arrived long
+      before) and takes our PUBACKs off it by packet id as the network thread would
+      (``before_burst``, ``_TcpBuffer.take_acks``): their callbacks run on that thread.
+      Anything else (bytes for paho, part of a packet, the end of the stream, an error) is
+      left to the network thread, which it wakes (``wake_loop``); paho's packet handling,
+      disconnects included, stays there. One thread at a time reads (``_reading``);
+    - the mark goes back to 1 byte, so every ack is read as it arrives, when the bursts
+      stop (within ``hold_s``), when someone waits on acks (``read_acks_now``: the kernel
+      wakes the network thread at once if bytes wait), while a PINGRESP is awaited, while
+      half a packet has been read, and before the CONNACK.
+
+    So at a steady rate one wake-up per prediction remains: the producer's own. TLS
+    connections keep the old mode (a PUBACK in a TLS record is more than 5 bytes on the
+    wire, and a non-blocking read of an SSL socket may return nothing but a record's part).
     """
 
     write_timeout_s = 30.0
     _net_ident: int | None = None
     """``threading.get_ident()`` of the thread running this client's network loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._reading = threading.Lock()  # held by the thread reading the socket (+ paho)
+        self._ack_mode: AckMode | None = None  # quiet acks allowed (allow_quiet_acks)
+        self._quiet_lock = threading.Lock()  # guards _quiet and the socket's mark
+        self._quiet = False  # the low-water mark is raised
+        self._last_burst = 0.0  # monotonic time of the last after_burst
+        self._wake_w: socket.socket | None = None
+        self._lowat = 0  # QUIET_LOWAT of the protocol
+        self.turns = 0
+        """Network loop turns (each one ``select`` return); tests and bench count them."""
+        super().__init__(*args, **kwargs)
 
     def loop_forever(
         self, timeout: float = 1.0, retry_first_connection: bool = False
@@ -380,17 +469,150 @@ class _Client(paho.Client):
         # after every publish; inside a burst the buffer is held and ``release`` writes it
         # all, so there is nothing to flush then
         if isinstance(sock, _TcpBuffer) and not sock._hold:
+            net = threading.get_ident() == self._net_ident
             try:  # noqa: SIM105 (contextlib.suppress: 3 Python calls more per loop turn)
-                sock.flush(wait=threading.get_ident() == self._net_ident)
+                sock.flush(wait=net)
             except OSError:  # closed: the read side reports it
                 pass
+            if sock._out and not net:  # the socket is full: the network thread writes it
+                self.wake_loop()
         return super().loop_write()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        with self._reading:
+            return super().loop_read(max_packets)
 
     def loop_misc(self) -> MQTTErrorCode:
         sock = self._sock
         if isinstance(sock, _TcpBuffer):
             sock.check_stall()
         return super().loop_misc()
+
+    # ---------------------------------------------------------------- quiet acks
+
+    def allow_quiet_acks(self, mode: AckMode) -> None:
+        """Let acks wait for the publishing thread while ``mode`` allows it (after
+        ``connect``, before ``loop_forever``; plain TCP only; not with ``loop_start``, whose
+        wake-up pair paho owns)."""
+        lowat = QUIET_LOWAT.get(self._protocol)
+        if self._sockpairR is not None or lowat is None or type(self._sock) is not _TcpBuffer:
+            return  # paho's wake-up pair, another protocol, TLS: the network thread reads all
+        self._lowat = lowat
+        # paho's loop also selects on _sockpairR: our wake-up (paho writes to it only
+        # through _sockpairW, which stays None: no wake-up per publish)
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        self._sockpairR, self._wake_w = r, w
+        self._ack_mode = mode
+
+    def close_wake(self) -> None:
+        """Close the wake-up pair (the network loop has returned)."""
+        self._ack_mode = None
+        r, w = self._sockpairR, self._wake_w
+        self._sockpairR = self._wake_w = None
+        for s in (r, w):
+            if s is not None:
+                s.close()
+
+    def wake_loop(self) -> None:
+        """Make the network loop turn now (any thread)."""
+        w = self._wake_w
+        if w is not None:
+            try:  # noqa: SIM105
+                w.send(b"\0")
+            except OSError:  # full (a wake-up is pending anyway), or closed
+                pass
+
+    @property
+    def quiet(self) -> bool:
+        """A lone PUBACK does not wake the network thread now."""
+        return self._quiet
+
+    def read_acks_now(self) -> None:
+        """Someone waits on acks (any thread): every ack is read as it arrives from now on;
+        the kernel wakes the network thread at once if bytes wait."""
+        with self._quiet_lock:
+            if not self._quiet:
+                return
+            self._quiet = False
+            self._set_lowat(1)
+        # Linux wakes a select whose socket the lower mark makes readable (tcp_set_rcvlowat);
+        # a turn of the loop makes that independent of the kernel, once per change
+        self.wake_loop()
+
+    def before_burst(self) -> None:
+        """Right before a burst, on its thread (``MqttLink.publish_many``): while acks are
+        quiet, take the ones already received. Before, not after: the acks of this burst
+        then arrive at an empty socket (below the low-water mark, nobody woken), while
+        after it a quick broker's first ack could join one left unread and wake the
+        network thread."""
+        if self._quiet:
+            sock = self._sock
+            if type(sock) is _TcpBuffer:
+                self._take_acks(sock)
+
+    def after_burst(self) -> None:
+        """Right after a burst, on its thread (``MqttLink.publish_many``)."""
+        if self._ack_mode is None:
+            return
+        sock = self._sock
+        if type(sock) is not _TcpBuffer:
+            return
+        self._last_burst = time.monotonic()
+        if sock._out:  # the socket did not take it all: the network thread writes the rest
+            self.wake_loop()
+
+    def _take_acks(self, sock: _TcpBuffer) -> None:
+        """Take the acks already received (``_TcpBuffer.take_acks``) unless the network thread
+        is reading; wake it for anything else found."""
+        if not self._reading.acquire(blocking=False):
+            return  # the network thread is reading
+        try:
+            left = None if self._in_packet["command"] else sock.take_acks()
+        finally:
+            self._reading.release()
+        if left:
+            self.wake_loop()
+
+    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
+        self.turns += 1
+        if self._ack_mode is not None:
+            timeout = self._quiet_turn(timeout)
+        return super()._loop(timeout)
+
+    def _quiet_turn(self, timeout: float) -> float:
+        """Before the network thread's select: raise or lower the low-water mark; the select
+        timeout (quiet: at most until the bursts are ``hold_s`` old)."""
+        mode = self._ack_mode
+        sock = self._sock
+        assert mode is not None
+        left = self._last_burst + mode.hold_s - time.monotonic()
+        with self._quiet_lock:
+            quiet = (
+                left > 0
+                and not mode.prompt
+                and type(sock) is _TcpBuffer
+                and not self._ping_t  # a PINGRESP is awaited
+                and not self._in_packet["command"]  # half a packet read
+                and not sock._partial
+                and sock._framing  # paho reads the stream as it is
+                and not sock.pending()
+                and self.is_connected()  # a CONNACK is 4 bytes
+            )
+            if quiet != self._quiet and self._set_lowat(self._lowat if quiet else 1):
+                self._quiet = quiet
+            return min(timeout, left) if self._quiet else timeout
+
+    def _set_lowat(self, n: int) -> bool:
+        sock = self._sock
+        if type(sock) is not _TcpBuffer:
+            return n == 1
+        try:
+            sock.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except OSError:  # closed: the read side reports it
+            return n == 1
+        return True
 
 
 @contextlib.contextmanager
@@ -469,7 +691,7 @@ def tls_problems(settings: MqttSection) -> list[tuple[str, str]]:
     return problems
 
 
-def _make_client(settings: MqttSection, client_id: str, password: str | None) -> paho.Client:
+def _make_client(settings: MqttSection, client_id: str, password: str | None) -> _Client:
     v5 = settings.protocol == "5"
     client = _Client(
         CallbackAPIVersion.VERSION2,

@@ -8,13 +8,17 @@ is the one source of truth for what still has to be delivered.
 
 paho callbacks never block and never do work: they convert to our types and hand off (an
 ``on_ack`` callback, a subscription handler, a listener) — those must be quick too.
+
+Acks at a steady rate (``prompt_acks``): while the publisher has nothing waiting on acks, the
+network thread is not woken for each PUBACK; the thread that publishes the next burst reads
+them (``agent.delivery.mqtt.client._Client``, quiet acks). Subscription handlers, listeners,
+keepalive and disconnect handling stay on the network thread, and incoming messages still
+wake it at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -27,7 +31,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
 from agent.config import MqttSection
-from agent.delivery.mqtt.client import _burst, _connect, _make_client, _TcpBuffer
+from agent.delivery.mqtt.client import (
+    AckMode,
+    _burst,
+    _Client,
+    _connect,
+    _make_client,
+    _TcpBuffer,
+)
 from agent.delivery.mqtt.messages import (
     AckCallback,
     Listener,
@@ -40,21 +51,22 @@ from agent.errors import PublishError
 log = logging.getLogger(__name__)
 
 
-def _wake_loop(client: paho.Client) -> None:
-    """Have paho's network loop look at the socket again (it sleeps in ``select``)."""
-    wake: socket.socket | None = getattr(client, "_sockpairW", None)
-    if wake is not None:
-        with contextlib.suppress(OSError):
-            wake.send(b"\0")
-
-
 class MqttLink:
     """A long-lived, self-reconnecting MQTT connection.
 
     ``publish`` returns False when there is no connection: the caller keeps the message (in the
     spool) and sends it again after a reconnect. ``on_ack`` fires when the broker acknowledged
-    a QoS>0 message (or a QoS 0 one was written), on the network thread.
+    a QoS>0 message (or a QoS 0 one was written), on the network thread, or (after
+    ``prompt_acks(False)``) on a thread calling ``publish_many``, right before a later burst.
     """
+
+    quiet_hold_s = 0.5
+    """With ``prompt_acks(False)``: how long after the last ``publish_many`` acks may still
+    wait for the next one (the network thread reads them after that). Also the longest the
+    network thread sleeps then, for paho's keepalive (``keepalive_s`` is at least 5 s)."""
+
+    loop_timeout_s = 1.0
+    """The longest the network thread sleeps in ``select`` otherwise (paho's keepalive)."""
 
     def __init__(
         self,
@@ -75,7 +87,7 @@ class MqttLink:
         self._on_connect: list[Listener] = []
         self._on_disconnect: list[Listener] = []
         self._lock = threading.Lock()
-        self._client: paho.Client | None = None
+        self._client: _Client | None = None
         self._session: paho.Client | None = None  # the client from its CONNACK on
         self._generation = 0
         self._pending: dict[tuple[int, int], AckCallback] = {}
@@ -84,6 +96,7 @@ class MqttLink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._acks = AckMode(self.quiet_hold_s)
         self.reconnects = 0
         self.last_error: str | None = None
 
@@ -125,6 +138,34 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def prompt_acks(self, on: bool) -> None:
+        """Whether someone waits on acks now (any thread; on by default).
+
+        On: the network thread reads every ack as it arrives (and at once if some wait).
+        Off (the publisher at a steady rate: nothing waits on them): acks may wait for the
+        next ``publish_many``, which reads them on its own thread, and for at most
+        ``quiet_hold_s`` after the last one; the network thread then no longer wakes for
+        each PUBACK. Incoming messages are never delayed by it. Plain TCP only (TLS: the
+        network thread reads every ack).
+        """
+        self._acks.prompt = on
+        if on:
+            client = self._client
+            if client is not None:
+                client.read_acks_now()
+
+    @property
+    def quiet(self) -> bool:
+        """A lone PUBACK does not wake the network thread now (``prompt_acks``)."""
+        client = self._client
+        return client is not None and client.quiet
+
+    @property
+    def network_turns(self) -> int:
+        """Turns of the network loop (``select`` returns) on the current connection."""
+        client = self._client
+        return 0 if client is None else client.turns
+
     def publish(self, msg: OutgoingMessage, on_ack: AckCallback | None = None) -> bool:
         """Send ``msg`` on the current connection; False when there is none."""
         with self._lock:
@@ -162,9 +203,9 @@ class MqttLink:
             return 0
         sock = client.socket()
         if type(sock) is _TcpBuffer:  # plain TCP: our own packets, our own PUBACKs
+            client.before_burst()  # quiet acks: takes the acks already received
             n = sock.publish(items, client._mid_generate, self._v5)
-            if sock.pending_out():  # the socket did not take it all: the loop writes the rest
-                _wake_loop(client)
+            client.after_burst()  # and wakes the loop if the socket did not take it all
             return n
         sent: list[tuple[int, AckCallback]] = []
         n = 0
@@ -193,6 +234,7 @@ class MqttLink:
     def stop(self, final: Sequence[OutgoingMessage] = (), timeout: float = 2.0) -> None:
         """Publish ``final`` (e.g. retained 'offline'), wait for their acks, disconnect."""
         self._stop.set()
+        self.prompt_acks(True)
         with self._lock:
             client = self._client if self._connected.is_set() else None
         if client is not None:
@@ -327,10 +369,11 @@ class MqttLink:
                 )
                 log.warning("MQTT %s", self.last_error)
                 continue
+            client.allow_quiet_acks(self._acks)
             with self._lock:
                 self._client = client
             try:
-                client.loop_forever(retry_first_connection=False)
+                client.loop_forever(self.loop_timeout_s, retry_first_connection=False)
             except (OSError, ssl.SSLError) as exc:
                 self.last_error = f"connection failed: {exc}"
             finally:
@@ -339,6 +382,7 @@ class MqttLink:
                 with self._lock:
                     self._client = None
                     self._session = None
+                client.close_wake()
             if was_connected and not self._stop.is_set():
                 log.warning("MQTT connection to %s:%s lost", self.settings.host, self.settings.port)
                 for fn in self._on_disconnect:
