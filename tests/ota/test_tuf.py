@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -380,7 +381,10 @@ def test_under_tuf_the_signed_target_decides_shadow_and_an_announcement_cannot_f
         hint(broker)
         s = wait_state(col, mark, lambda s: (s.state, s.version) == ("shadow", "2.0.0"), 60)
         assert s.source == "tuf:stable"
-        assert "2.0.0 runs as a shadow beside 1.0.0" in agent.output()
+        deadline = time.monotonic() + 30  # logged just after the state is reported
+        while "2.0.0 runs as a shadow beside 1.0.0" not in agent.output():
+            assert time.monotonic() < deadline and agent.alive(), agent.output()[-3000:]
+            time.sleep(0.05)  # another process's log: nothing to await
         still_serving(col, "1.0.0")
         # 2. an attacker's announcement says "active" for the shadow release: refused
         mark = len(col.messages)
