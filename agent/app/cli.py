@@ -139,6 +139,9 @@ def _model_bytes(path: Path) -> bytes:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``edge-agent run``: load the config and run the agent until stopped; its exit code."""
+    from agent.app import allocator
+
+    allocator.tune()  # before the model and the recordings are read (resident memory)
     from agent.app.logs import setup_logging
     from agent.app.service import EXIT_CONFIG, Agent
     from agent.config import load_config

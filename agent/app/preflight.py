@@ -30,11 +30,9 @@ from agent.errors import (
 from agent.ingest.sources import SourceContext, build_source
 from agent.metrics import Metrics
 from agent.model.active import ActiveModel
-from agent.model.compat import check_compatible, resolve
 from agent.model.loading import load_active_model
 from agent.model.runtime import numpy_problem
 from agent.pipeline.threads import build_stages
-from agent.release.signing import load_trusted_keys
 from agent.wire.topics import Topics
 
 Loader = Callable[[Config], ActiveModel | None]
@@ -90,6 +88,8 @@ def _model(cfg: Config, load: Loader) -> tuple[Config, ActiveModel | None, list[
         return cfg, None, []  # awaiting the first model over OTA: nothing to fit yet
     eff = cfg
     if active.manifest is not None:
+        from agent.model.compat import check_compatible, resolve  # the manifest models
+
         try:
             eff = resolve(cfg, active.manifest)
             check_compatible(active.manifest, eff)
@@ -127,6 +127,8 @@ def _files(cfg: Config) -> list[Problem]:
     except ConfigError as exc:
         problems += _from(exc, "mqtt.password_file")
     if cfg.ota.enabled or cfg.model.path.endswith(".eapkg"):
+        from agent.release.signing import load_trusted_keys  # cryptography: ~7 MB, ~25 ms
+
         try:
             load_trusted_keys(cfg.ota.trusted_keys)
         except ConfigError as exc:

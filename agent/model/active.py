@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.model.runtime import Model
-from agent.release.manifest import Manifest
-from agent.release.reference import Reference
+
+if TYPE_CHECKING:  # a bare .tflite has neither: the release models are imported with a package
+    from agent.release.manifest import Manifest
+    from agent.release.reference import Reference
 
 
 @dataclass

@@ -32,7 +32,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import agent
 from agent.config import (
@@ -47,7 +47,9 @@ from agent.config import (
 from agent.errors import EdgeAgentError, IncompatibleModel, PackageConflict, ShapeMismatch
 from agent.model.postprocess import build_postprocessor
 from agent.model.runtime import TensorLike
-from agent.release.manifest import Manifest, TensorSpec, Version
+
+if TYPE_CHECKING:  # the manifest models are imported with a package (check_model_input needs none)
+    from agent.release.manifest import Manifest, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +293,8 @@ def _tensors(specs: Sequence[TensorSpec]) -> list[_Tensor]:
 
 def check_agent_version(manifest: Manifest, agent_version: str) -> None:
     """Raise ``IncompatibleModel`` (``agent_too_old``) when this agent is older than needed."""
+    from agent.release.manifest import Version
+
     need = Version.parse(manifest.min_agent_version)
     try:
         have = Version.parse(agent_version)

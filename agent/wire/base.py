@@ -6,6 +6,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Wire(BaseModel):
-    """A payload: unknown fields are refused, so a schema change is never silently ignored."""
+    """A payload: unknown fields are refused, so a schema change is never silently ignored.
 
-    model_config = ConfigDict(extra="forbid")
+    Validators are built on first use (``defer_build``): the agent imports the payload modules
+    it may need, and builds only the models it really sends or reads."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)

@@ -11,8 +11,9 @@ at once, each in its own thread, each emitting ``SampleBlock``s to the pipeline.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import SourceConfig
 from agent.errors import SourceError
@@ -24,10 +25,12 @@ from agent.ingest.sources.base import (
     SourceContext,
     Subscriber,
 )
-from agent.ingest.sources.command import CommandProcess
-from agent.ingest.sources.mqtt import MqttSubscription
-from agent.ingest.sources.replay import FileReplay
-from agent.ingest.sources.synthetic import SyntheticSignal
+
+if TYPE_CHECKING:
+    from agent.ingest.sources.command import CommandProcess
+    from agent.ingest.sources.mqtt import MqttSubscription
+    from agent.ingest.sources.replay import FileReplay
+    from agent.ingest.sources.synthetic import SyntheticSignal
 
 __all__ = [
     "SOURCES",
@@ -46,17 +49,32 @@ __all__ = [
 
 SourceFactory = Callable[[Any, SourceContext], Source]
 
-SOURCES: dict[str, SourceFactory] = {
-    "synthetic": SyntheticSignal,
-    "replay": FileReplay,
-    "mqtt": MqttSubscription,
-    "command": CommandProcess,
+SOURCES: dict[str, tuple[str, str]] = {
+    "synthetic": ("synthetic", "SyntheticSignal"),
+    "replay": ("replay", "FileReplay"),
+    "mqtt": ("mqtt", "MqttSubscription"),
+    "command": ("command", "CommandProcess"),
 }
+"""``type`` -> (module, class): a source's module is imported when a source of its type is
+built (the command source's ``subprocess`` and the others cost start-up time and memory on a
+device that does not use them)."""
+
+
+def _factory(module: str, name: str) -> SourceFactory:
+    factory: SourceFactory = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return factory
+
+
+def __getattr__(name: str) -> Any:
+    for module, cls in SOURCES.values():
+        if cls == name:
+            return _factory(module, cls)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_source(cfg: SourceConfig, ctx: SourceContext) -> Source:
     """The source for one ``[[sources]]`` table; ``SourceError`` when it cannot start."""
-    factory = SOURCES.get(cfg.type)
-    if factory is None:
+    where = SOURCES.get(cfg.type)
+    if where is None:
         raise SourceError(f"source {cfg.name}: unknown type {cfg.type!r}, known: {sorted(SOURCES)}")
-    return factory(cfg, ctx)
+    return _factory(*where)(cfg, ctx)

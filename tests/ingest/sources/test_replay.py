@@ -11,10 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.config import ReplaySource
 from agent.errors import SourceError
 from agent.ingest.sources import FileReplay, SourceContext, build_source
+from agent.ingest.sources.replay import _Due
 from tests.ingest.sources._sink import Sink, make_ctx, running
 
 ROWS = np.array([[0.5, 1.0, -1.0], [1.5, 2.0, -2.0], [2.5, 3.0, -3.0], [3.5, 4.0, -4.0]])
@@ -302,3 +305,23 @@ def test_json_suffix_is_json_lines(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_text("\n".join(json.dumps(r) for r in ROWS.tolist()))
     np.testing.assert_array_equal(replay_all(cfg(path)).values(), ROWS.astype(np.float32))
+
+
+@given(
+    n=st.integers(1, 5000),
+    rate_hz=st.floats(0.1, 1e6, allow_nan=False, allow_infinity=False),
+    ts=st.lists(st.floats(-10.0, 1e4, allow_nan=False), min_size=1, max_size=20),
+)
+def test_fixed_rate_due_times_equal_the_array_they_replace(
+    n: int, rate_hz: float, ts: list[float]
+) -> None:
+    """A fixed rate computes ``i / rate_hz`` when asked instead of keeping an array of one
+    float64 per sample: same due times, same slices, same ``searchsorted`` counts."""
+    offsets = np.arange(n, dtype=np.float64) / rate_hz
+    due = _Due(n, n / rate_hz, rate_hz=rate_hz)
+    for t in [*ts, *(float(offsets[i]) for i in (0, n // 2, n - 1))]:
+        for x in (t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf)):
+            assert due.count(float(x)) == int(np.searchsorted(offsets, x, side="right")), x
+    for i, j in ((0, n), (n // 3, n // 2 + 1), (n - 1, n)):
+        assert due.at(i) == float(offsets[i])
+        np.testing.assert_array_equal(due.span(i, j), offsets[i:j])
