@@ -165,6 +165,10 @@ class LatencyWindow:
         arr = np.fromiter(self._values, dtype=np.float64)
         return {f"p{int(q)}": float(np.percentile(arr, q)) for q in qs}
 
+    def recent(self) -> list[float]:
+        """The most recent observations (at most ``size``), oldest first."""
+        return list(self._values)
+
     def __len__(self) -> int:
         return len(self._values)
 

@@ -56,6 +56,29 @@ class Run:
     p99_us: float
     rate: float
     cpu_us: float
+    shadow_cpu_us: float = 0.0
+    """CPU time of the shadow thread per window the active model ran (shadow runs)."""
+    shadow_blocks: float = 0.0
+    """Times the shadow thread blocked (voluntary context switches: waits, the GIL) per
+    window: its wake-ups."""
+
+
+def _switches(native_id: int | None) -> int:
+    try:
+        with open(f"/proc/self/task/{native_id}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _thread_cpu(ident: int | None) -> float:
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident or 0))
+    except (OSError, AttributeError):
+        return 0.0
 
 
 def _once(ctx: Context, name: str, mode: str, warm: float, span: float) -> Run:
@@ -101,19 +124,27 @@ def _once(ctx: Context, name: str, mode: str, warm: float, span: float) -> Run:
         pipe.set_shadow(ActiveModel(load_model(content), name, "2"))
     pipe.start()
     time.sleep(warm)
+    th = pipe.shadow._thread if pipe.shadow is not None else None
+    s0 = _switches(th.native_id) if th else 0
+    sc0 = _thread_cpu(th.ident) if th else 0.0
     t0, c0 = time.perf_counter(), time.process_time()
     time.sleep(span)
     t1, c1 = time.perf_counter(), time.process_time()
+    s1 = _switches(th.native_id) if th else 0
+    sc1 = _thread_cpu(th.ident) if th else 0.0
     pipe.stop(5.0)
     if pipe.shadow is not None:
         pipe.shadow.stop()
     with rec.lock:
         lat = [v for t, v in rec.lat if t0 <= t < t1]
+    n = max(len(lat), 1)
     return Run(
         float(np.percentile(lat, 50)) * 1e6,
         float(np.percentile(lat, 99)) * 1e6,
         len(lat) / (t1 - t0),
-        (c1 - c0) / max(len(lat), 1) * 1e6,
+        (c1 - c0) / n * 1e6,
+        (sc1 - sc0) / n * 1e6,
+        (s1 - s0) / n,
     )
 
 
@@ -173,6 +204,18 @@ def run(ctx: Context) -> list[Row]:
                 "",
                 True,
                 "the whole process: the shadow's own invoke included",
+                info=True,
+            ),
+            Row(
+                f"16 shadow: shadow thread CPU/window {name}",
+                "µs",
+                med("shadow", "shadow_cpu_us"),
+                {},
+                None,
+                "",
+                True,
+                f"its wake-ups (voluntary context switches) per window: "
+                f"{med('shadow', 'shadow_blocks'):.2f}",
                 info=True,
             ),
             Row(

@@ -2,6 +2,7 @@
 
     edge-convert tuf init      --store S --keys DIR [--root-keys 3 --threshold 2]
     edge-convert tuf add       PKG --store S --keys DIR [--channel c] [--groups a,b] [--percent p]
+                               [--devices d1,d2] [--shadow]
     edge-convert tuf timestamp --store S --keys DIR      (the timer: more often than once a day)
     edge-convert tuf rotate    --store S --keys DIR [--add-key F] [--revoke KEYID] [--threshold n]
     edge-convert tuf status    --store S --keys DIR
@@ -44,7 +45,15 @@ def cmd_tuf(args: argparse.Namespace) -> int:
     elif args.tuf_command == "add":
         pkg = read_package(args.package)
         m = pkg.manifest
-        info = TargetInfo(m.name, m.version, [args.channel], args.groups or [], args.percent)
+        info = TargetInfo(
+            m.name,
+            m.version,
+            [args.channel],
+            args.groups or [],
+            args.percent,
+            devices=args.devices,
+            shadow=args.shadow,
+        )
         out = {"target": repo.add_target(pkg, info), "expires": repo.expiries()}
     elif args.tuf_command == "timestamp":
         out = {"timestamp_expires": repo.refresh_timestamp().isoformat()}
@@ -90,6 +99,13 @@ def add_tuf_parser(sub: Any) -> None:
             t.add_argument("--channel", default="stable")
             t.add_argument("--groups", type=_csv, help="target device groups: a,b (default all)")
             t.add_argument("--percent", type=float, default=100.0, help="rollout percentage")
+            t.add_argument("--devices", type=_csv, help="only these device ids: d1,d2")
+            t.add_argument(
+                "--shadow",
+                action="store_true",
+                help="install as a shadow (signed: docs/shadow-and-drift.md); adding the "
+                "package again without it promotes the shadow",
+            )
         if name == "rotate":
             t.add_argument("--add-key", type=Path, action="append", help="a root key file to add")
             t.add_argument("--revoke", action="append", help="a root key id to revoke")

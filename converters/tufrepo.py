@@ -11,8 +11,10 @@ packages (python-tuf's metadata API, Ed25519 signers from securesystemslib):
     <store>/<model>/<version>/<model>-<version>.eapkg   the targets (paths relative to <store>)
 
 A target's custom metadata says what it is for (``{"edge": {"model", "version", "channels",
-"groups", "percent"}}``; ``percent`` a decimal string: canonical JSON has no floats); devices
-trust it only through the targets role's signature. Keys are PEM files in a key directory
+"groups", "percent"}}``; ``percent`` a decimal string: canonical JSON has no floats; with
+``"shadow": true`` when the release is to run as a shadow beside the active model, and
+``"devices"`` when it is for named devices only; both absent otherwise); devices trust it only
+through the targets role's signature. Keys are PEM files in a key directory
 (``root-1.key`` ... ``root-N.key``, ``targets.key``, ``snapshot.key``, ``timestamp.key``); in
 production the root keys live offline (docs/ota.md, key ceremony) and only the online roles'
 keys sit on the build host.
@@ -24,6 +26,7 @@ reports ``metadata_expired`` and takes no update (a freeze is visible, never sil
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import zipfile
@@ -113,17 +116,25 @@ class TargetInfo:
     channels: list[str]
     groups: list[str]
     percent: float
+    devices: list[str] | None = None
+    """Device ids the target is for (None: any device of the groups)."""
+    shadow: bool = False
+    """Install as a shadow (docs/shadow-and-drift.md): signed here, so an announcement cannot
+    turn a shadow release into a serving one (or the reverse)."""
 
     def custom(self) -> dict[str, Any]:
-        return {
-            "edge": {
-                "model": self.model,
-                "version": self.version,
-                "channels": sorted(set(self.channels)),
-                "groups": list(self.groups),
-                "percent": f"{self.percent:g}",  # canonical JSON has no floats
-            }
+        edge: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "channels": sorted(set(self.channels)),
+            "groups": list(self.groups),
+            "percent": f"{self.percent:g}",  # canonical JSON has no floats
         }
+        if self.devices is not None:
+            edge["devices"] = list(self.devices)
+        if self.shadow:  # absent otherwise: an active target's metadata is what it was
+            edge["shadow"] = True
+        return {"edge": edge}
 
 
 class TufRepository:
@@ -222,7 +233,9 @@ class TufRepository:
         self._write(ts, self._signers(Timestamp.type, root))
 
     def add_target(self, pkg: Package, info: TargetInfo) -> str:
-        """Make the stored package of ``pkg`` a target (or update its custom metadata)."""
+        """Make the stored package of ``pkg`` a target (or update its custom metadata: the
+        channels add up; groups, percent, devices and shadow are ``info``'s, so adding a
+        shadowed target again without ``shadow`` promotes it)."""
         root = self.load(Root.type).signed
         path = ArtifactKeys.of(pkg.manifest.name, pkg.manifest.version).package
         data = self.store.get(path, MAX_MODEL_BYTES * 2)
@@ -233,7 +246,7 @@ class TufRepository:
         channels = list(info.channels)
         if old is not None and isinstance(old.custom, dict):
             channels += list(old.custom.get("edge", {}).get("channels", []))
-        info = TargetInfo(info.model, info.version, channels, info.groups, info.percent)
+        info = dataclasses.replace(info, channels=channels)
         tf = TargetFile.from_data(path, data, ["sha256"])
         tf.unrecognized_fields["custom"] = info.custom()
         targets.signed.targets[path] = tf

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from agent.errors import EdgeAgentError
@@ -116,10 +117,10 @@ class AwaitingModel:
         p = self._pipeline
         return p.shadow if p is not None else None
 
-    def set_shadow(self, candidate: ActiveModel | None) -> None:
+    def set_shadow(self, candidate: ActiveModel | None, counts_file: Path | None = None) -> None:
         p = self._pipeline
         if p is not None:
-            p.set_shadow(candidate)
+            p.set_shadow(candidate, counts_file)
         elif candidate is not None:
             raise EdgeAgentError("no model is installed yet: nothing to shadow")
 

@@ -729,7 +729,10 @@ class ShadowSection(_Table):
         True, description="Run releases announced as shadows (refused when false)."
     )
     max_queue: int = Field(
-        8, ge=1, description="Blocks waiting for the shadow model; more are skipped and counted."
+        16,
+        ge=1,
+        description="Groups of windows waiting for the shadow model; more are skipped and "
+        "counted. The shadow thread is woken early when half of them are pending.",
     )
     disagreement_samples: int = Field(
         5, ge=0, le=100, description="Disagreeing windows kept in the report (0: none)."

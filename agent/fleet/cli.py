@@ -45,7 +45,13 @@ from agent.fleet.rollout import (
     run_rollout,
     synced_and_reported,
 )
-from agent.fleet.shadowgate import GateResult, drifting, shadow_gate, shadows_reported
+from agent.fleet.shadowgate import (
+    GateResult,
+    drifting,
+    plan_promotion,
+    shadow_gate,
+    shadows_reported,
+)
 from agent.fleet.simulator import Script, SimSpec, Simulator
 from agent.fleet.view import (
     DeviceState,
@@ -162,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--wait", type=float, default=5.0, help="seconds to collect shadow reports (default 5)"
+    )
+    p.epilog = (
+        "With --min-agreement the version is announced to the passing devices by id: devices "
+        "without a passing shadow report, and devices that join later, are not included. "
+        "With --group as well, it is announced to the group when every device of it passed."
     )
     _add_targets(p)
 
@@ -356,7 +367,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return _finish(args, report)
 
 
-def _gate(args: argparse.Namespace, settings: MqttSection, pw: str | None) -> GateResult:
+def _gate(
+    args: argparse.Namespace, settings: MqttSection, pw: str | None
+) -> tuple[GateResult, list[DeviceState]]:
     src = current_announcements(settings, pw, args.model, [args.source])[args.source]
     if src is None:
         raise EdgeAgentError(f"channel {args.source} announces nothing for {args.model}")
@@ -369,22 +382,24 @@ def _gate(args: argparse.Namespace, settings: MqttSection, pw: str | None) -> Ga
         print(f"{d}: passes", file=sys.stderr)
     for d, why in sorted(gate.failed.items()):
         print(f"{d}: not promoted: {why}", file=sys.stderr)
-    return gate
+    return gate, devices
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """``edge-fleet promote``: announce a channel's version on another channel."""
     settings = mqtt_settings(args)
     targets = _targets(args).model_copy(update={"shadow": None})
-    gate = None
+    plan = None
     if args.min_agreement is not None:
-        gate = _gate(args, settings, password(settings))
-        if not gate.passed:
+        gate, devices = _gate(args, settings, password(settings))
+        plan = plan_promotion(gate, devices, args.groups)
+        if not plan.promoted:
             if args.json:
-                print(json.dumps({"promoted": [], "refused": gate.failed}))
+                print(json.dumps({"promoted": [], "refused": plan.left_out}))
             print("edge-fleet promote: no device's shadow report passes", file=sys.stderr)
             return EXIT_ERROR
-        targets = targets.model_copy(update={"devices": gate.passed})
+        if not plan.by_group:
+            targets = targets.model_copy(update={"devices": plan.promoted})
     ann = promote(
         settings,
         password(settings),
@@ -398,11 +413,17 @@ def cmd_promote(args: argparse.Namespace) -> int:
     _, version = manifest_version(ann)
     if args.json:
         out: dict[str, object] = {"model": args.model, "version": version, "channel": args.dest}
-        if gate is not None:
-            out |= {"promoted": gate.passed, "refused": gate.failed}
+        if plan is not None:
+            out |= {
+                "promoted": plan.promoted,
+                "refused": plan.left_out,
+                "by": "group" if plan.by_group else "device",
+                "groups": list(args.groups),
+            }
         print(json.dumps(out))
     else:
-        print(f"promoted {args.model} {version}: {args.source} -> {args.dest}")
+        how = f" {plan.describe(args.groups)}" if plan is not None else ""
+        print(f"promoted {args.model} {version}: {args.source} -> {args.dest}{how}")
     return EXIT_OK
 
 

@@ -47,6 +47,49 @@ def shadow_gate(
     return out
 
 
+@dataclass
+class Promotion:
+    """Whom a gated promotion announces the version to, said out loud (``edge-fleet promote``).
+
+    By id (``devices``): the devices whose shadow report passed, named in the announcement's
+    ``targets.devices``: a device without a passing report, or one that joins later, is not
+    included (promote again once its report passes). By group (``groups``): only when
+    ``--group`` is given and every device of those groups that reported passed; then the
+    announcement names the groups, and devices that join them later take the version too."""
+
+    by_group: bool
+    promoted: list[str]
+    """The devices that take it now."""
+    left_out: dict[str, str]
+    """Device -> why it is not promoted."""
+
+    def describe(self, groups: list[str]) -> str:
+        if self.by_group:
+            return (
+                f"by group {', '.join(groups)}: every device of it passed "
+                f"({', '.join(self.promoted) or 'none yet'}); devices that join it later take "
+                "it too"
+            )
+        return (
+            f"by device id: {', '.join(self.promoted)} ({len(self.promoted)}); devices without a "
+            "passing shadow report, and devices that join later, are not promoted (promote "
+            "again to add them)"
+        )
+
+
+def plan_promotion(gate: GateResult, devices: list[DeviceState], groups: list[str]) -> Promotion:
+    """By group when ``groups`` are given and none of their devices failed the gate, else by
+    the ids of the passing devices (of ``groups``, when given)."""
+    if not groups:
+        return Promotion(False, sorted(gate.passed), dict(gate.failed))
+    members = {d.device for d in devices if set(d.groups) & set(groups)}
+    passed = sorted(d for d in gate.passed if d in members)
+    left_out = {d: why for d, why in gate.failed.items()}
+    left_out |= {d: "not in the groups" for d in gate.passed if d not in members}
+    in_groups_failed = [d for d in gate.failed if d in members]
+    return Promotion(not in_groups_failed and bool(passed), passed, left_out)
+
+
 def drifting(devices: list[DeviceState], threshold: float | None) -> dict[str, list[DeviceState]]:
     """Devices whose drift alert is raised (or whose score reaches ``threshold``), by
     ``model version``."""

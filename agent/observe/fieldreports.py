@@ -4,7 +4,9 @@
   pipeline's drift monitor raises or clears it (its callback only sets an event: it runs on the
   inference thread) and again after each reconnect;
 - the shadow report (``ShadowReportV1``), retained on ``<prefix>/<device>/shadow/<model>``, every
-  ``metrics.interval_s`` (at least every 60 s when metrics are off) while a shadow runs.
+  ``metrics.interval_s`` (at least every 60 s when metrics are off) while a shadow runs; at
+  the same interval the shadow's running counts are saved (``ShadowRunner.save``), connected
+  or not.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class FieldReporter:
                 self._publish_alert()
                 if time.monotonic() >= next_at:
                     next_at = time.monotonic() + self._interval
+                    shadow = self._r.pipeline.shadow
+                    if shadow is not None:
+                        shadow.save()  # its counts survive a restart (once per interval)
                     if self._link.connected:
                         self.publish_shadow()
             except Exception:  # a bug here must not end the reports

@@ -130,6 +130,41 @@ def offer_from_announcement(payload: bytes, channel: str, model: str) -> Offer:
     )
 
 
+def _mode(shadow: bool) -> str:
+    return "shadow" if shadow else "active"
+
+
+def check_shadow_claim(
+    payload: bytes, channel: str, model: str, version: str, signed_shadow: bool
+) -> None:
+    """TUF mode: the announcement that woke the check must not contradict the signed target.
+
+    Whether a release runs as a shadow or serves is the TUF target's (``custom.edge.shadow``,
+    signed by the targets role); an announcement is only a hint. When the hint is an
+    announcement of the same ``version`` whose ``targets.shadow`` says otherwise, someone is
+    wrong (a stale or forged announcement, or a build host that forgot ``--shadow``): refused
+    as ``shadow_mismatch`` naming both values, never resolved silently. A hint that is no
+    announcement, or announces another version, claims nothing about this one.
+    """
+    if not payload:
+        return
+    try:
+        offer = offer_from_announcement(payload, channel, model)
+        claimed = parse_manifest(offer.manifest_bytes).version
+    except (UpdateError, PackageError):
+        return
+    if claimed != version or offer.targets is None:
+        return
+    announced = bool(offer.targets.shadow)
+    if announced != signed_shadow:
+        raise UpdateError(
+            "shadow_mismatch",
+            f"{version}: the announcement on {channel} says {_mode(announced)} (targets.shadow="
+            f"{str(announced).lower()}), the signed TUF target says {_mode(signed_shadow)} "
+            f"(custom.edge.shadow={str(signed_shadow).lower()}); nothing installed",
+        )
+
+
 def offer_from_file(name: str, f: IO[bytes]) -> Offer:
     """An offer from an opened package file: only the manifest and signature are read now.
 

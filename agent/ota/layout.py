@@ -2,6 +2,7 @@
 
 <state_dir>/ota/state.json            the state machine (agent.ota.state)
 <state_dir>/ota/floor.json            highest version accepted, per model (agent.ota.decide)
+<state_dir>/ota/shadow.json           the shadow's running counts (agent.pipeline.shadowcounts)
 <state_dir>/ota/downloads/<sha>.part  the download in progress (agent.ota.download)
 <state_dir>/ota/paused-<state>        test hook markers only
 <state_dir>/models/...                installed versions, current/previous (agent.ota.store)
@@ -39,6 +40,10 @@ class OtaPaths:
     @property
     def floor_file(self) -> Path:
         return self.ota / "floor.json"
+
+    @property
+    def shadow_counts(self) -> Path:
+        return self.ota / "shadow.json"
 
     @property
     def downloads(self) -> Path:

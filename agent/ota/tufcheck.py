@@ -9,7 +9,8 @@ The child refreshes the metadata with python-tuf's ngclient (root chain, timesta
 targets: signatures, thresholds, versions, expiry, snapshot consistency, lengths and hashes are
 TUF's checks) through the project's own transfer code (``agent.ota.download.stream_url``: one
 deadline, the bandwidth cap), then picks the newest target for the model on the channel from
-the *verified* targets metadata, by its custom metadata, and answers with it. It downloads no
+the *verified* targets metadata, by its custom metadata (channel, groups, percent, devices),
+and answers with it and whether it is to run as a shadow (``custom.edge.shadow``). It downloads no
 target: the parent does, with its resumable fetcher, against the length and sha256 the child
 vouched for. Offline, ``bundle`` names a zip (``metadata/...``, ``targets/...``) read instead
 of the network, verified against the same trusted root.
@@ -124,7 +125,16 @@ def choose(targets: Targets, req: dict[str, Any]) -> dict[str, Any] | None:
         try:
             v = Version.parse(str(e["version"]))
             percent = float(str(e.get("percent", "100")))
-            targeting = Targeting(groups=list(e.get("groups") or []), percent=percent)
+            shadow = e.get("shadow", False)
+            if not isinstance(shadow, bool):
+                continue  # signed but malformed: never guessed
+            devices = e.get("devices")
+            targeting = Targeting(
+                groups=list(e.get("groups") or []),
+                percent=percent,
+                devices=None if devices is None else list(devices),
+                shadow=shadow or None,
+            )
         except (ValueError, KeyError, TypeError):
             continue
         if not offline and not targeting.includes(
@@ -144,6 +154,8 @@ def choose(targets: Targets, req: dict[str, Any]) -> dict[str, Any] | None:
                     "version": str(e["version"]),
                     "groups": targeting.groups,
                     "percent": targeting.percent,
+                    "devices": targeting.devices,
+                    "shadow": bool(targeting.shadow),
                 },
             )
     return None if best is None else best[1]

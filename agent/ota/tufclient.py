@@ -48,6 +48,7 @@ class TufTarget:
     version: str
     channel: str
     targets: Targets
+    """Who it is for and whether it runs as a shadow: the signed custom metadata's."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,12 @@ def refresh(cfg: Config, channel: str, bundle: Path | None = None) -> TufResult:
             sha256=str(t["sha256"]),
             version=str(t["version"]),
             channel=channel,
-            targets=Targets(groups=t["groups"], percent=t["percent"]),
+            targets=Targets(
+                groups=t["groups"],
+                percent=t["percent"],
+                devices=t.get("devices"),
+                shadow=True if t.get("shadow") else None,
+            ),
         )
     signed_at = ans.get("signed_at")
     return TufResult(

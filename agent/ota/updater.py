@@ -28,6 +28,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import ClockStatus
@@ -40,7 +41,15 @@ from agent.model.loading import load_active_model
 from agent.model.runtime import Model
 from agent.ota import tufclient
 from agent.ota.boot import load_installed, recover
-from agent.ota.decide import NOT_A_REFUSAL, Accepted, Decider, Offer, Running, offer_from_file
+from agent.ota.decide import (
+    NOT_A_REFUSAL,
+    Accepted,
+    Decider,
+    Offer,
+    Running,
+    check_shadow_claim,
+    offer_from_file,
+)
 from agent.ota.download import DownloadSettings, Fetcher, HttpFetcher
 from agent.ota.floor import VersionFloor
 from agent.ota.health import CHECK_INTERVAL_S, HealthWatch
@@ -51,7 +60,7 @@ from agent.ota.smoke import SmokeResult, smoke_test, zeros_for
 from agent.ota.state import ALLOWED, RESTING, PauseHook, Record, State, StateMachine
 from agent.ota.store import ModelStore
 from agent.ota.tufclient import TufTarget
-from agent.release.manifest import Version
+from agent.release.manifest import Targets, Version
 from agent.release.package import (
     BUNDLE_SUFFIX,
     SignatureFile,
@@ -97,7 +106,9 @@ class SwappablePipeline(Protocol):
 
     def swap_model(self, active: ActiveModel) -> None: ...
 
-    def set_shadow(self, candidate: ActiveModel | None) -> None: ...
+    def set_shadow(
+        self, candidate: ActiveModel | None, counts_file: Path | None = None
+    ) -> None: ...
 
     @property
     def shadow(self) -> ShadowRunner | None: ...
@@ -194,6 +205,7 @@ class Updater:
         self._tuf_next = 0.0  # monotonic time of the next timed TUF refresh (0: at start)
         self._tuf_last = -TUF_MIN_INTERVAL_S
         self._tuf_targets: dict[str, TufTarget] = {}  # offer source -> what TUF vouched for
+        self._tuf_version: str | None = None  # the version the TUF check in progress names
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -318,6 +330,7 @@ class Updater:
 
     def _handle(self, job: Job) -> None:
         offer: Offer | None = None
+        self._tuf_version = None
         try:
             if job.path is None:
                 self._check_clock(job)
@@ -350,7 +363,8 @@ class Updater:
             elif exc.reason == "malformed" and self._intake.settle(job):
                 return
             else:
-                self._refused(*_claimed(offer), exc, job.source)
+                claimed = _claimed(offer) if offer is not None else (self._tuf_version, None)
+                self._refused(*claimed, exc, job.source)
             self._intake.done(job, exc.reason)
             return
         if self._shadowing(accepted):
@@ -378,9 +392,11 @@ class Updater:
     def _tuf_offer(self, job: Job) -> Offer:
         """Refresh the TUF metadata (child process) and fetch the target it vouches for.
 
-        The announcement that woke us is only a hint: nothing in it is used. Raises
-        ``UpdateError`` with TUF's refusal reason (``metadata_expired``, ...), a download
-        reason (the target's length and sha256 are TUF's), or ``up_to_date``.
+        The announcement that woke us is only a hint: nothing in it is used, except that an
+        announcement of the target's version must not contradict its signed shadow flag
+        (``shadow_mismatch``, ``decide.check_shadow_claim``). Raises ``UpdateError`` with
+        TUF's refusal reason (``metadata_expired``, ...), a download reason (the target's
+        length and sha256 are TUF's), or ``up_to_date``.
         """
         assert job.channel is not None
         self._tuf_last = time.monotonic()
@@ -416,6 +432,9 @@ class Updater:
         with contextlib.suppress(ValueError):
             if not _awaiting(self.pipeline) and Version.parse(t.version) <= Version.parse(running):
                 raise UpdateError("up_to_date", f"TUF's newest is {t.version}; {running} runs")
+        self._tuf_version = t.version  # named in a refusal from here on
+        signed_shadow = bool(t.targets.shadow)
+        check_shadow_claim(job.payload, job.channel, self.cfg.model.name, t.version, signed_shadow)
         part = self._paths.part(t.sha256)
         data = self._fetcher.fetch(t.url, t.length, t.sha256, part, stop=self._stop)
         part.unlink(missing_ok=True)
@@ -445,7 +464,9 @@ class Updater:
         offer = offer_from_file(t.path.rsplit("/", 1)[-1], io.BytesIO(data))
         source = f"incoming:{job.path.name}"
         self._tuf_targets[source] = t
-        return dataclasses.replace(offer, source=source)
+        # a drop-in is for this device whatever the targeting; a signed shadow stays a shadow
+        targets = Targets(shadow=True) if t.targets.shadow else None
+        return dataclasses.replace(offer, source=source, targets=targets)
 
     def _check_tuf_target(self, acc: Accepted) -> None:
         """The package must be what TUF's custom metadata says it is (no mix-and-match)."""
@@ -606,7 +627,7 @@ class Updater:
             reference=m.reference,
         )
         try:
-            self.pipeline.set_shadow(candidate)
+            self.pipeline.set_shadow(candidate, self._paths.shadow_counts)
         except EdgeAgentError as exc:
             raise UpdateError("incompatible_pipeline", f"{m.version}: {exc}") from exc
         self._transition(State.SHADOW, detail=f"shadowing {self.pipeline.active.version}")

@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -274,18 +275,24 @@ class Pipeline:
         if self.on_drift is not None:
             self.on_drift(alert)
 
-    def set_shadow(self, candidate: ActiveModel | None) -> None:
+    def set_shadow(self, candidate: ActiveModel | None, counts_file: Path | None = None) -> None:
         """Run ``candidate`` as a shadow from now on (None: stop shadowing); ShapeMismatch
-        when it does not fit the pipeline (agent/pipeline/shadow.py)."""
+        when it does not fit the pipeline (agent/pipeline/shadow.py). ``counts_file``: where
+        its running counts are kept across restarts (the same candidate goes on from them)."""
         runner = None
         if candidate is not None:
             from agent.pipeline.shadow import ShadowRunner
 
-            runner = ShadowRunner(self.cfg, candidate, lambda: self.metrics.latency("invoke"))
+            runner = ShadowRunner(
+                self.cfg,
+                candidate,
+                lambda: self.metrics.latency("invoke"),
+                counts_file=counts_file,
+            )
             runner.start()
         old, self.shadow = self.shadow, runner
         if old is not None:
-            old.stop()
+            old.stop(save=False)  # replaced or ended: its counts are not needed again
         self.metrics.set("shadow_version", candidate.version if candidate else "")
 
     def stop(self, timeout: float) -> None:

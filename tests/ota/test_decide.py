@@ -18,6 +18,7 @@ from agent.ota.decide import (
     Decider,
     Offer,
     Running,
+    check_shadow_claim,
     offer_from_announcement,
     offer_from_file,
     offer_from_package,
@@ -337,6 +338,55 @@ def test_announcement_parsing(keys: Keys) -> None:
     bad = ann.model_copy(update={"signature": "!!!not base64"}).to_bytes()
     with pytest.raises(UpdateError, match="bad_signature"):
         offer_from_announcement(bad, "stable", "m")
+
+
+def _announced(version: str, shadow: bool | None, channel: str = "stable") -> bytes:
+    from agent.release.manifest import Announcement
+
+    return Announcement(
+        channel=channel,
+        manifest=manifest(version).to_bytes().decode(),
+        url="http://x/m.tflite",
+        targets=Targets(shadow=shadow),
+        published_at=utc_now(),
+    ).to_bytes()
+
+
+_SAID_SHADOW, _SAID_ACTIVE = (
+    "says shadow (targets.shadow=true)",
+    "says active (targets.shadow=false)",
+)
+_SIGNED_SHADOW = "says shadow (custom.edge.shadow=true)"
+_SIGNED_ACTIVE = "says active (custom.edge.shadow=false)"
+
+
+@pytest.mark.parametrize(
+    ("announced", "signed", "said", "says"),
+    [
+        (True, False, _SAID_SHADOW, _SIGNED_ACTIVE),
+        (None, True, _SAID_ACTIVE, _SIGNED_SHADOW),
+        (False, True, _SAID_ACTIVE, _SIGNED_SHADOW),
+    ],
+)
+def test_an_announcement_contradicting_the_signed_shadow_flag_is_refused_naming_both(
+    announced: bool | None, signed: bool, said: str, says: str
+) -> None:
+    with pytest.raises(UpdateError) as err:
+        check_shadow_claim(_announced("2.0.0", announced), "stable", "m", "2.0.0", signed)
+    assert err.value.reason == "shadow_mismatch"
+    assert f"the announcement on stable {said}" in err.value.detail
+    assert f"the signed TUF target {says}" in err.value.detail
+
+
+def test_a_hint_that_claims_nothing_about_the_target_passes() -> None:
+    for shadow in (True, False):
+        # agreeing with the signed flag
+        check_shadow_claim(_announced("2.0.0", shadow or None), "stable", "m", "2.0.0", shadow)
+        # another version, no announcement at all, garbage, another channel's announcement
+        check_shadow_claim(_announced("3.0.0", not shadow), "stable", "m", "2.0.0", shadow)
+        check_shadow_claim(b"", "stable", "m", "2.0.0", shadow)
+        check_shadow_claim(b"0f3a9c", "stable", "m", "2.0.0", shadow)
+        check_shadow_claim(_announced("2.0.0", not shadow, "x"), "stable", "m", "2.0.0", shadow)
 
 
 def test_package_offers(keys: Keys) -> None:

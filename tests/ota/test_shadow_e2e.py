@@ -151,6 +151,9 @@ def test_shadow_reports_exact_agreement_and_promote_follows_it(
             ]
         )
         assert promoted == 0
+        said = capsys.readouterr().out
+        assert "promoted m 2.0.0: shadow -> stable by device id: dev-1 (1)" in said, said
+        assert "devices that join later, are not promoted" in said
         wait_state(col, mark, is_committed("2.0.0"))
         code, _ = agent.terminate()
         assert code == 0, agent.output()
@@ -158,3 +161,89 @@ def test_shadow_reports_exact_agreement_and_promote_follows_it(
     downloads = [r for r in http.requests if r[0] == "/m-2.0.0.tflite"]
     assert len(downloads) == 1, http.requests
     assert [s.state for s in states(col.messages) if s.version == "2.0.0"][-1] == "active"
+
+
+def _shadow_pkg(version: str, seed: int, keys: Keys) -> Any:
+    spec = PackageSpec(
+        name="m",
+        version=version,
+        mode="float32",
+        labels=["a", "b"],
+        postprocess=PostprocessSpec(type="classification"),
+    )
+    return package_model(spec, models.dense(seed), key=keys.release)
+
+
+def test_shadow_counts_go_on_after_a_restart_and_start_at_zero_for_another_candidate(
+    tmp_path: Path, broker: Broker, keys: Keys, http: FileServer
+) -> None:
+    """The agent is killed (SIGKILL: only what the metrics interval saved survives) in the
+    middle of a shadow; started again, the same candidate's report goes on from its counts
+    (and its ``since``); another candidate's report starts at zero."""
+    rng = np.random.default_rng(3)
+    windows = rng.normal(0, 1, (80, WINDOW, 3)).astype(np.float32)
+    pkg2, pkg3 = _shadow_pkg("2.0.0", 3, keys), _shadow_pkg("3.0.0", 4, keys)
+    anns = {
+        p.manifest.version: pkgs.announcement(
+            p,
+            http.add(f"m-{p.manifest.version}.tflite", p.model),
+            channel="shadow",
+            targets=Targets(shadow=True),
+        )
+        for p in (pkg2, pkg3)
+    }
+    conf = _config(tmp_path, broker, keys)
+
+    def send(ws: np.ndarray) -> None:
+        for w in ws:
+            publish(broker.host, broker.port, "sensors/dev-1", json.dumps(w.tolist()))
+
+    def report(msgs: list[Received], version: str, compared: int) -> ShadowReportV1 | None:
+        return next(
+            (
+                r
+                for r in _reports(msgs)
+                if (r.candidate.version, r.windows_compared) == (version, compared)
+            ),
+            None,
+        )
+
+    with Collector(broker.host, broker.port, ["edge/dev-1/#"]) as col:
+        with AgentProcess(conf, tmp_path / "agent-1.log"):
+            col.wait_for(lambda m: any(r.topic == OTA_TOPIC for r in m), 30)
+            publish(broker.host, broker.port, "edge/ota/shadow/m", anns["2.0.0"], retain=True)
+            wait_state(col, 0, lambda s: (s.state, s.version) == ("shadow", "2.0.0"))
+            send(windows[:40])
+            # two reports with every window in: the save before the second one had them all
+            msgs = col.wait_for(
+                lambda m: sum(r.windows_compared == 40 for r in _reports(m)) >= 2, 60
+            )
+            first = report(msgs, "2.0.0", 40)
+            assert first is not None
+            # killed: nothing is saved on the way out
+        mark = len(col.messages)
+        with AgentProcess(conf, tmp_path / "agent-2.log") as agent:
+            wait_state(col, mark, lambda s: (s.state, s.version) == ("shadow", "2.0.0"))
+            msgs = col.wait_for(lambda m: bool(_reports(m[mark:])), 30)
+            resumed = _reports(msgs[mark:])[0]
+            assert resumed.candidate.version == "2.0.0"
+            assert resumed.windows_compared == 40, resumed
+            assert (resumed.since, resumed.top1_agreements) == (first.since, first.top1_agreements)
+            send(windows[40:70])
+            msgs = col.wait_for(lambda m: report(m[mark:], "2.0.0", 70) is not None, 60)
+            assert "2.0.0: 40 window(s) compared since" in agent.output()
+
+            # another candidate: its own counts, from zero
+            mark = len(col.messages)
+            publish(broker.host, broker.port, "edge/ota/shadow/m", anns["3.0.0"], retain=True)
+            wait_state(col, mark, lambda s: (s.state, s.version) == ("shadow", "3.0.0"))
+            msgs = col.wait_for(
+                lambda m: any(r.candidate.version == "3.0.0" for r in _reports(m[mark:])), 30
+            )
+            fresh = next(r for r in _reports(msgs[mark:]) if r.candidate.version == "3.0.0")
+            assert (fresh.windows_compared, fresh.top1_agreements) == (0, 0), fresh
+            assert fresh.since > first.since
+            send(windows[70:80])
+            col.wait_for(lambda m: report(m[mark:], "3.0.0", 10) is not None, 60)
+            code, _ = agent.terminate()
+            assert code == 0, agent.output()

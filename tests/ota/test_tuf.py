@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pytest
 from tuf.api.metadata import MetaFile, TargetFile
 
 from agent.ota.tufcheck import check
-from agent.release.manifest import rollout_position
+from agent.release.manifest import Targets, rollout_position
 from agent.release.package import Package
 from converters.publish import upload
 from converters.store import ArtifactKeys, LocalStore
@@ -64,6 +65,8 @@ class Repo:
             channels=info.get("channels", ["stable"]),
             groups=info.get("groups", []),
             percent=info.get("percent", 100.0),
+            devices=info.get("devices"),
+            shadow=info.get("shadow", False),
         )
         self.repo.add_target(pkg, ti)
 
@@ -231,6 +234,39 @@ def test_extraneous_targets_are_never_chosen(tuf_repo: Repo, keys: Keys) -> None
     assert check(tuf_repo.request(groups=["field"]))["target"]["version"] == "7.0.0"
 
 
+def test_the_shadow_flag_and_devices_are_signed_custom_metadata(tuf_repo: Repo, keys: Keys) -> None:
+    pkg = small_pkg("2.0.0", keys)
+    tuf_repo.publish(pkg)
+    plain = json.loads(tuf_repo.file("tuf/targets.json").read_bytes())
+    edge = plain["signed"]["targets"]["m/2.0.0/m-2.0.0.eapkg"]["custom"]["edge"]
+    assert "shadow" not in edge and "devices" not in edge  # an active target is as it was
+    ans = check(tuf_repo.request())
+    assert ans["target"]["shadow"] is False and ans["target"]["devices"] is None
+    tuf_repo.publish(pkg, shadow=True, devices=["dev-1", "dev-3"])
+    signed = json.loads(tuf_repo.file("tuf/targets.json").read_bytes())
+    edge = signed["signed"]["targets"]["m/2.0.0/m-2.0.0.eapkg"]["custom"]["edge"]
+    assert (edge["shadow"], edge["devices"]) == (True, ["dev-1", "dev-3"])
+    ans = check(tuf_repo.request())
+    assert ans["target"]["shadow"] is True and ans["target"]["devices"] == ["dev-1", "dev-3"]
+    assert check(tuf_repo.request(device="dev-2"))["target"] is None  # not named
+    # added again without the flag: promoted (the device reads it as active)
+    tuf_repo.publish(pkg)
+    assert check(tuf_repo.request())["target"]["shadow"] is False
+
+
+def test_a_malformed_signed_shadow_flag_is_never_guessed(tuf_repo: Repo, keys: Keys) -> None:
+    tuf_repo.publish(small_pkg("2.0.0", keys))
+    targets = tuf_repo.repo.load("targets")
+    tf = targets.signed.targets["m/2.0.0/m-2.0.0.eapkg"]
+    tf.unrecognized_fields["custom"]["edge"]["shadow"] = "false"  # a string, not a boolean
+    targets.signed.version += 1
+    root = tuf_repo.repo.load("root").signed
+    tuf_repo.repo._write(targets, tuf_repo.repo._signers("targets", root))
+    tuf_repo.repo._snapshot_and_timestamp(root)
+    ans = check(tuf_repo.request())
+    assert ans["ok"] and ans["target"] is None, ans
+
+
 def test_root_rotation_is_followed_and_a_revoked_key_is_not(
     tuf_repo: Repo, keys: Keys, tmp_path: Path
 ) -> None:
@@ -303,7 +339,8 @@ def test_the_agent_installs_what_tuf_vouches_for_and_refuses_the_rest(
         stored.write_bytes(os.urandom(stored.stat().st_size))
         mark = len(col.messages)
         hint(broker)
-        wait_state(col, mark, is_refusal(None, "hash_mismatch"), timeout=60)  # type: ignore[arg-type]
+        # the refusal names the version TUF vouched for (its bytes are not what TUF signed)
+        wait_state(col, mark, is_refusal("3.0.0", "hash_mismatch"), timeout=60)
         still_serving(col, "2.0.0")
         # 3. freeze: the timestamp expires; the device says so and takes nothing
         tuf_repo.repo.refresh_timestamp(expires_in=timedelta(seconds=-60))
@@ -316,6 +353,72 @@ def test_the_agent_installs_what_tuf_vouches_for_and_refuses_the_rest(
         assert code == 0, agent.output()
     seqs = sorted({p["seq"] for p in predictions(col.messages)})
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a prediction was lost"
+
+
+@pytest.mark.slow
+def test_under_tuf_the_signed_target_decides_shadow_and_an_announcement_cannot_flip_it(
+    tmp_path: Path, broker: Broker, keys: Keys, tuf_repo: Repo
+) -> None:
+    """The shadow flag is the signed target's: a forged announcement saying "active" for a
+    shadow release (or "shadow" for an active one) is refused naming both values, and the
+    shadow release never serves until the build host's signed metadata says so."""
+    conf = tuf_agent_config(tmp_path, broker, keys, tuf_repo)
+    pkg = small_pkg("2.0.0", keys)
+
+    def announce(shadow: bool | None) -> None:
+        ann = pkgs.announcement(pkg, "http://127.0.0.1:9/x", targets=Targets(shadow=shadow))
+        publish(broker.host, broker.port, ANNOUNCE, ann, retain=False)
+
+    mismatch = is_refusal("2.0.0", "shadow_mismatch")
+    with (
+        Collector(broker.host, broker.port, ["edge/dev-1/#"]) as col,
+        AgentProcess(conf, tmp_path / "agent.log") as agent,
+    ):
+        col.wait_for(lambda m: len(predictions(m)) >= 3 and bool(states(m)), 30)
+        # 1. a signed shadow target runs as a shadow (the hint says nothing about it)
+        tuf_repo.publish(pkg, shadow=True)
+        mark = len(col.messages)
+        hint(broker)
+        s = wait_state(col, mark, lambda s: (s.state, s.version) == ("shadow", "2.0.0"), 60)
+        assert s.source == "tuf:stable"
+        deadline = time.monotonic() + 30  # logged just after the state is reported
+        while "2.0.0 runs as a shadow beside 1.0.0" not in agent.output():
+            assert time.monotonic() < deadline and agent.alive(), agent.output()[-3000:]
+            time.sleep(0.05)  # another process's log: nothing to await
+        still_serving(col, "1.0.0")
+        # 2. an attacker's announcement says "active" for the shadow release: refused
+        mark = len(col.messages)
+        announce(None)
+        s = wait_state(col, mark, mismatch, timeout=60)
+        assert s.refusal is not None
+        assert "says active (targets.shadow=false)" in s.refusal.detail, s.refusal
+        assert "signed TUF target says shadow (custom.edge.shadow=true)" in s.refusal.detail
+        assert (s.state, s.version) == ("shadow", "2.0.0")
+        still_serving(col, "1.0.0")
+        assert "shadow_mismatch" in agent.output()
+        # 3. the build host promotes it (signed, no flag); an announcement saying "shadow"
+        # contradicts that: refused too, nothing activated
+        tuf_repo.publish(pkg)
+        mark = len(col.messages)
+        announce(True)
+        s = wait_state(
+            col,
+            mark,
+            lambda s: (
+                mismatch(s) and "says shadow (targets" in (s.refusal.detail if s.refusal else "")
+            ),
+            timeout=60,
+        )
+        assert s.refusal is not None
+        assert "the signed TUF target says active (custom.edge.shadow=false)" in s.refusal.detail
+        still_serving(col, "1.0.0")
+        # 4. an announcement that agrees: activated from what the signed metadata says
+        mark = len(col.messages)
+        announce(None)
+        wait_state(col, mark, is_committed("2.0.0"), timeout=60)
+        still_serving(col, "2.0.0")
+        code, _ = agent.terminate()
+        assert code == 0, agent.output()
 
 
 def test_the_cli_makes_a_repository_a_device_trusts(
@@ -331,6 +434,11 @@ def test_the_cli_makes_a_repository_a_device_trusts(
     pkg_file = tmp_path / "m-2.0.0.eapkg"
     pkg_file.write_bytes(pkg.to_bytes())
     args = ["--store", store, "--keys", str(kd)]
+    shadow = ["--shadow", "--devices", "dev-1,dev-2,dev-3,dev-4"]
+    assert main(["tuf", "add", str(pkg_file), *args, "--channel", "stable", *shadow]) == 0
+    targets = json.loads((http.root / "tuf" / "targets.json").read_bytes())["signed"]["targets"]
+    edge = targets["m/2.0.0/m-2.0.0.eapkg"]["custom"]["edge"]
+    assert edge["shadow"] is True and edge["devices"] == ["dev-1", "dev-2", "dev-3", "dev-4"]
     assert main(["tuf", "add", str(pkg_file), *args, "--channel", "stable", "--percent", "50"]) == 0
     assert main(["tuf", "timestamp", *args]) == 0
     generate_key(kd / "root-9.key")
@@ -387,5 +495,29 @@ def test_an_offline_bundle_is_verified_against_the_trusted_root(
         s = wait_state(col, mark, is_committed("2.0.0"), timeout=60)
         assert s.source == "incoming:m-2.0.0.eatuf"
         still_serving(col, "2.0.0")
+        code, _ = agent.terminate()
+        assert code == 0, agent.output()
+
+
+@pytest.mark.slow
+def test_an_offline_bundle_of_a_signed_shadow_target_runs_as_a_shadow(
+    tmp_path: Path, broker: Broker, keys: Keys, tuf_repo: Repo
+) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    conf = tuf_agent_config(tmp_path, broker, keys, tuf_repo, incoming_dir=str(incoming))
+    tuf_repo.publish(small_pkg("2.0.0", keys), channels=["canary"], shadow=True)  # not followed
+    bundle = tuf_repo.repo.bundle("m", "2.0.0")
+    with (
+        Collector(broker.host, broker.port, ["edge/dev-1/#"]) as col,
+        AgentProcess(conf, tmp_path / "agent.log") as agent,
+    ):
+        col.wait_for(lambda m: len(predictions(m)) >= 3 and bool(states(m)), 30)
+        mark = len(col.messages)
+        (tmp_path / "b.eatuf").write_bytes(bundle)
+        os.rename(tmp_path / "b.eatuf", incoming / "m-2.0.0.eatuf")
+        s = wait_state(col, mark, lambda s: (s.state, s.version) == ("shadow", "2.0.0"), 60)
+        assert s.source == "incoming:m-2.0.0.eatuf"
+        still_serving(col, "1.0.0")
         code, _ = agent.terminate()
         assert code == 0, agent.output()

@@ -225,3 +225,82 @@ def test_detection_events_are_counted_and_matched_by_overlapping_spans() -> None
     report = matcher.report()
     assert (report.active, report.candidate, report.matched) == (2, 2, 1)
     assert report.agreement == 0.5
+
+
+def _classify_cfg() -> Config:
+    return parse_config(
+        {
+            "window": {"length": zoo.WINDOW, "hop": zoo.WINDOW},
+            "postprocess": {"type": "classification"},
+            "shadow": {"max_queue": 1000},
+        }
+    )
+
+
+def _shadowed(
+    runner: ShadowRunner, enc: Encoder, rng: np.random.Generator, groups: int, n: int = 5
+) -> None:
+    runner.start()
+    for g in range(groups):
+        data = rng.normal(0, 1, (n, zoo.WINDOW, zoo.CHANNELS)).astype(np.float32)
+        windows = Windows(data, np.arange(n, dtype=np.float64) + g * n, 0.0, g * n)
+        outs = [[rng.dirichlet([1.0, 1.0]).astype(np.float32).reshape(1, 2)] for _ in range(n)]
+        runner.offer(enc, windows, "s", list(outs))
+    assert runner.idle.wait(60)
+
+
+def test_the_counts_of_the_same_candidate_survive_a_new_runner(tmp_path: Path) -> None:
+    """A restart (a new runner for the same model, version and sha256) goes on counting from
+    the saved counts; another build of the same version, or another version, starts at 0."""
+    cfg = _classify_cfg()
+    content = zoo.tiny_classifier("float32").content
+    enc = Encoder(Preprocessor(cfg.preprocess, zoo.CHANNELS), load_model(content).feed)
+    active = ActiveModel(load_model(content), "m", "1")
+    file = tmp_path / "ota" / "shadow.json"
+    rng = np.random.default_rng(5)
+
+    def runner(version: str = "2", sha: str = "ab" * 32) -> ShadowRunner:
+        cand = ActiveModel(load_model(content), "m", version, sha256=sha)
+        return ShadowRunner(cfg, cand, dict, counts_file=file, clock=lambda: 1000.0 + len(v))
+
+    v: list[int] = []
+    first = runner()
+    _shadowed(first, enc, rng, groups=4)
+    first.stop()  # saves
+    before = first.report("dev", active)
+    assert before.windows_compared == 20 and 0 < (before.top1_agreements or 0) < 20
+    assert file.exists() and not list(file.parent.glob(".*tmp*"))
+
+    v.append(1)  # a later clock: the restored `since` is the first runner's
+    second = runner()
+    resumed = second.report("dev", active)
+    assert resumed.since == before.since
+    assert resumed.model_dump(exclude={"ts", "latency_ms"}) == before.model_dump(
+        exclude={"ts", "latency_ms"}
+    )
+    assert resumed.latency_ms["candidate"] == before.latency_ms["candidate"]
+    _shadowed(second, enc, rng, groups=2)
+    second.save()  # what the metrics interval does
+    after = second.report("dev", active)
+    assert after.windows_compared == 30
+    assert (after.top1_agreements or 0) >= (before.top1_agreements or 0)
+    second.stop(save=False)
+
+    for other in (runner(sha="cd" * 32), runner(version="3")):
+        r = other.report("dev", active)
+        assert (r.windows_compared, r.windows_skipped, r.top1_agreements) == (0, 0, 0)
+        assert r.since != before.since and r.disagreements == []
+        other.stop(save=False)
+    # unchanged by the runners that did not save: the same candidate still goes on
+    assert runner().report("dev", active).windows_compared == 30
+
+
+def test_unreadable_saved_counts_start_at_zero(tmp_path: Path) -> None:
+    cfg = _classify_cfg()
+    content = zoo.tiny_classifier("float32").content
+    file = tmp_path / "shadow.json"
+    for damage in (b"", b"{not json", b'{"v": 2}', b"[]"):
+        file.write_bytes(damage)
+        cand = ActiveModel(load_model(content), "m", "2", sha256="ab" * 32)
+        runner = ShadowRunner(cfg, cand, dict, counts_file=file)
+        assert runner.compared == 0 and runner.skipped == 0
