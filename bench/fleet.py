@@ -155,24 +155,39 @@ def one_size(ctx: Context, n: int, defaults: bool = False) -> list[Row]:
         wall, cpu, rss, lines = _timed(
             [PYTHON, "-m", "agent.fleet.cli", "status", *bargs, "--json", "--wait", "120"], 180
         )
-        out = json.loads("\n".join(line for _, line in lines))
-        s = out["summary"]
-        complete = (
-            s["devices"] == n
-            and s["online"] == n
-            and all(d["prediction_rate"] is not None for d in out["devices"])
-        )
-        rows.append(
-            Row(
-                f"{label}: status complete view",
-                "s",
-                wall,
-                goal="complete (every device, with metrics)",
-                passed=complete,
-                note=f"edge-fleet status --json: peak RSS {rss:.0f} MiB, {cpu:.1f} CPU s; "
-                f"{s['devices']} devices, {s['online']} online",
+        text = "\n".join(line for _, line in lines)
+        try:
+            out = json.loads(text)
+        except ValueError:  # the tool failed (its reason is on stderr): a failed row
+            rows.append(
+                Row(
+                    f"{label}: status complete view",
+                    "s",
+                    wall,
+                    goal="complete (every device, with metrics)",
+                    passed=False,
+                    note=f"edge-fleet status --json gave no view after {wall:.1f} s "
+                    "(its error is in the run's output)",
+                )
             )
-        )
+        else:
+            s = out["summary"]
+            complete = (
+                s["devices"] == n
+                and s["online"] == n
+                and all(d["prediction_rate"] is not None for d in out["devices"])
+            )
+            rows.append(
+                Row(
+                    f"{label}: status complete view",
+                    "s",
+                    wall,
+                    goal="complete (every device, with metrics)",
+                    passed=complete,
+                    note=f"edge-fleet status --json: peak RSS {rss:.0f} MiB, {cpu:.1f} CPU s; "
+                    f"{s['devices']} devices, {s['online']} online",
+                )
+            )
 
         # a canary to 10 % with 2 % refusing: abort above 1 %, previous restored
         wall, cpu, rss, lines = _timed(
