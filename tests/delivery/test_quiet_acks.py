@@ -9,13 +9,12 @@ that passes cannot have been rescued by the network thread's periodic turn."""
 from __future__ import annotations
 
 import array
-import contextlib
 import fcntl
 import json
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +26,7 @@ from agent.delivery.publisher import PredictionRecord, Publisher
 from agent.delivery.spool import Spool
 from agent.metrics import Metrics
 from tests.broker import Broker, TlsFiles
+from tests.delivery.test_mqtt_link import running
 from tests.mqttclient import Collector
 from tests.tlsfiles import make_ca
 
@@ -49,16 +49,6 @@ def long_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     """The network thread turns only when woken: no periodic turn rescues a late ack."""
     monkeypatch.setattr(MqttLink, "quiet_hold_s", HOLD_S)
     monkeypatch.setattr(MqttLink, "loop_timeout_s", HOLD_S)
-
-
-@contextlib.contextmanager
-def running(link: MqttLink) -> Iterator[MqttLink]:
-    link.start()
-    try:
-        assert link.wait_connected(30)
-        yield link
-    finally:
-        link.stop()
 
 
 def _wait(cond: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
