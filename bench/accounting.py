@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import models
-from bench.context import Context, prediction_topic
+from bench.context import Context, prediction_topic, standalone
 from bench.procs import OUT, REPO
-from tests.broker import Broker
 
 COUNT_DIR = REPO / "bench" / "countcalls"
 SQL = ("C execute", "C executemany", "C executescript", "C Connection.execute")
@@ -234,14 +233,8 @@ def main() -> None:
     if shutil.which("strace") is None:
         sys.exit("bench.accounting needs strace (apt-get install strace)")
     names = args.models.split(",")
-    models.ensure(names)
-    OUT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="acct-", dir=OUT))
-    broker = Broker(workdir / "broker")
-    broker.start()
-    ctx = Context(workdir, False, 1, 0.0, broker)
     results: dict[str, Counts] = {}
-    try:
+    with standalone("acct-", names) as ctx:
         for name in names:
             for mode in args.modes.split(","):
                 fast = mode == "fast"
@@ -249,9 +242,6 @@ def main() -> None:
                     key = f"{prog} {name} {mode}"
                     print(f"accounting: {key} ...", file=sys.stderr, flush=True)
                     results[key] = measure(runner(ctx, name, fast), args.span)
-    finally:
-        broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"{'per prediction':<24} {'preds':>6} {'py calls':>9} {'C calls':>8} {'SQL':>5} "
         f"{'syscalls':>9} {'wake-ups':>8} {'preempt':>7}"

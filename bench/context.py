@@ -15,6 +15,7 @@ import itertools
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import models
-from bench.procs import PYTHON, REPO
+from bench.procs import OUT, PYTHON, REPO
 from bench.subscriber import Subscriber
 from tests.agentproc import AgentProcess, write_config
 from tests.broker import Broker
@@ -202,3 +203,20 @@ def wait_or_fail(sub: Subscriber, n: int, timeout: float, what: str, log: Path |
 def settle(seconds: float) -> None:
     """Let the machine calm down between measured runs (page cache, broker queues)."""
     time.sleep(seconds)
+
+
+@contextmanager
+def standalone(prefix: str, names: list[str]) -> Iterator[Context]:
+    """A context of its own for a tool run outside ``python -m bench`` (``bench.accounting``,
+    ``bench.threadcpu``): ``names``' models built, a scratch folder, a Mosquitto; all gone
+    after."""
+    models.ensure(names)
+    OUT.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=OUT))
+    broker = Broker(workdir / "broker")
+    broker.start()
+    try:
+        yield Context(workdir, False, 1, 0.0, broker)
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

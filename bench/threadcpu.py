@@ -17,18 +17,14 @@ import argparse
 import functools
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import models
 from bench.accounting import agent_runner, naive_runner
-from bench.context import Context
-from bench.procs import OUT, REPO
-from tests.broker import Broker
+from bench.context import standalone
+from bench.procs import REPO
 
 SITE = REPO / "bench" / "threadcpu_site"
 
@@ -87,14 +83,8 @@ def main() -> None:
     ap.add_argument("--span", type=float, default=8.0)
     args = ap.parse_args()
     names = args.models.split(",")
-    models.ensure(names)
-    OUT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="threadcpu-", dir=OUT))
-    broker = Broker(workdir / "broker")
-    broker.start()
-    ctx = Context(workdir, False, 1, 0.0, broker)
     path = f"{SITE}{os.pathsep}{os.environ.get('PYTHONPATH', REPO)}"
-    try:
+    with standalone("threadcpu-", names) as ctx:
         for name in names:
             agent_runner(ctx, name, False)(
                 {"PYTHONPATH": path}, functools.partial(threads, f"agent {name}", args.span)
@@ -102,14 +92,11 @@ def main() -> None:
             naive_runner(ctx, name, False)(
                 {}, functools.partial(threads, f"naive {name}", args.span)
             )
-            out = workdir / f"stages-{name}.json"
+            out = ctx.workdir / f"stages-{name}.json"
             agent_runner(ctx, name, False)(
                 {"PYTHONPATH": path, "BENCH_STAGE_CPU": str(out)},
                 functools.partial(stages, f"agent {name}", args.span, out),
             )
-    finally:
-        broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     sys.stdout.flush()
 
 
