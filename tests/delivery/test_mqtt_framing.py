@@ -117,12 +117,16 @@ def test_our_pubacks_are_taken_off_and_the_rest_reaches_paho_in_order(
 
 
 def test_a_remaining_length_over_four_bytes_goes_to_paho_as_it_is() -> None:
-    """Malformed framing is paho's to report (a protocol error): the bytes pass unchanged."""
+    """Malformed framing is paho's to report (a protocol error): the bytes pass unchanged,
+    and one of our PUBACKs read before them in the same chunk still fires its callback."""
     bad = b"\x30\xff\xff\xff\xff\x01rest"
+    fired: list[int] = []
     buf = _TcpBuffer(socket.socket(), 30.0)
     buf.tcp.close()
-    buf.tcp = _Feed([bad])  # type: ignore[assignment]
-    assert _drain(buf, len(bad)) == bad
+    buf.tcp = _Feed([_packet(0x40, b"\x00\x07") + bad])  # type: ignore[assignment]
+    buf.acks[7] = lambda: fired.append(7)
+    assert _drain(buf, 4 + len(bad)) == bad
+    assert fired == [7] and buf.acks == {}
 
 
 def test_the_fixed_header_encodes_the_remaining_length_as_mqtt_does() -> None:

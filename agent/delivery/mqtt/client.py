@@ -180,10 +180,10 @@ class _TcpBuffer:
                     mult *= 128
                     if mult > 128**3:  # more than 4 length bytes: paho reports the error
                         self._framing = False
-                        self._partial = b""
-                        return self._joined(kept, buf[start:])
+                        i = n  # the rest goes to paho as it is, nothing kept back
+                        break
                 if b & 128:
-                    break  # the length itself is incomplete
+                    break  # the length is incomplete (kept back) or malformed (i = n)
             end = j + size
             if end > n:
                 break
